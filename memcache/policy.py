@@ -1,0 +1,314 @@
+"""The hit-or-escalate decision, and what it learns from answers that were paid for.
+
+`CalibratedPolicy` takes a bound on wrong hits instead of a cosine threshold. Every paid
+answer is a label ("would the nearest entry have been right?"). A logistic model over a few
+neighbourhood features ranks lookups by how likely the nearest entry is right; the serving
+cut-off is the lowest score at which a one-sided upper confidence bound of the labeled error
+rate stays under `max_false_hit_rate` (fixed-sequence testing from the top down). A small,
+adaptive share of would-be hits is audited so the served region keeps receiving labels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from memcache.errors import ConfigError
+from memcache.types import Candidate, Decision, EntryStats
+
+FEATURE_NAMES = ("similarity", "margin", "agreement", "support", "entry_failure_rate")
+_VOTE_TEMPERATURE = 0.05
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Decides hit/miss/audit for one lookup and learns from paid answers."""
+
+    max_false_hit_rate: float
+
+    def decide(self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]) -> Decision: ...
+
+    def observe(self, features: Sequence[float], correct: bool) -> None: ...
+
+
+def neighbourhood_features(
+    candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]
+) -> tuple[int, float, tuple[float, ...]]:
+    """(best entry id, its similarity, features) from in-scope candidates sorted by similarity.
+
+    Features: top similarity; margin to the closest key of any other entry (0 if none);
+    similarity-weighted share of neighbours that hold the same answer; share of the k
+    neighbours that hold it; the entry's smoothed failure rate in earlier checks.
+    """
+    best = candidates[0]
+    s1 = best.similarity
+    other = max((c.similarity for c in candidates if c.entry_id != best.entry_id), default=0.0)
+    weights = np.exp((np.array([c.similarity for c in candidates]) - s1) / _VOTE_TEMPERATURE)
+    same = np.array([c.entry_id == best.entry_id for c in candidates])
+    agreement = float(weights[same].sum() / weights.sum())
+    support = float(same.mean())
+    stats = entries.get(best.entry_id)
+    failure_rate = 0.0 if stats is None else stats.failures / (stats.checks + 2)
+    return best.entry_id, s1, (s1, s1 - other, agreement, support, failure_rate)
+
+
+def wilson_upper(errors: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """One-sided Wilson upper bound of a binomial rate, elementwise."""
+    n = np.maximum(n, 1e-12)
+    p = errors / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return (centre + spread) / (1 + z2 / n)
+
+
+def _z_for(confidence_level: float) -> float:
+    """Standard normal quantile by bisection on erf (no scipy dependency)."""
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < confidence_level:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+class ThresholdPolicy:
+    """A static cosine cut-off: serve when the nearest key's similarity >= threshold.
+
+    The baseline that GPTCache-style caches ship; kept for sweeps and for users who want it.
+    Confidence is the observed share of correct labels at or above the threshold.
+    """
+
+    def __init__(self, threshold: float, *, max_false_hit_rate: float = 1.0) -> None:
+        if not -1.0 <= threshold <= 1.0:
+            raise ConfigError("threshold is a cosine similarity and must lie in [-1, 1]")
+        self.threshold = threshold
+        self.max_false_hit_rate = max_false_hit_rate
+        self._right = 0
+        self._wrong = 0
+
+    def decide(self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]) -> Decision:
+        if not candidates:
+            return Decision("miss", None, float("-inf"), 0.0)
+        entry_id, s1, features = neighbourhood_features(candidates, entries)
+        confidence = (self._right + 1) / (self._right + self._wrong + 2)
+        action = "hit" if s1 >= self.threshold else "miss"
+        return Decision(action, entry_id, s1, confidence if action == "hit" else 0.0, features)
+
+    def observe(self, features: Sequence[float], correct: bool) -> None:
+        if features and features[0] >= self.threshold:
+            if correct:
+                self._right += 1
+            else:
+                self._wrong += 1
+
+
+class CalibratedPolicy:
+    """Serve only where the labeled wrong-hit rate is bounded by `max_false_hit_rate`.
+
+    Args:
+        max_false_hit_rate: the bound on wrong hits / hits, in (0, 1). 0.02 means at most
+            2% of served hits may be wrong.
+        confidence_level: how sure the upper bound must be (one-sided), e.g. 0.95.
+        min_audit_rate / max_audit_rate: share of would-be hits re-asked of the strong model;
+            starts near the maximum and falls as labels in the served region accumulate.
+        seed: seed of the audit coin, for reproducible replays.
+    """
+
+    def __init__(
+        self,
+        max_false_hit_rate: float = 0.02,
+        *,
+        confidence_level: float = 0.95,
+        min_audit_rate: float = 0.02,
+        max_audit_rate: float = 0.2,
+        l2: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 < max_false_hit_rate < 1.0:
+            raise ConfigError("max_false_hit_rate must lie in (0, 1), e.g. 0.02 for at most 2% wrong hits")
+        if not 0.5 <= confidence_level < 1.0:
+            raise ConfigError("confidence_level must lie in [0.5, 1)")
+        if not 0.0 <= min_audit_rate <= max_audit_rate <= 1.0:
+            raise ConfigError("need 0 <= min_audit_rate <= max_audit_rate <= 1")
+        self.max_false_hit_rate = max_false_hit_rate
+        self.confidence_level = confidence_level
+        self.min_audit_rate = min_audit_rate
+        self.max_audit_rate = max_audit_rate
+        self.l2 = l2
+        self._z = _z_for(confidence_level)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._x: list[tuple[float, ...]] = []
+        self._y: list[bool] = []
+        self._fitted_at = 0
+        self._weights: np.ndarray | None = None
+        self._mean = np.zeros(len(FEATURE_NAMES))
+        self._scale = np.ones(len(FEATURE_NAMES))
+        self.threshold: float | None = None
+        self.region_labels = 0
+        self.region_errors = 0
+        self.estimated_false_hit_rate: float | None = None
+        self.bound: float | None = None
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def _design(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self._mean) / self._scale
+        s, agree = z[:, :1], z[:, 2:3]
+        return np.hstack([np.ones((len(z), 1)), z, s * s, s * agree])
+
+    def confidence(self, features: Sequence[float]) -> float:
+        """Estimated probability that the nearest entry's answer is right (0 before any fit)."""
+        if self._weights is None:
+            return 0.0
+        logit = float(self._design(np.asarray([features], dtype=float)) @ self._weights)
+        return 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
+
+    @property
+    def audit_rate(self) -> float:
+        target = self._z**2 / self.max_false_hit_rate
+        rate = target / (target + self.region_labels)
+        return min(self.max_audit_rate, max(self.min_audit_rate, rate))
+
+    def decide(self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]) -> Decision:
+        if not candidates:
+            return Decision("miss", None, float("-inf"), 0.0)
+        entry_id, s1, features = neighbourhood_features(candidates, entries)
+        with self._lock:
+            confidence = self.confidence(features)
+            if self.threshold is None or confidence < self.threshold:
+                return Decision("miss", entry_id, s1, confidence, features)
+            action = "audit" if self._rng.random() < self.audit_rate else "hit"
+        return Decision(action, entry_id, s1, confidence, features)
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def observe(self, features: Sequence[float], correct: bool) -> None:
+        """Learn from one paid answer. Call only for answers the strong model was paid for."""
+        if len(features) != len(FEATURE_NAMES):
+            raise ConfigError(f"expected {len(FEATURE_NAMES)} features {FEATURE_NAMES}, got {len(features)}")
+        with self._lock:
+            self._x.append(tuple(float(f) for f in features))
+            self._y.append(bool(correct))
+            n = len(self._y)
+            if n - self._fitted_at >= max(10, self._fitted_at // 10):
+                self._fit()
+
+    @property
+    def labels(self) -> int:
+        return len(self._y)
+
+    def refit(self) -> None:
+        with self._lock:
+            self._fit()
+
+    def _fit(self) -> None:
+        self._fitted_at = len(self._y)
+        x = np.asarray(self._x, dtype=float)
+        y = np.asarray(self._y, dtype=float)
+        if y.min(initial=1.0) == y.max(initial=0.0):
+            # one class only: nothing to rank with yet; all-correct still cannot certify a bound here
+            self._weights, self.threshold = None, None
+            return
+        self._mean = x.mean(axis=0)
+        self._scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
+        design = self._design(x)
+        w = np.zeros(design.shape[1]) if self._weights is None else self._weights.copy()
+        penalty = self.l2 * np.eye(design.shape[1])
+        penalty[0, 0] = 0.0
+        for _ in range(25):  # Newton steps on the L2-penalised log-likelihood
+            p = 1.0 / (1.0 + np.exp(-np.clip(design @ w, -50, 50)))
+            grad = design.T @ (p - y) + penalty @ w
+            hess = (design * (p * (1 - p))[:, None]).T @ design + penalty
+            step = np.linalg.solve(hess, grad)
+            w -= step
+            if np.abs(step).max() < 1e-6:
+                break
+        self._weights = w
+        self._choose_threshold(design @ w, y)
+
+    def _choose_threshold(self, logits: np.ndarray, y: np.ndarray) -> None:
+        order = np.argsort(-logits, kind="stable")
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[order], -50, 50)))
+        wrong = np.cumsum(1.0 - y[order])
+        n = np.arange(1, len(order) + 1, dtype=float)
+        ucb = wilson_upper(wrong, n, self._z)
+        # only cut between distinct scores, so "score >= threshold" selects exactly the prefix
+        cut = np.append(scores[1:] < scores[:-1], True)
+        testable = np.flatnonzero(cut & (n >= self._z**2 * (1 - self.max_false_hit_rate) / self.max_false_hit_rate))
+        chosen = None
+        for i in testable:  # fixed-sequence testing: stop at the first region that fails
+            if ucb[i] > self.max_false_hit_rate:
+                break
+            chosen = i
+        if chosen is None:
+            self.threshold = None
+            self.region_labels = self.region_errors = 0
+            self.estimated_false_hit_rate = self.bound = None
+            return
+        self.threshold = float(scores[chosen])
+        self.region_labels = int(n[chosen])
+        self.region_errors = int(wrong[chosen])
+        self.estimated_false_hit_rate = float(wrong[chosen] / n[chosen])
+        self.bound = float(ucb[chosen])
+
+    # -- calibration files ------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "memcache.CalibratedPolicy",
+            "version": 1,
+            "max_false_hit_rate": self.max_false_hit_rate,
+            "confidence_level": self.confidence_level,
+            "min_audit_rate": self.min_audit_rate,
+            "max_audit_rate": self.max_audit_rate,
+            "l2": self.l2,
+            "feature_names": list(FEATURE_NAMES),
+            "labels": [[*x, int(y)] for x, y in zip(self._x, self._y)],
+            "threshold": self.threshold,
+            "estimated_false_hit_rate": self.estimated_false_hit_rate,
+            "bound": self.bound,
+            "region_labels": self.region_labels,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, max_false_hit_rate: float | None = None, seed: int | None = None):
+        """Load a calibration written by `save` / `memcache calibrate`; the bound may be overridden."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read calibration file {path}: {exc}") from exc
+        if data.get("kind") != "memcache.CalibratedPolicy" or data.get("feature_names") != list(FEATURE_NAMES):
+            raise ConfigError(f"{path} is not a memcache calibration file for this version")
+        policy = cls(
+            max_false_hit_rate if max_false_hit_rate is not None else data["max_false_hit_rate"],
+            confidence_level=data["confidence_level"],
+            min_audit_rate=data["min_audit_rate"],
+            max_audit_rate=data["max_audit_rate"],
+            l2=data["l2"],
+            seed=seed,
+        )
+        policy.load_labels((row[:-1], bool(row[-1])) for row in data["labels"])
+        return policy
+
+    def load_labels(self, labels) -> None:
+        """Add many labels at once (calibration files, labels kept in the store) and refit once."""
+        with self._lock:
+            for features, correct in labels:
+                self._x.append(tuple(float(f) for f in features))
+                self._y.append(bool(correct))
+            if self._y:
+                self._fit()

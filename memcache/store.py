@@ -1,0 +1,358 @@
+"""The source of truth: entries (answers) and their keys (the queries that map to them).
+
+SQLAlchemy 2.x, so any URL works; the default is a SQLite file in WAL mode. Every write is
+one transaction, so a process killed mid-write leaves either the whole entry or nothing.
+The in-memory index and exact-repeat table are rebuilt from `iter_keys` on start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from memcache.errors import StoreError
+from memcache.types import CacheEntry, Scope
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    __tablename__ = "memcache_meta"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class EntryRow(Base):
+    """One answer, valid inside one scope."""
+
+    __tablename__ = "memcache_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope_key: Mapped[str] = mapped_column(String(64), index=True)
+    tenant: Mapped[str] = mapped_column(String(255), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    scope_json: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    answer_hash: Mapped[str] = mapped_column(String(64))
+    source_model: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_hit_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    hit_count: Mapped[int] = mapped_column(Integer, default=0)
+    verified: Mapped[bool] = mapped_column(Boolean, default=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (Index("ix_memcache_entries_scope_answer", "scope_key", "answer_hash"),)
+
+
+class KeyRow(Base):
+    """One query text that maps to an entry; its embedding is what the index searches."""
+
+    __tablename__ = "memcache_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("memcache_entries.id", ondelete="CASCADE"), index=True)
+    scope_key: Mapped[str] = mapped_column(String(64))
+    query: Mapped[str] = mapped_column(Text)
+    normalized_hash: Mapped[str] = mapped_column(String(64))
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_memcache_keys_scope_norm", "scope_key", "normalized_hash"),)
+
+
+class LabelRow(Base):
+    """A paid answer turned into a policy label: features of the lookup, and whether the
+    nearest entry's answer agreed with it. Kept so learning survives restarts."""
+
+    __tablename__ = "memcache_labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    features: Mapped[str] = mapped_column(Text)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key as needed to rebuild the in-memory index and exact-repeat table."""
+
+    key_id: int
+    entry_id: int
+    scope_key: str
+    normalized_hash: str
+    embedding: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    entry_id: int
+    key_id: int
+    new_entry: bool
+    new_key: bool
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Store:
+    """SQLAlchemy-backed store of entries, keys and policy labels.
+
+    Args:
+        url: any SQLAlchemy URL, e.g. "sqlite:///memcache.db" or
+            "postgresql+psycopg://user@host/db".
+    """
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str) or "://" not in url:
+            raise StoreError(f"database_url {url!r} is not a SQLAlchemy URL such as 'sqlite:///memcache.db'")
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(self.engine)
+            self._check_version()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open store {self._safe_url()}: {exc}") from exc
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"the driver for {self._safe_url()} is not installed ({exc.name}); "
+                "for PostgreSQL: pip install \"memcache[postgres]\""
+            ) from exc
+
+    def _safe_url(self) -> str:
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:
+            return "<unparseable url>"
+
+    def _check_version(self) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(MetaRow.value).where(MetaRow.name == "schema_version")).scalar()
+            if row is None:
+                conn.execute(MetaRow.__table__.insert().values(name="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store schema version {row} is newer than this library ({SCHEMA_VERSION}); upgrade memcache"
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add_answer(
+        self,
+        *,
+        scope: Scope,
+        query: str,
+        normalized_hash: str,
+        embedding: np.ndarray | None,
+        answer: str,
+        source_model: str,
+        expires_at: datetime | None = None,
+    ) -> WriteResult:
+        """Store `answer` for `query`; an equal answer in the same scope gains a key instead of a row."""
+        now = utcnow()
+        answer_hash = text_hash(answer)
+        blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
+        try:
+            with self.engine.begin() as conn:
+                entry_id = conn.execute(
+                    select(EntryRow.id).where(
+                        EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash
+                    ).limit(1)
+                ).scalar()
+                new_entry = entry_id is None
+                if new_entry:
+                    entry_id = conn.execute(
+                        EntryRow.__table__.insert()
+                        .values(
+                            scope_key=scope.key, tenant=scope.tenant, model=scope.model,
+                            scope_json=json.dumps(scope.__dict__), answer=answer, answer_hash=answer_hash,
+                            source_model=source_model, created_at=now, hit_count=0, verified=True,
+                            expires_at=expires_at, checks=0, failures=0,
+                        )
+                        .returning(EntryRow.id)
+                    ).scalar_one()
+                else:
+                    key_id = conn.execute(
+                        select(KeyRow.id).where(
+                            KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash
+                        ).limit(1)
+                    ).scalar()
+                    if expires_at is not None:
+                        conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
+                    if key_id is not None:
+                        return WriteResult(entry_id, key_id, new_entry=False, new_key=False)
+                key_id = conn.execute(
+                    KeyRow.__table__.insert()
+                    .values(
+                        entry_id=entry_id, scope_key=scope.key, query=query,
+                        normalized_hash=normalized_hash, embedding=blob, created_at=now,
+                    )
+                    .returning(KeyRow.id)
+                ).scalar_one()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"write-back failed, nothing was stored: {exc}") from exc
+        return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
+
+    def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:
+        """Apply buffered hit counters: {entry_id: (hits, last_hit_at)}."""
+        if not counts:
+            return
+        with self.engine.begin() as conn:
+            for entry_id, (hits, last) in counts.items():
+                conn.execute(
+                    update(EntryRow)
+                    .where(EntryRow.id == entry_id)
+                    .values(hit_count=EntryRow.hit_count + hits, last_hit_at=last)
+                )
+
+    def record_check(self, entry_id: int, *, agreed: bool) -> None:
+        """Count a paid answer compared against this entry (per-entry reliability)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(EntryRow)
+                .where(EntryRow.id == entry_id)
+                .values(checks=EntryRow.checks + 1, failures=EntryRow.failures + (0 if agreed else 1))
+            )
+
+    def add_label(self, features: Sequence[float], *, correct: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                LabelRow.__table__.insert().values(
+                    features=json.dumps([float(f) for f in features]), correct=correct, created_at=utcnow()
+                )
+            )
+
+    def delete_entries(self, entry_ids: Iterable[int]) -> tuple[int, list[int]]:
+        """Delete entries and their keys; return (entries deleted, key ids to drop from the index)."""
+        ids = list(entry_ids)
+        if not ids:
+            return 0, []
+        try:
+            with self.engine.begin() as conn:
+                key_ids = list(conn.execute(select(KeyRow.id).where(KeyRow.entry_id.in_(ids))).scalars())
+                conn.execute(delete(KeyRow).where(KeyRow.entry_id.in_(ids)))
+                deleted = conn.execute(delete(EntryRow).where(EntryRow.id.in_(ids))).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"delete failed, nothing was deleted: {exc}") from exc
+        return deleted, key_ids
+
+    def entry_ids_of_tenant(self, tenant: str) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(EntryRow.id).where(EntryRow.tenant == tenant)).scalars())
+
+    def expired_entry_ids(self, now: datetime | None = None) -> list[int]:
+        now = now or utcnow()
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(EntryRow.id).where(EntryRow.expires_at.is_not(None), EntryRow.expires_at <= now)
+                ).scalars()
+            )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def answer_of(self, entry_id: int) -> tuple[str, datetime | None] | None:
+        """(answer, expires_at) of one entry by primary key: the only read on a hit."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(EntryRow.answer, EntryRow.expires_at).where(EntryRow.id == entry_id)
+            ).first()
+        return None if row is None else (row[0], row[1])
+
+    def get_entry(self, entry_id: int) -> CacheEntry | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(EntryRow).where(EntryRow.id == entry_id)).first()
+            if row is None:
+                return None
+            queries = tuple(
+                conn.execute(select(KeyRow.query).where(KeyRow.entry_id == entry_id).order_by(KeyRow.id)).scalars()
+            )
+        entry = row[0] if isinstance(row[0], EntryRow) else row
+        return CacheEntry(
+            id=entry.id, scope_key=entry.scope_key, tenant=entry.tenant, answer=entry.answer,
+            source_model=entry.source_model, created_at=entry.created_at, last_hit_at=entry.last_hit_at,
+            hit_count=entry.hit_count, verified=entry.verified, expires_at=entry.expires_at, queries=queries,
+        )
+
+    def iter_keys(self, chunk: int = 10_000) -> Iterator[StoredKey]:
+        """Every live key with its embedding, in id order (for index rebuilds)."""
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, KeyRow.embedding)
+                    .where(KeyRow.id > last)
+                    .order_by(KeyRow.id)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            for key_id, entry_id, scope_key, norm, blob in rows:
+                vector = None if blob is None else np.frombuffer(blob, dtype=np.float32)
+                yield StoredKey(key_id, entry_id, scope_key, norm, vector)
+            last = rows[-1][0]
+
+    def entry_reliability(self) -> Iterator[tuple[int, int, int]]:
+        """(entry_id, checks, failures) of every entry."""
+        with self.engine.connect() as conn:
+            yield from conn.execute(select(EntryRow.id, EntryRow.checks, EntryRow.failures))
+
+    def iter_labels(self) -> Iterator[tuple[list[float], bool]]:
+        with self.engine.connect() as conn:
+            for features, correct in conn.execute(
+                select(LabelRow.features, LabelRow.correct).order_by(LabelRow.id)
+            ):
+                yield json.loads(features), bool(correct)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(entries, keys, labels)."""
+        with self.engine.connect() as conn:
+            entries = conn.execute(select(func.count()).select_from(EntryRow)).scalar_one()
+            keys = conn.execute(select(func.count()).select_from(KeyRow)).scalar_one()
+            labels = conn.execute(select(func.count()).select_from(LabelRow)).scalar_one()
+        return entries, keys, labels

@@ -1,0 +1,152 @@
+"""Plain records passed between the rooms; no behaviour beyond small helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+
+Outcome = Literal["hit", "miss", "audit"]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Everything that must match before two requests may share an answer.
+
+    `key` is a hash of all fields; the index and store partition by it.
+    """
+
+    tenant: str
+    model: str
+    params_fingerprint: str
+    system_fingerprint: str
+    context_fingerprint: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One stored query key near the request, inside the request's scope.
+
+    `similarity` is cosine similarity in [-1, 1]; higher is closer.
+    """
+
+    key_id: int
+    entry_id: int
+    similarity: float
+
+
+@dataclass(frozen=True)
+class EntryStats:
+    """What the policy knows of an entry: its answer checks so far (for per-entry reliability)."""
+
+    entry_id: int
+    n_keys: int = 1
+    checks: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided for one lookup.
+
+    Attributes:
+        action: "hit" serves the entry; "miss" escalates; "audit" escalates although
+            the entry would have been served, to check it.
+        entry_id: the best entry in scope, or None when the scope is empty.
+        similarity: cosine similarity of the closest key of that entry (higher = closer).
+        confidence: estimated probability in [0, 1] that the entry's answer is right.
+        features: the numbers the confidence was computed from, kept so a paid answer
+            can later be turned into a training label.
+    """
+
+    action: Outcome
+    entry_id: int | None
+    similarity: float
+    confidence: float
+    features: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One stored answer and the metadata the store keeps for it."""
+
+    id: int
+    scope_key: str
+    tenant: str
+    answer: str
+    source_model: str
+    created_at: datetime
+    last_hit_at: datetime | None
+    hit_count: int
+    verified: bool
+    expires_at: datetime | None
+    queries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A served answer and why it was served.
+
+    `similarity` is cosine similarity (1.0 for an exact repeat); `confidence` is the
+    policy's estimated probability that the answer is right for this query.
+    """
+
+    answer: str
+    entry_id: int
+    similarity: float
+    confidence: float
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """The outcome of `MemCache.lookup`: a hit, or the decision that led to a miss/audit."""
+
+    hit: CacheHit | None
+    decision: Decision
+    scope: Scope
+    query: str
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters since this process opened the cache, plus store totals."""
+
+    entries: int
+    keys: int
+    lookups: int
+    hits: int
+    exact_hits: int
+    misses: int
+    audits: int
+    write_backs: int
+    rejected_write_backs: int
+    labels: int
+    max_false_hit_rate: float
+    estimated_false_hit_rate: float | None
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """Attached to every response `MemCache.completion` returns (see `memcache.cache_info`).
+
+    `outcome` is "hit" (served from memory), "miss" (strong model called) or "audit"
+    (a would-be hit that was re-asked of the strong model to check it).
+    `similarity` is cosine similarity of the nearest in-scope key (None if the scope was empty);
+    `confidence` the policy's probability that the nearest entry is right.
+    """
+
+    outcome: Outcome
+    similarity: float | None
+    confidence: float
+    entry_id: int | None
+    exact: bool = False
+    stored: bool = False
