@@ -151,7 +151,8 @@ class MemCache:
             if self.progress:
                 from tqdm import tqdm
 
-                keys = tqdm(keys, total=self.store.counts()[1], desc="rebuilding index", unit="key")
+                total = self.store.counts()[1]
+                keys = tqdm(keys, total=total, desc="rebuilding index", unit="key", disable=total < 10_000)
             batch: dict[str, tuple[list[int], list[np.ndarray]]] = {}
             pending = 0
             for key in keys:
@@ -389,6 +390,11 @@ class MemCache:
         outcome = "hit" if result.hit is not None else d.action
         return CacheInfo(outcome, similarity, d.confidence, d.entry_id, result.hit.exact if result.hit else False, stored)
 
+    @staticmethod
+    def _require_messages(messages: Any) -> None:
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise InvalidRequestError("messages must be a list of {'role', 'content'} dicts, as for LiteLLM")
+
     def _model_for(self, model: str | None) -> str:
         model = model or self.strong_model
         if not model:
@@ -406,6 +412,7 @@ class MemCache:
             InvalidRequestError: malformed messages. EscalationError: the strong model failed
                 (nothing is written back).
         """
+        self._require_messages(messages)
         model = self._model_for(model)
         result = self.lookup(messages, model=model, tenant=tenant, **kwargs)
         stream = bool(kwargs.get("stream"))
@@ -423,6 +430,7 @@ class MemCache:
 
     async def acompletion(self, *, messages: Sequence[Mapping[str, Any]], model: str | None = None, tenant: str | None = None, **kwargs: Any):
         """Async `completion`, with the same arguments and results."""
+        self._require_messages(messages)
         model = self._model_for(model)
         result = await self.alookup(messages, model=model, tenant=tenant, **kwargs)
         stream = bool(kwargs.get("stream"))

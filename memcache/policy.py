@@ -14,6 +14,7 @@ import json
 import math
 import random
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -57,6 +58,11 @@ def neighbourhood_features(
     stats = entries.get(best.entry_id)
     failure_rate = 0.0 if stats is None else stats.failures / (stats.checks + 2)
     return best.entry_id, s1, (s1, s1 - other, agreement, support, failure_rate)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities kept off exact 0 and 1, so error ratios stay defined."""
+    return np.clip(1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50))), 1e-6, 1 - 1e-6)
 
 
 def wilson_upper(errors: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
@@ -132,6 +138,7 @@ class CalibratedPolicy:
         min_audit_rate: float = 0.02,
         max_audit_rate: float = 0.2,
         l2: float = 1.0,
+        recent_window: int = 2000,
         seed: int | None = None,
     ) -> None:
         if not 0.0 < max_false_hit_rate < 1.0:
@@ -159,6 +166,7 @@ class CalibratedPolicy:
         self.region_errors = 0
         self.estimated_false_hit_rate: float | None = None
         self.bound: float | None = None
+        self._recent: deque[tuple[float, ...]] = deque(maxlen=recent_window)
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -171,8 +179,7 @@ class CalibratedPolicy:
         """Estimated probability that the nearest entry's answer is right (0 before any fit)."""
         if self._weights is None:
             return 0.0
-        logit = float(self._design(np.asarray([features], dtype=float)) @ self._weights)
-        return 1.0 / (1.0 + math.exp(-max(min(logit, 50.0), -50.0)))
+        return float(_sigmoid(self._design(np.asarray([features], dtype=float)) @ self._weights)[0])
 
     @property
     def audit_rate(self) -> float:
@@ -185,6 +192,7 @@ class CalibratedPolicy:
             return Decision("miss", None, float("-inf"), 0.0)
         entry_id, s1, features = neighbourhood_features(candidates, entries)
         with self._lock:
+            self._recent.append(features)
             confidence = self.confidence(features)
             if self.threshold is None or confidence < self.threshold:
                 return Decision("miss", entry_id, s1, confidence, features)
@@ -225,42 +233,61 @@ class CalibratedPolicy:
         design = self._design(x)
         w = np.zeros(design.shape[1]) if self._weights is None else self._weights.copy()
         penalty = self.l2 * np.eye(design.shape[1])
-        penalty[0, 0] = 0.0
-        for _ in range(25):  # Newton steps on the L2-penalised log-likelihood
+        penalty[0, 0] = 1e-6  # keeps the Hessian invertible when all labels sit at one extreme
+        def loss(weights: np.ndarray) -> float:
+            logits = design @ weights
+            return float(np.logaddexp(0.0, logits).sum() - y @ logits + 0.5 * weights @ penalty @ weights)
+
+        current = loss(w)
+        for _ in range(50):  # Newton steps with backtracking, so the loss never goes up
             p = 1.0 / (1.0 + np.exp(-np.clip(design @ w, -50, 50)))
             grad = design.T @ (p - y) + penalty @ w
             hess = (design * (p * (1 - p))[:, None]).T @ design + penalty
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-6:
+            step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
+            scale = 1.0
+            while scale > 1e-4 and loss(w - scale * step) > current:
+                scale /= 2
+            w = w - scale * step
+            previous, current = current, loss(w)
+            if previous - current < 1e-8:
                 break
         self._weights = w
         self._choose_threshold(design @ w, y)
 
     def _choose_threshold(self, logits: np.ndarray, y: np.ndarray) -> None:
-        order = np.argsort(-logits, kind="stable")
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[order], -50, 50)))
-        wrong = np.cumsum(1.0 - y[order])
-        n = np.arange(1, len(order) + 1, dtype=float)
-        ucb = wilson_upper(wrong, n, self._z)
-        # only cut between distinct scores, so "score >= threshold" selects exactly the prefix
-        cut = np.append(scores[1:] < scores[:-1], True)
-        testable = np.flatnonzero(cut & (n >= self._z**2 * (1 - self.max_false_hit_rate) / self.max_false_hit_rate))
+        """Lowest confidence cut-off whose estimated served false-hit rate stays under the bound.
+
+        The estimate is the model's predicted error over recent traffic above the cut-off,
+        scaled by an upper confidence bound of (observed errors / predicted errors) on the
+        labeled lookups above it, so an over-confident model is corrected by its own labels.
+        """
+        p_lab = _sigmoid(logits)
+        traffic = np.asarray(self._recent, dtype=float) if self._recent else None
+        p_tr = p_lab if traffic is None else _sigmoid(self._design(traffic) @ self._weights)
+        n_min = self._z**2 * (1 - self.max_false_hit_rate) / self.max_false_hit_rate
+        grid = np.unique(np.concatenate([p_lab, p_tr]))[::-1]
         chosen = None
-        for i in testable:  # fixed-sequence testing: stop at the first region that fails
-            if ucb[i] > self.max_false_hit_rate:
-                break
-            chosen = i
+        for tau in grid:
+            above = p_lab >= tau
+            n = int(above.sum())
+            if n < n_min:
+                continue
+            observed = float((1.0 - y[above]).sum())
+            predicted = float((1.0 - p_lab[above]).sum())
+            kappa = (observed + self._z * math.sqrt(observed) + self._z**2) / max(predicted, 1e-12)
+            served = p_tr >= tau
+            if not served.any():
+                continue
+            estimate = float((1.0 - p_tr[served]).mean()) * kappa
+            if estimate <= self.max_false_hit_rate:
+                chosen = (float(tau), n, int(observed), estimate)
         if chosen is None:
             self.threshold = None
             self.region_labels = self.region_errors = 0
             self.estimated_false_hit_rate = self.bound = None
             return
-        self.threshold = float(scores[chosen])
-        self.region_labels = int(n[chosen])
-        self.region_errors = int(wrong[chosen])
-        self.estimated_false_hit_rate = float(wrong[chosen] / n[chosen])
-        self.bound = float(ucb[chosen])
+        self.threshold, self.region_labels, self.region_errors, self.bound = chosen
+        self.estimated_false_hit_rate = self.region_errors / self.region_labels
 
     # -- calibration files ------------------------------------------------------------------
 

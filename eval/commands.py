@@ -1,0 +1,179 @@
+"""`memcache eval` and `memcache calibrate`: the replay protocol behind a command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memcache.embedding import SentenceTransformerEmbedder
+from memcache.errors import ConfigError
+from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
+from memcache.types import Decision
+from memcache.eval.data import OOS, load_csv, load_intents, load_pairs
+from memcache.eval.metrics import summarize
+from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs
+
+SWEEP_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
+
+
+@dataclass
+class Stream:
+    """A loaded data set, ready to replay with any policy."""
+
+    kind: str
+    items: list
+    texts: list[str] = field(default_factory=list)
+
+    def replay(self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False) -> list[QueryRecord]:
+        if self.kind == "pairs":
+            return replay_pairs(self.items, policy=policy, embedder=embedder, seed=seed, progress=progress)
+        return replay_intents(self.items, policy=policy, embedder=embedder, seed=seed, warm=warm, progress=progress)
+
+
+def _splits(value: str | None) -> tuple[set[str] | None, bool]:
+    """--splits names data splits; the name "oos" keeps out-of-scope rows of those splits."""
+    if not value:
+        return None, True
+    names = {s.strip() for s in value.split(",") if s.strip()}
+    return (names - {OOS}) or None, OOS in names
+
+
+def load_stream(path: str, fmt: str, splits: str | None, text_col: str, label_col: str) -> Stream:
+    if fmt == "pairs":
+        pairs = load_pairs(path)
+        return Stream("pairs", pairs, [t for p in pairs for t in (p.a, p.b)])
+    names, keep_oos = _splits(splits)
+    rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names) if fmt == "csv" else load_intents(path, names)
+    if splits and not keep_oos:
+        rows = [r for r in rows if r.label != OOS]
+    if not rows:
+        raise ConfigError(f"no rows in {path} for splits {splits!r}")
+    return Stream("intents", rows, [r.text for r in rows])
+
+
+class LabelCollector:
+    """A policy that never serves and keeps every paid label: the offline calibration pass."""
+
+    max_false_hit_rate = 1.0
+
+    def __init__(self) -> None:
+        self.labels: list[tuple[tuple[float, ...], bool]] = []
+
+    def decide(self, candidates, entries) -> Decision:
+        if not candidates:
+            return Decision("miss", None, float("-inf"), 0.0)
+        entry_id, s1, features = neighbourhood_features(candidates, entries)
+        return Decision("miss", entry_id, s1, 0.0, features)
+
+    def observe(self, features: Sequence[float], correct: bool) -> None:
+        self.labels.append((tuple(features), bool(correct)))
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "-" if value is None else str(value)
+
+    widths = [max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(cell(r.get(c)).rjust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "correct_hit_rate",
+                  "reusable_rate", "strong_calls", "lookup_p50_ms", "lookup_p99_ms", "claimed_false_hit_rate")
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col)
+    warm = load_stream(args.data, args.format, args.warm, args.text_col, args.label_col).items if args.warm else ()
+    embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
+    if args.sweep:  # embeds everything once up front; the calibrated replay then measures lookups without encode time
+        embedder.prefill(stream.texts, progress=True)
+    bounds = [float(b) for b in str(args.max_false_hit_rate).split(",")]
+    seeds = [int(s) for s in str(args.seed).split(",")]
+    runs = []
+    for bound in bounds:
+        for seed in seeds:
+            if args.calibration:
+                policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=seed)
+            else:
+                policy = CalibratedPolicy(bound, seed=seed)
+            records = stream.replay(policy, embedder, seed=seed, warm=warm, progress=True)
+            summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+            runs.append({"seed": seed, **summary, "_records": records})
+    sweep = []
+    if args.sweep:
+        for threshold in SWEEP_THRESHOLDS:
+            records = stream.replay(ThresholdPolicy(threshold), embedder, seed=seeds[0], warm=warm)
+            sweep.append({"threshold": threshold, **summarize(records)})
+    report = {
+        "data": str(args.data),
+        "format": args.format,
+        "splits": args.splits,
+        "runs": [{k: v for k, v in run.items() if k != "_records"} for run in runs],
+        "sweep": sweep,
+    }
+    print(_table(report["runs"], REPORT_COLUMNS))
+    if sweep:
+        print("\nstatic cosine thresholds (same stream, seed %d):" % seeds[0])
+        print(_table(sweep, ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report["runs"][0] if len(runs) == 1 and not sweep else report, indent=2))
+    if args.plot:
+        from memcache.eval.plot import plot_report
+
+        first = runs[0]
+        plot_report(
+            args.plot, title=f"{Path(args.data).name} ({args.splits or 'all'}), seed {first['seed']}",
+            records=first["_records"], summary=first, sweep=sweep,
+        )
+    return report
+
+
+def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
+    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col)
+    embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
+    embedder.prefill(stream.texts, progress=True)
+    collector = LabelCollector()
+    stream.replay(collector, embedder, seed=args.seed, progress=True)
+    policy = CalibratedPolicy(float(args.max_false_hit_rate))
+    policy.load_labels(collector.labels)
+    policy.save(args.out)
+    threshold = "none (bound not reachable on this data)" if policy.threshold is None else f"{policy.threshold:.4f}"
+    print(f"{len(collector.labels)} labels; confidence cut-off {threshold}; wrote {args.out}")
+    return policy
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="JSONL or CSV file of labeled queries")
+    parser.add_argument("--format", choices=("intents", "pairs", "csv"), default="intents")
+    parser.add_argument("--splits", default=None, help="comma-separated splits to replay; 'oos' keeps out-of-scope rows")
+    parser.add_argument("--text-col", default="text")
+    parser.add_argument("--label-col", default="label")
+    parser.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
+
+
+def add_eval_commands(sub) -> None:
+    ev = sub.add_parser("eval", help="replay a labeled stream and report hits and false hits")
+    _add_data_args(ev)
+    ev.add_argument("--warm", default=None, help="splits written to the cache before the replay")
+    ev.add_argument("--seed", default="0", help="shuffle seed, or several: 0,1,2")
+    ev.add_argument("--max-false-hit-rate", default="0.02", help="the bound, or several: 0.01,0.02,0.05")
+    ev.add_argument("--calibration", default=None, help="start the policy from this calibration file")
+    ev.add_argument("--json", default=None, help="write the report as JSON here")
+    ev.add_argument("--plot", default=None, help="write a PNG plot here")
+    ev.add_argument("--sweep", action="store_true", help="also replay static cosine thresholds for comparison")
+    ev.set_defaults(func=lambda args: run_eval(args) and 0)
+
+    cal = sub.add_parser("calibrate", help="fit the decision policy from labeled data")
+    _add_data_args(cal)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--max-false-hit-rate", type=float, default=0.02)
+    cal.add_argument("--out", required=True, help="calibration JSON to write")
+    cal.set_defaults(func=lambda args: run_calibrate(args) and 0)

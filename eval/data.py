@@ -1,0 +1,89 @@
+"""Labeled query streams: two queries with the same label have the same correct answer.
+
+The label "oos" (out of scope) matches nothing, itself included.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from memcache.errors import ConfigError
+
+OOS = "oos"
+Format = Literal["intents", "pairs", "csv"]
+
+
+@dataclass(frozen=True)
+class LabeledQuery:
+    text: str
+    label: str
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class LabeledPair:
+    """Two questions; `duplicate` says whether they have the same answer."""
+
+    a: str
+    b: str
+    duplicate: bool
+
+
+def _read_jsonl(path: Path) -> Iterable[dict]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as exc:
+                        raise ConfigError(f"{path}:{number} is not JSON: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def load_intents(path: str | Path, splits: Iterable[str] | None = None) -> list[LabeledQuery]:
+    """JSONL rows {"text", "label", "split"}; keep only `splits` when given."""
+    wanted = set(splits) if splits else None
+    rows = []
+    for row in _read_jsonl(Path(path)):
+        if "text" not in row or "label" not in row:
+            raise ConfigError(f"{path}: intent rows need 'text' and 'label' keys, got {sorted(row)}")
+        if wanted is None or row.get("split", "") in wanted:
+            rows.append(LabeledQuery(row["text"], str(row["label"]), row.get("split", "")))
+    return rows
+
+
+def load_pairs(path: str | Path) -> list[LabeledPair]:
+    """JSONL rows {"a", "b", "label"} with label 1 for duplicates."""
+    pairs = []
+    for row in _read_jsonl(Path(path)):
+        if not {"a", "b", "label"} <= set(row):
+            raise ConfigError(f"{path}: pair rows need 'a', 'b' and 'label' keys, got {sorted(row)}")
+        pairs.append(LabeledPair(row["a"], row["b"], int(row["label"]) == 1))
+    return pairs
+
+
+def load_csv(
+    path: str | Path, *, text_col: str = "text", label_col: str = "label", split_col: str = "split",
+    splits: Iterable[str] | None = None,
+) -> list[LabeledQuery]:
+    wanted = set(splits) if splits else None
+    try:
+        with Path(path).open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or text_col not in reader.fieldnames or label_col not in reader.fieldnames:
+                raise ConfigError(f"{path}: needs columns {text_col!r} and {label_col!r}, has {reader.fieldnames}")
+            rows = [
+                LabeledQuery(r[text_col], r[label_col], r.get(split_col, "") or "")
+                for r in reader
+                if wanted is None or (r.get(split_col, "") or "") in wanted
+            ]
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return rows

@@ -1,0 +1,170 @@
+"""The replay protocol: a labeled stream through the real engine, with a simulated strong model.
+
+Every query goes through `MemCache.lookup`. On a miss or an audit the simulated strong model
+answers with the query's label (an "oos" query, or `b` of a non-duplicate pair, gets an answer
+of its own) and that answer goes through the normal verified `write_back`, which is also the
+only way the policy sees a label. Hits are scored against the labels but never shown to the
+policy: it learns only from answers the replay paid for.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memcache.cache import MemCache
+from memcache.embedding import Embedder
+from memcache.judge import ExactJudge
+from memcache.policy import Policy
+from memcache.eval.data import OOS, LabeledPair, LabeledQuery
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """What happened to one replayed query.
+
+    `correct` is None for queries that were not served; `reusable` says whether a right
+    answer for this query was already stored before it arrived (the ceiling for hits).
+    """
+
+    outcome: str
+    correct: bool | None
+    reusable: bool
+    similarity: float | None
+    confidence: float
+    latency_ms: float
+
+
+class MemoEmbedder:
+    """Remembers vectors by text, so sweeps over one stream embed each query once."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self._memo: dict[str, np.ndarray] = {}
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def prefill(self, texts: Sequence[str], progress: bool = False, batch: int = 256) -> None:
+        todo = sorted({t for t in texts if t not in self._memo})
+        chunks = range(0, len(todo), batch)
+        if progress:
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, desc="embedding", unit="batch")
+        encode = getattr(self.inner, "encode_batch", self.inner.embed)
+        for start in chunks:
+            part = todo[start : start + batch]
+            for text, vector in zip(part, encode(part)):
+                self._memo[text] = vector
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in texts if t not in self._memo]
+        if missing:
+            for text, vector in zip(missing, self.inner.embed(missing)):
+                self._memo[text] = vector
+        return np.stack([self._memo[t] for t in texts])
+
+
+def _answer(label: str, index: int) -> str:
+    return f"[oos answer #{index}]" if label == OOS else f"[answer for {label}]"
+
+
+def _label_of(answer: str) -> str:
+    return OOS if answer.startswith("[oos answer") else answer[len("[answer for ") : -1]
+
+
+def _cache(policy: Policy, embedder: Embedder, directory: str) -> MemCache:
+    return MemCache(f"sqlite:///{Path(directory) / 'replay.db'}", embedder=embedder, policy=policy, judge=ExactJudge())
+
+
+def _progress(items, progress: bool, desc: str):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="q")
+
+
+def _timed_lookup(cache: MemCache, text: str, tenant: str):
+    start = time.perf_counter()
+    result = cache.lookup(text, model="replay", tenant=tenant)
+    return result, (time.perf_counter() - start) * 1000.0
+
+
+def replay_intents(
+    queries: Sequence[LabeledQuery],
+    *,
+    policy: Policy,
+    embedder: Embedder,
+    seed: int = 0,
+    warm: Sequence[LabeledQuery] = (),
+    progress: bool = False,
+    on_query: Callable[[int, QueryRecord], None] | None = None,
+) -> list[QueryRecord]:
+    """Replay intent-labeled queries in a seeded shuffle, starting from an empty (or warmed) cache."""
+    stream = list(queries)
+    random.Random(seed).shuffle(stream)
+    records = []
+    with tempfile.TemporaryDirectory() as directory:
+        cache = _cache(policy, embedder, directory)
+        seen: set[str] = set()
+        for i, query in enumerate(warm):
+            cache.write_back(query.text, _answer(query.label, -i - 1), model="replay", paid=False)
+            seen.add(query.label)
+        for i, query in enumerate(_progress(stream, progress, "replay")):
+            result, ms = _timed_lookup(cache, query.text, "replay")
+            reusable = query.label != OOS and query.label in seen
+            decision = result.decision
+            similarity = decision.similarity if np.isfinite(decision.similarity) else None
+            if result.hit is not None:
+                served = _label_of(result.hit.answer)
+                record = QueryRecord("hit", served == query.label and served != OOS, reusable, similarity, result.hit.confidence, ms)
+            else:
+                cache.write_back(result, _answer(query.label, i))
+                seen.add(query.label)
+                record = QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms)
+            records.append(record)
+            if on_query:
+                on_query(i, record)
+        cache.close()
+    return records
+
+
+def replay_pairs(
+    pairs: Sequence[LabeledPair],
+    *,
+    policy: Policy,
+    embedder: Embedder,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[QueryRecord]:
+    """Each pair is an episode in a scope of its own: ask `a` (paid, written back), then `b`."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    records = []
+    with tempfile.TemporaryDirectory() as directory:
+        cache = _cache(policy, embedder, directory)
+        for i in _progress(order, progress, "replay"):
+            pair, tenant = pairs[i], f"pair-{i}"
+            for text, answer, reusable in (
+                (pair.a, f"[pair {i}]", False),
+                (pair.b, f"[pair {i}]" if pair.duplicate else f"[pair {i} b]", pair.duplicate),
+            ):
+                result, ms = _timed_lookup(cache, text, tenant)
+                decision = result.decision
+                similarity = decision.similarity if np.isfinite(decision.similarity) else None
+                if result.hit is not None:
+                    records.append(QueryRecord("hit", result.hit.answer == answer, reusable, similarity, result.hit.confidence, ms))
+                else:
+                    cache.write_back(result, answer)
+                    records.append(QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms))
+        cache.close()
+    return records

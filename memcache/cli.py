@@ -1,0 +1,126 @@
+"""The `memcache` command: ask, stats, forget, invalidate, eval, calibrate.
+
+Sits on top of everything (it may import eval); the engine never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from memcache.errors import MemcacheError
+
+
+def _open(args: argparse.Namespace, **overrides):
+    from memcache.cache import MemCache
+
+    return MemCache(
+        args.database_url,
+        embedding_model=args.embedding_model,
+        strong_model=getattr(args, "model", None),
+        max_false_hit_rate=args.max_false_hit_rate,
+        calibration=args.calibration,
+        progress=True,
+        **overrides,
+    )
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import litellm
+
+    from memcache.cache import cache_info
+
+    litellm.suppress_debug_info = True
+
+    kwargs = {k: v for k, v in (("api_base", args.api_base), ("api_key", args.api_key)) if v}
+    if args.mock_response is not None:
+        kwargs["mock_response"] = args.mock_response
+    with _open(args) as cache:
+        response = cache.completion(messages=[{"role": "user", "content": args.question}], tenant=args.tenant, **kwargs)
+        info = cache_info(response)
+        print(response.choices[0].message.content)
+        if info is not None:
+            sim = "-" if info.similarity is None else f"{info.similarity:.3f}"
+            print(f"[{info.outcome} similarity={sim} confidence={info.confidence:.3f} entry={info.entry_id}]", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        stats = cache.stats()
+    if args.json:
+        print(json.dumps(asdict(stats), indent=2))
+    else:
+        for name, value in asdict(stats).items():
+            print(f"{name:28s} {value}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        print(f"deleted {cache.forget(tenant=args.tenant)} entries of tenant {args.tenant!r}")
+    return 0
+
+
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        found = cache.invalidate(args.entry_id)
+    print(f"entry {args.entry_id} {'deleted' if found else 'not found'}")
+    return 0 if found else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memcache", description=__doc__.splitlines()[0])
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--database-url",
+        default=os.environ.get("MEMCACHE_DATABASE_URL", "sqlite:///memcache.db"),
+        help="SQLAlchemy URL of the store (env MEMCACHE_DATABASE_URL; default sqlite:///memcache.db)",
+    )
+    store.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
+    store.add_argument("--max-false-hit-rate", type=float, default=0.02, help="bound on wrong hits / hits")
+    store.add_argument("--calibration", default=None, help="calibration file from `memcache calibrate`")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", parents=[store], help="answer a question from memory, or escalate and remember")
+    ask.add_argument("question")
+    ask.add_argument("--model", default=os.environ.get("MEMCACHE_STRONG_MODEL"), help="LiteLLM model (env MEMCACHE_STRONG_MODEL)")
+    ask.add_argument("--tenant", default=None)
+    ask.add_argument("--api-base", default=None)
+    ask.add_argument("--api-key", default=None)
+    ask.add_argument("--mock-response", default=None, help="LiteLLM mock_response (no network)")
+    ask.set_defaults(func=cmd_ask)
+
+    stats = sub.add_parser("stats", parents=[store], help="entries, keys, labels and the policy's estimate")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    forget = sub.add_parser("forget", parents=[store], help="delete everything of one tenant")
+    forget.add_argument("--tenant", required=True)
+    forget.set_defaults(func=cmd_forget)
+
+    invalidate = sub.add_parser("invalidate", parents=[store], help="delete one entry by id")
+    invalidate.add_argument("entry_id", type=int)
+    invalidate.set_defaults(func=cmd_invalidate)
+
+    from memcache.eval.commands import add_eval_commands
+
+    add_eval_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MemcacheError as exc:
+        print(f"memcache: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

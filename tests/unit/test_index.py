@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from memcache.index import FaissIndex
+
+
+def unit(rows):
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_search_stays_inside_its_scope():
+    index = FaissIndex(3)
+    index.add("a", [1], unit([[1, 0, 0]]))
+    index.add("b", [2], unit([[1, 0.01, 0]]))
+    sims, ids = index.search("a", unit([[1, 0.01, 0]]), 5)
+    assert ids[0].tolist()[:1] == [1] and set(ids[0].tolist()) == {1, -1}
+    assert sims[0][0] == pytest.approx(0.99995, abs=1e-4)
+
+
+def test_removed_ids_never_come_back_flat_and_hnsw():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.normal(size=(300, 8)))
+    index = FaissIndex(8, approximate_after=100)
+    index.add("s", list(range(300)), vectors)
+    assert index._partitions["s"].approximate
+    index.remove(range(0, 300, 2))
+    _, ids = index.search("s", vectors[:20], 10)
+    assert not (set(ids.ravel().tolist()) - {-1}) & set(range(0, 300, 2))
+    index.remove(range(1, 300, 2))
+    assert len(index) == 0 and index.scope_sizes() == {}
+
+
+def test_hnsw_recall_against_exact():
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.normal(size=(3000, 32)))
+    queries = unit(vectors[:200] + rng.normal(scale=0.1, size=(200, 32)))
+    exact, approx = FaissIndex(32, approximate_after=10**9), FaissIndex(32, approximate_after=1000)
+    for index in (exact, approx):
+        index.add("s", list(range(3000)), vectors)
+    recall = np.mean(exact.search("s", queries, 1)[1][:, 0] == approx.search("s", queries, 1)[1][:, 0])
+    assert recall >= 0.99

@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+
+from memcache.errors import ConfigError
+from memcache.policy import CalibratedPolicy, ThresholdPolicy, neighbourhood_features, wilson_upper
+from memcache.types import Candidate
+
+
+def synthetic_labels(n, seed=0):
+    """Labels whose chance of being right rises with similarity, as in real caches."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = rng.uniform(0.4, 1.0)
+        p_right = 1 / (1 + np.exp(-(s - 0.75) * 40))
+        out.append(((s, s - rng.uniform(0, 0.3), rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0), rng.random() < p_right))
+    return out
+
+
+def test_wilson_upper_bound_is_above_the_rate_and_shrinks_with_n():
+    small, large = wilson_upper(np.array([1.0, 10.0]), np.array([50.0, 500.0]), 1.645)
+    assert small > 0.02 and large > 0.02 and small > large
+
+
+def test_no_hits_before_any_label():
+    policy = CalibratedPolicy(0.02, seed=0)
+    decision = policy.decide([Candidate(1, 1, 0.99)], {})
+    assert decision.action == "miss" and decision.confidence == 0.0
+
+
+def test_the_chosen_region_holds_the_bound_on_fresh_data():
+    policy = CalibratedPolicy(0.02, seed=0)
+    policy.load_labels(synthetic_labels(3000))
+    assert policy.threshold is not None and policy.bound <= 0.02
+    fresh = synthetic_labels(20000, seed=1)
+    served = [ok for features, ok in fresh if policy.confidence(features) >= policy.threshold]
+    assert len(served) > 1000
+    assert 1 - np.mean(served) <= 0.02
+
+
+def test_a_bound_that_the_data_cannot_meet_serves_nothing():
+    rng = np.random.default_rng(0)
+    coin = [((s, 0.1, 1.0, 1.0, 0.0), rng.random() < 0.7) for s in rng.uniform(0.8, 1.0, 2000)]
+    policy = CalibratedPolicy(0.02)
+    policy.load_labels(coin)
+    assert policy.threshold is None
+
+
+def test_calibration_file_round_trip(tmp_path):
+    policy = CalibratedPolicy(0.05, seed=0)
+    policy.load_labels(synthetic_labels(1500))
+    path = tmp_path / "calibration.json"
+    policy.save(path)
+    loaded = CalibratedPolicy.from_file(path)
+    assert loaded.threshold == pytest.approx(policy.threshold)
+    assert loaded.labels == policy.labels and loaded.max_false_hit_rate == 0.05
+    features = (0.9, 0.3, 0.9, 0.5, 0.0)
+    assert loaded.confidence(features) == pytest.approx(policy.confidence(features))
+    assert CalibratedPolicy.from_file(path, max_false_hit_rate=0.01).max_false_hit_rate == 0.01
+
+
+def test_a_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"kind": "something else"}))
+    with pytest.raises(ConfigError):
+        CalibratedPolicy.from_file(path)
+    with pytest.raises(ConfigError):
+        CalibratedPolicy.from_file(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("bound", [0, 1, -0.1, 1.5])
+def test_bound_must_be_a_rate(bound):
+    with pytest.raises(ConfigError):
+        CalibratedPolicy(bound)
+
+
+def test_features_see_agreement_among_neighbours():
+    agree = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 7, 0.88), Candidate(3, 8, 0.7)], {})
+    split = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.89), Candidate(3, 8, 0.88)], {})
+    assert agree[0] == 7 and agree[2][2] > split[2][2]  # agreement
+    assert agree[2][1] > split[2][1]  # margin to another answer
+
+
+def test_threshold_policy_serves_at_its_threshold():
+    policy = ThresholdPolicy(0.8)
+    assert policy.decide([Candidate(1, 1, 0.81)], {}).action == "hit"
+    assert policy.decide([Candidate(1, 1, 0.79)], {}).action == "miss"
+    with pytest.raises(ConfigError):
+        ThresholdPolicy(1.5)
