@@ -68,7 +68,7 @@ def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'memcache.db'}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir():
     if not DATA_DIR.exists():
         pytest.skip(f"evaluation data not found at {DATA_DIR}")

@@ -1,0 +1,114 @@
+"""The replay protocol and the calibrated policy on real labeled data (small subsets for CI)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from memcache import CalibratedPolicy
+from memcache.eval.data import OOS, load_intents, load_pairs
+from memcache.eval.metrics import summarize
+from memcache.eval.replay import MemoEmbedder, replay_intents, replay_pairs
+
+INTENTS = 40
+OOS_QUERIES = 250
+BOUND = 0.05
+
+
+@pytest.fixture(scope="module")
+def clinc_subset(data_dir):
+    """Test split of 40 intents (30 queries each) plus 250 out-of-scope queries: 1,450 queries."""
+    rows = load_intents(data_dir / "clinc150.jsonl", ["test"])
+    labels = sorted({r.label for r in rows if r.label != OOS})
+    chosen = set(random.Random(7).sample(labels, INTENTS))
+    oos = [r for r in rows if r.label == OOS]
+    return [r for r in rows if r.label in chosen] + random.Random(7).sample(oos, OOS_QUERIES)
+
+
+@pytest.fixture(scope="module")
+def memo(embedder, clinc_subset):
+    memo = MemoEmbedder(embedder)
+    memo.prefill([r.text for r in clinc_subset])
+    return memo
+
+
+class SpyPolicy(CalibratedPolicy):
+    """Records which lookups the policy was taught from, to prove hits never teach it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decisions = []
+        self.observed = 0
+
+    def decide(self, candidates, entries):
+        decision = super().decide(candidates, entries)
+        self.decisions.append(decision)
+        return decision
+
+    def observe(self, features, correct):
+        last = self.decisions[-1]
+        assert last.action in ("miss", "audit"), "the policy was shown the label of a served hit"
+        assert tuple(features) == tuple(last.features)
+        self.observed += 1
+        super().observe(features, correct)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bound_held_on_clinc_over_seeds(clinc_subset, memo, seed):
+    policy = CalibratedPolicy(BOUND, seed=seed)
+    records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=seed)
+    report = summarize(records, max_false_hit_rate=BOUND)
+    assert report["queries"] == len(clinc_subset)
+    assert report["hits"] >= 150, report
+    assert report["false_hit_rate"] <= BOUND, report
+    assert report["correct_hit_rate"] < report["reusable_rate"]
+
+
+def test_policy_learns_only_from_paid_answers(clinc_subset, memo):
+    policy = SpyPolicy(BOUND, seed=0)
+    records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=0)
+    paid_with_neighbour = sum(r.outcome in ("miss", "audit") and r.similarity is not None for r in records)
+    assert policy.observed == paid_with_neighbour == policy.labels
+    assert sum(r.outcome == "hit" for r in records) > 0
+
+
+def test_quora_pairs_near_duplicates_do_not_break_the_bound(data_dir, embedder):
+    pairs = load_pairs(data_dir / "qqp_pairs_dev.jsonl")[:1500]
+    memo = MemoEmbedder(embedder)
+    memo.prefill([t for p in pairs for t in (p.a, p.b)])
+    policy = CalibratedPolicy(0.02, seed=0)
+    report = summarize(replay_pairs(pairs, policy=policy, embedder=memo, seed=0), max_false_hit_rate=0.02)
+    assert report["queries"] == 3000
+    assert report["false_hit_rate"] <= 0.02, report
+    assert report["strong_calls"] >= 0.5  # every `a` is paid for
+
+
+def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
+    data = tmp_path / "subset.jsonl"
+    data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
+    cli = [sys.executable, "-m", "memcache.cli"]
+    calibration = tmp_path / "calibration.json"
+    out = subprocess.run(
+        cli + ["calibrate", str(data), "--splits", "test,oos", "--max-false-hit-rate", str(BOUND), "--out", str(calibration)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert CalibratedPolicy.from_file(calibration).labels > 1000
+    report_path, plot = tmp_path / "report.json", tmp_path / "report.png"
+    out = subprocess.run(
+        cli + ["eval", str(data), "--splits", "test,oos", "--seed", "0", "--max-false-hit-rate", str(BOUND),
+               "--json", str(report_path), "--plot", str(plot), "--sweep", "--calibration", str(calibration)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(report_path.read_text())
+    for key in ("queries", "hits", "hit_rate", "false_hit_rate", "error_rate", "correct_hit_rate", "reusable_rate",
+                "strong_calls", "lookup_p50_ms", "lookup_p95_ms", "lookup_p99_ms", "max_false_hit_rate"):
+        assert key in report["runs"][0], key
+    assert report["runs"][0]["queries"] == len(clinc_subset)
+    assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
