@@ -53,6 +53,10 @@ class FaissIndex:
         dimension: vector width.
         approximate_after: a partition switches from exact flat search to HNSW past this size.
         hnsw_m / ef_search / ef_construction: HNSW graph parameters.
+        omp_threads: FAISS OpenMP threads (process-wide), or None to leave them alone. One
+            thread is the default because lookups search one query at a time, and FAISS's
+            spinning OpenMP pool otherwise fights torch's for the cores: on a 2-core machine
+            encode + search took 25.8 ms with 2 threads and 13.8 ms with 1.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class FaissIndex:
         hnsw_m: int = 32,
         ef_search: int = 128,
         ef_construction: int = 200,
+        omp_threads: int | None = 1,
     ) -> None:
         if dimension < 1:
             raise ConfigError("dimension must be >= 1")
@@ -73,6 +78,8 @@ class FaissIndex:
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
         self.ef_construction = ef_construction
+        if omp_threads is not None:
+            _faiss().omp_set_num_threads(omp_threads)
         self._partitions: dict[str, _Partition] = {}
         self._scope_of: dict[int, str] = {}
         self._lock = threading.RLock()
