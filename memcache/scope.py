@@ -120,8 +120,8 @@ def build_scope(
     Unknown parameters count as answer-changing, which can only cost hits, never leak.
     """
     tenant = DEFAULT_TENANT if tenant is None else tenant
-    if not isinstance(tenant, str) or not tenant:
-        raise InvalidRequestError("tenant must be a non-empty string (or None for the default tenant)")
+    if not isinstance(tenant, str) or not tenant or len(tenant) > 255:
+        raise InvalidRequestError("tenant must be a non-empty string of at most 255 characters (or None)")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("model must be a non-empty string")
     system = [m.get("content") for m in earlier if m.get("role") in ("system", "developer")]

@@ -15,6 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def default_answer(prompt: str) -> str:
+    if "Reply with exactly YES or NO" in prompt:  # judge prompts: same first word means same answer
+        a = prompt.split("Answer A:")[1].split()[0].strip(",.").lower()
+        b = prompt.split("Answer B:")[1].split()[0].strip(",.").lower()
+        return "YES" if a == b else "NO"
     return f"Answer to: {prompt}"
 
 

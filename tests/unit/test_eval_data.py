@@ -1,0 +1,52 @@
+import pytest
+
+from memcache.errors import ConfigError
+from memcache.eval.commands import load_stream
+from memcache.eval.data import load_csv, load_intents, load_pairs
+from memcache.eval.metrics import summarize
+from memcache.eval.replay import QueryRecord
+
+
+def test_csv_with_named_columns(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("question,intent\nhow are you,greet\nbye now,farewell\n")
+    rows = load_csv(path, text_col="question", label_col="intent")
+    assert [(r.text, r.label) for r in rows] == [("how are you", "greet"), ("bye now", "farewell")]
+    with pytest.raises(ConfigError):
+        load_csv(path, text_col="text", label_col="intent")
+
+
+def test_splits_and_oos_selection(tmp_path):
+    path = tmp_path / "i.jsonl"
+    path.write_text(
+        '{"text": "a", "label": "x", "split": "test"}\n{"text": "b", "label": "oos", "split": "test"}\n'
+        '{"text": "c", "label": "x", "split": "train"}\n'
+    )
+    assert len(load_intents(path, ["test"])) == 2
+    assert [r.text for r in load_stream(str(path), "intents", "test", "text", "label").items] == ["a"]
+    assert [r.text for r in load_stream(str(path), "intents", "test,oos", "text", "label").items] == ["a", "b"]
+    with pytest.raises(ConfigError):
+        load_stream(str(path), "intents", "nosuchsplit", "text", "label")
+
+
+def test_bad_rows_are_config_errors(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"a": "x"}\n')
+    with pytest.raises(ConfigError):
+        load_pairs(path)
+    path.write_text("not json\n")
+    with pytest.raises(ConfigError):
+        load_intents(path)
+
+
+def test_summary_rates():
+    records = [
+        QueryRecord("hit", True, True, 0.9, 0.99, 1.0),
+        QueryRecord("hit", False, True, 0.8, 0.98, 1.0),
+        QueryRecord("miss", None, False, None, 0.0, 2.0),
+        QueryRecord("audit", None, True, 0.9, 0.99, 3.0),
+    ]
+    s = summarize(records, max_false_hit_rate=0.02)
+    assert s["queries"] == 4 and s["hits"] == 2 and s["false_hit_rate"] == 0.5
+    assert s["error_rate"] == 0.25 and s["correct_hit_rate"] == 0.25 and s["reusable_rate"] == 0.75
+    assert s["strong_calls"] == 0.5 and s["max_false_hit_rate"] == 0.02
