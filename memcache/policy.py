@@ -264,23 +264,23 @@ class CalibratedPolicy:
         p_lab = _sigmoid(logits)
         traffic = np.asarray(self._recent, dtype=float) if self._recent else None
         p_tr = p_lab if traffic is None else _sigmoid(self._design(traffic) @ self._weights)
+        order = np.argsort(-p_lab, kind="stable")
+        tau = p_lab[order]
+        n = np.arange(1, len(tau) + 1, dtype=float)
+        observed = np.cumsum(1.0 - y[order])
+        predicted = np.maximum(np.cumsum(1.0 - tau), 1e-12)
+        kappa = (observed + self._z * np.sqrt(observed) + self._z**2) / predicted
+        served_desc = np.sort(p_tr)[::-1]
+        served = np.searchsorted(-served_desc, -tau, side="right")  # traffic at or above each cut-off
+        served_error = np.cumsum(1.0 - served_desc)[np.maximum(served, 1) - 1] / np.maximum(served, 1)
+        estimate = served_error * kappa
         n_min = self._z**2 * (1 - self.max_false_hit_rate) / self.max_false_hit_rate
-        grid = np.unique(np.concatenate([p_lab, p_tr]))[::-1]
+        distinct = np.append(tau[1:] < tau[:-1], True)  # cut only between distinct scores
+        feasible = np.flatnonzero(distinct & (n >= n_min) & (served > 0) & (estimate <= self.max_false_hit_rate))
         chosen = None
-        for tau in grid:
-            above = p_lab >= tau
-            n = int(above.sum())
-            if n < n_min:
-                continue
-            observed = float((1.0 - y[above]).sum())
-            predicted = float((1.0 - p_lab[above]).sum())
-            kappa = (observed + self._z * math.sqrt(observed) + self._z**2) / max(predicted, 1e-12)
-            served = p_tr >= tau
-            if not served.any():
-                continue
-            estimate = float((1.0 - p_tr[served]).mean()) * kappa
-            if estimate <= self.max_false_hit_rate:
-                chosen = (float(tau), n, int(observed), estimate)
+        if len(feasible):
+            i = int(feasible[-1])  # the lowest cut-off that passes: the most hits
+            chosen = (float(tau[i]), int(n[i]), int(observed[i]), float(estimate[i]))
         if chosen is None:
             self.threshold = None
             self.region_labels = self.region_errors = 0
