@@ -237,11 +237,11 @@ class MemCache:
         if key_id is None:
             return None
         entry_id = self._keys[key_id][0]
-        answer = self._live_answer(entry_id)
-        if answer is None:
+        row = self._live_answer(entry_id)
+        if row is None:
             return None
         self._count_hit(entry_id, exact=True)
-        return CacheHit(answer, entry_id, 1.0, 1.0, exact=True)
+        return CacheHit(row[0], entry_id, 1.0, 1.0, exact=True, payload=row[1])
 
     def _candidates(self, scope_key: str, vector: np.ndarray) -> list[Candidate]:
         if self._index is None:
@@ -259,27 +259,28 @@ class MemCache:
         decision = self.policy.decide(candidates, self._entry_stats)
         hit = None
         if decision.action == "hit":
-            answer = self._live_answer(decision.entry_id)
-            if answer is None:  # expired or deleted since it was indexed
+            row = self._live_answer(decision.entry_id)
+            if row is None:  # expired or deleted since it was indexed
                 decision = replace(decision, action="miss")
             else:
                 self._count_hit(decision.entry_id, exact=False)
-                hit = CacheHit(answer, decision.entry_id, decision.similarity, decision.confidence)
+                hit = CacheHit(row[0], decision.entry_id, decision.similarity, decision.confidence, payload=row[1])
         with self._lock:
             self._counters["lookups"] += hit is None
             self._counters["misses"] += decision.action == "miss"
             self._counters["audits"] += decision.action == "audit"
         return LookupResult(hit, decision, scope, query, embedding=vector)
 
-    def _live_answer(self, entry_id: int) -> str | None:
+    def _live_answer(self, entry_id: int) -> tuple[str, str | None] | None:
+        """(answer, payload) of an entry that exists and has not expired."""
         row = self.store.answer_of(entry_id)
         if row is None:
             return None
-        answer, expires_at = row
+        answer, expires_at, payload = row
         if expires_at is not None and expires_at <= utcnow():
             self.invalidate(entry_id)
             return None
-        return answer
+        return answer, payload
 
     def _count_hit(self, entry_id: int, *, exact: bool) -> None:
         with self._lock:
@@ -309,13 +310,15 @@ class MemCache:
         tenant: str | None = None,
         source_model: str | None = None,
         paid: bool = True,
+        payload: str | None = None,
         **params: Any,
     ) -> CacheEntry | None:
         """Store a verified answer for a request (a LookupResult from `lookup`, or a prompt/messages).
 
         With `paid=True` (an answer the model was just paid for) it also becomes a policy
-        label: was the nearest stored entry's answer the same? Returns the entry, or None
-        when the `verify` callable rejected the answer.
+        label: was the nearest stored entry's answer the same? `payload` is opaque text kept
+        with a new entry and returned on hits (adapters store full responses there). Returns
+        the entry, or None when the `verify` callable rejected the answer.
 
         Raises:
             InvalidRequestError: the answer is empty or not a string, or the request is malformed.
@@ -336,7 +339,7 @@ class MemCache:
             vector = self.embedder.embed([result.query])[0]
         if paid and result.hit is None:
             self._learn(result, answer)
-        return self._store_answer(result, answer, vector, source_model or result.scope.model)
+        return self._store_answer(result, answer, vector, source_model or result.scope.model, payload)
 
     async def awrite_back(self, request: LookupResult | Request, answer: str, **kwargs: Any) -> CacheEntry | None:
         """Async `write_back`, run off the event loop."""
@@ -361,13 +364,15 @@ class MemCache:
                     stats, checks=stats.checks + 1, failures=stats.failures + (not agreed)
                 )
 
-    def _store_answer(self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str) -> CacheEntry:
+    def _store_answer(
+        self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str, payload: str | None
+    ) -> CacheEntry:
         scope = result.scope
         norm_hash = text_hash(normalize(result.query))
         expires = utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None
         written = self.store.add_answer(
             scope=scope, query=result.query, normalized_hash=norm_hash, embedding=vector,
-            answer=answer, source_model=source_model, expires_at=expires,
+            answer=answer, source_model=source_model, expires_at=expires, payload=payload,
         )
         with self._lock:
             if written.new_key:
@@ -506,6 +511,10 @@ class MemCache:
         if not isinstance(tenant, str) or not tenant:
             raise InvalidRequestError("tenant must be a non-empty string")
         return self._drop(self.store.entry_ids_of_tenant(tenant))
+
+    async def aforget(self, *, tenant: str) -> int:
+        """Async `forget`, run off the event loop."""
+        return await self._run(functools.partial(self.forget, tenant=tenant))
 
     def _drop(self, entry_ids: Iterable[int]) -> int:
         entry_ids = list(entry_ids)

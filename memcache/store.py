@@ -68,6 +68,7 @@ class EntryRow(Base):
     model: Mapped[str] = mapped_column(Text)
     scope_json: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)  # opaque, for adapters (e.g. LangChain generations)
     answer_hash: Mapped[str] = mapped_column(String(64))
     source_model: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -192,6 +193,7 @@ class Store:
         answer: str,
         source_model: str,
         expires_at: datetime | None = None,
+        payload: str | None = None,
     ) -> WriteResult:
         """Store `answer` for `query`; an equal answer in the same scope gains a key instead of a row."""
         now = utcnow()
@@ -210,7 +212,7 @@ class Store:
                         EntryRow.__table__.insert()
                         .values(
                             scope_key=scope.key, tenant=scope.tenant, model=scope.model,
-                            scope_json=json.dumps(scope.__dict__), answer=answer, answer_hash=answer_hash,
+                            scope_json=json.dumps(scope.__dict__), answer=answer, payload=payload, answer_hash=answer_hash,
                             source_model=source_model, created_at=now, hit_count=0, verified=True,
                             expires_at=expires_at, checks=0, failures=0,
                         )
@@ -296,13 +298,13 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def answer_of(self, entry_id: int) -> tuple[str, datetime | None] | None:
-        """(answer, expires_at) of one entry by primary key: the only read on a hit."""
+    def answer_of(self, entry_id: int) -> tuple[str, datetime | None, str | None] | None:
+        """(answer, expires_at, payload) of one entry by primary key: the only read on a hit."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(EntryRow.answer, EntryRow.expires_at).where(EntryRow.id == entry_id)
+                select(EntryRow.answer, EntryRow.expires_at, EntryRow.payload).where(EntryRow.id == entry_id)
             ).first()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
 
     def get_entry(self, entry_id: int) -> CacheEntry | None:
         with self.engine.connect() as conn:

@@ -91,7 +91,8 @@ class CacheHit:
     """A served answer and why it was served.
 
     `similarity` is cosine similarity (1.0 for an exact repeat); `confidence` is the
-    policy's estimated probability that the answer is right for this query.
+    policy's estimated probability that the answer is right for this query. `payload` is
+    whatever opaque text was written back with the answer (adapters keep full responses there).
     """
 
     answer: str
@@ -99,6 +100,7 @@ class CacheHit:
     similarity: float
     confidence: float
     exact: bool = False
+    payload: str | None = None
 
 
 @dataclass(frozen=True)
