@@ -378,8 +378,10 @@ class MemCache:
             if written.new_key:
                 self._index_for(len(vector)).add(scope.key, [written.key_id], vector[None, :])
                 self._register_key(written.key_id, written.entry_id, scope.key, norm_hash)
-            stats = self._entry_stats.get(written.entry_id) or EntryStats(written.entry_id, 0)
-            self._entry_stats[written.entry_id] = replace(stats, n_keys=len(self._keys_of_entry[written.entry_id]))
+            keys = self._keys_of_entry.get(written.entry_id)
+            if keys is not None:  # None: a concurrent writer stored this key and has not registered it yet
+                stats = self._entry_stats.get(written.entry_id) or EntryStats(written.entry_id, 0)
+                self._entry_stats[written.entry_id] = replace(stats, n_keys=len(keys))
             self._counters["write_backs"] += 1
         return CacheEntry(
             id=written.entry_id, scope_key=scope.key, tenant=scope.tenant, answer=answer,

@@ -72,6 +72,13 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from memcache.adapters.proxy import serve
+
+    serve(args.config, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memcache", description=__doc__.splitlines()[0])
     store = argparse.ArgumentParser(add_help=False)
@@ -105,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     invalidate = sub.add_parser("invalidate", parents=[store], help="delete one entry by id")
     invalidate.add_argument("entry_id", type=int)
     invalidate.set_defaults(func=cmd_invalidate)
+
+    server = sub.add_parser("serve", help="run the OpenAI-compatible caching proxy")
+    server.add_argument("--config", default=None, help="TOML file: database_url, models, keys")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.set_defaults(func=cmd_serve)
 
     from memcache.eval.commands import add_eval_commands
 

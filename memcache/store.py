@@ -23,6 +23,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from memcache.errors import StoreError
@@ -78,7 +79,8 @@ class EntryRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     checks: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    __table_args__ = (Index("ix_memcache_entries_scope_answer", "scope_key", "answer_hash"),)
+    # one row per answer per scope, also under concurrent writers in several processes
+    __table_args__ = (UniqueConstraint("scope_key", "answer_hash", name="uq_memcache_entries_scope_answer"),)
 
 
 class KeyRow(Base):
@@ -92,7 +94,10 @@ class KeyRow(Base):
     normalized_hash: Mapped[str] = mapped_column(String(64))
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
-    __table_args__ = (Index("ix_memcache_keys_scope_norm", "scope_key", "normalized_hash"),)
+    __table_args__ = (
+        Index("ix_memcache_keys_scope_norm", "scope_key", "normalized_hash"),
+        UniqueConstraint("entry_id", "normalized_hash", name="uq_memcache_keys_entry_norm"),
+    )
 
 
 class LabelRow(Base):
@@ -199,45 +204,53 @@ class Store:
         now = utcnow()
         answer_hash = text_hash(answer)
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
-        try:
-            with self.engine.begin() as conn:
+        for attempt in range(3):  # a concurrent writer may insert the same answer or key first: re-read it
+            try:
+                return self._add_answer_once(
+                    scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now
+                )
+            except IntegrityError:
+                if attempt == 2:
+                    raise StoreError("write-back kept colliding with concurrent writers; nothing was stored")
+            except SQLAlchemyError as exc:
+                raise StoreError(f"write-back failed, nothing was stored: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _add_answer_once(
+        self, scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now
+    ) -> WriteResult:
+        with self.engine.begin() as conn:
+            entry_id = conn.execute(
+                select(EntryRow.id).where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash).limit(1)
+            ).scalar()
+            new_entry = entry_id is None
+            if new_entry:
                 entry_id = conn.execute(
-                    select(EntryRow.id).where(
-                        EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash
-                    ).limit(1)
-                ).scalar()
-                new_entry = entry_id is None
-                if new_entry:
-                    entry_id = conn.execute(
-                        EntryRow.__table__.insert()
-                        .values(
-                            scope_key=scope.key, tenant=scope.tenant, model=scope.model,
-                            scope_json=json.dumps(scope.__dict__), answer=answer, payload=payload, answer_hash=answer_hash,
-                            source_model=source_model, created_at=now, hit_count=0, verified=True,
-                            expires_at=expires_at, checks=0, failures=0,
-                        )
-                        .returning(EntryRow.id)
-                    ).scalar_one()
-                else:
-                    key_id = conn.execute(
-                        select(KeyRow.id).where(
-                            KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash
-                        ).limit(1)
-                    ).scalar()
-                    if expires_at is not None:
-                        conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
-                    if key_id is not None:
-                        return WriteResult(entry_id, key_id, new_entry=False, new_key=False)
-                key_id = conn.execute(
-                    KeyRow.__table__.insert()
+                    EntryRow.__table__.insert()
                     .values(
-                        entry_id=entry_id, scope_key=scope.key, query=query,
-                        normalized_hash=normalized_hash, embedding=blob, created_at=now,
+                        scope_key=scope.key, tenant=scope.tenant, model=scope.model,
+                        scope_json=json.dumps(scope.__dict__), answer=answer, payload=payload, answer_hash=answer_hash,
+                        source_model=source_model, created_at=now, hit_count=0, verified=True,
+                        expires_at=expires_at, checks=0, failures=0,
                     )
-                    .returning(KeyRow.id)
+                    .returning(EntryRow.id)
                 ).scalar_one()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"write-back failed, nothing was stored: {exc}") from exc
+            else:
+                key_id = conn.execute(
+                    select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash).limit(1)
+                ).scalar()
+                if expires_at is not None:
+                    conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
+                if key_id is not None:
+                    return WriteResult(entry_id, key_id, new_entry=False, new_key=False)
+            key_id = conn.execute(
+                KeyRow.__table__.insert()
+                .values(
+                    entry_id=entry_id, scope_key=scope.key, query=query,
+                    normalized_hash=normalized_hash, embedding=blob, created_at=now,
+                )
+                .returning(KeyRow.id)
+            ).scalar_one()
         return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
 
     def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:

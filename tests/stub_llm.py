@@ -2,7 +2,8 @@
 
 Answers come from `answer_for(prompt)`; special prompts trigger failures:
   "FAIL-500" / "FAIL-429" -> that HTTP status; "TRUNCATE" -> finish_reason "length";
-  "CUT-STREAM" -> a stream that stops without a finish chunk; "SLOW" -> sleeps 5 s.
+  "CUT-STREAM" -> a stream that stops without a finish chunk; "SLOW" -> sleeps 5 s;
+  "DRIP" -> a stream that sends one word every 0.2 s.
 """
 
 from __future__ import annotations
@@ -96,8 +97,13 @@ class StubLLM:
                         "model": body.get("model", "stub"),
                         "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}],
                     }
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
+                    try:
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    except OSError:  # the client went away
+                        return
+                    if "DRIP" in answer:
+                        time.sleep(0.2)
                 done = {
                     "id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                     "model": body.get("model", "stub"),

@@ -337,3 +337,11 @@ def test_cli_ask_stats_forget(tmp_path, stub_llm):
     assert "deleted 1 entries" in forget.stdout
     bad = subprocess.run(base + ["ask", "   ", "--model", MODEL], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "empty" in bad.stderr
+
+
+def test_regression_concurrent_write_backs_of_one_answer_make_one_entry(cache):
+    """Concurrent identical write-backs once made duplicate entries and a KeyError in the stats."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        entries = list(pool.map(lambda _: cache.write_back("What is the speed of sound?", "343 m/s"), range(32)))
+    assert len({e.id for e in entries}) == 1
+    assert cache.stats().entries == 1 and cache.stats().keys == 1
