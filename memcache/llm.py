@@ -117,16 +117,29 @@ class StreamAssembler:
         return text if text.strip() else None
 
 
-class CacheStream:
+class _Stream:
+    """What both stream twins share: the info, the completion hook, and error translation."""
+
+    def __init__(self, chunks: Any, info: CacheInfo, on_complete: Callable[[str], Any] | None = None) -> None:
+        self._chunks = chunks
+        self.cache_info = info
+        self._on_complete = on_complete
+
+    @staticmethod
+    def _failed(exc: Exception) -> EscalationError:
+        return EscalationError(f"strong model stream failed: {exc}")
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close:
+            close()
+
+
+class CacheStream(_Stream):
     """A stream of LiteLLM chunks with `cache_info`; calls `on_complete(text)` only if it ends normally.
 
     A consumer that stops early, or an error mid-stream, leaves nothing written.
     """
-
-    def __init__(self, chunks: Any, info: CacheInfo, on_complete: Callable[[str], None] | None = None) -> None:
-        self._chunks = chunks
-        self.cache_info = info
-        self._on_complete = on_complete
 
     def __iter__(self) -> Iterator[Any]:
         assembler = StreamAssembler()
@@ -137,24 +150,14 @@ class CacheStream:
         except EscalationError:
             raise
         except Exception as exc:
-            raise EscalationError(f"strong model stream failed: {exc}") from exc
+            raise self._failed(exc) from exc
         text = assembler.text()
         if text is not None and self._on_complete is not None:
             self._on_complete(text)
 
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close:
-            close()
 
-
-class AsyncCacheStream:
+class AsyncCacheStream(_Stream):
     """Async twin of CacheStream; `on_complete` is awaited."""
-
-    def __init__(self, chunks: Any, info: CacheInfo, on_complete: Callable[[str], Any] | None = None) -> None:
-        self._chunks = chunks
-        self.cache_info = info
-        self._on_complete = on_complete
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         assembler = StreamAssembler()
@@ -170,7 +173,7 @@ class AsyncCacheStream:
         except EscalationError:
             raise
         except Exception as exc:
-            raise EscalationError(f"strong model stream failed: {exc}") from exc
+            raise self._failed(exc) from exc
         text = assembler.text()
         if text is not None and self._on_complete is not None:
             await self._on_complete(text)
