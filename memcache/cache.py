@@ -111,15 +111,15 @@ class MemCache:
         self.ttl = ttl
         self.verify = verify
         self.progress = progress
-        self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
-        self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
-        if policy is None:
+        if policy is None:  # built first: a bad bound must fail before a store file is created
             policy = (
                 CalibratedPolicy.from_file(calibration, max_false_hit_rate=max_false_hit_rate, seed=seed)
                 if calibration is not None
                 else CalibratedPolicy(max_false_hit_rate, seed=seed)
             )
         self.policy = policy
+        self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
+        self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
         self.judge = judge if judge is not None else ExactJudge()
         self._index = index
         self._lock = threading.RLock()

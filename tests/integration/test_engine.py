@@ -279,6 +279,7 @@ def test_bad_configuration_is_a_config_error(db_url, embedder):
     for kwargs in ({"max_false_hit_rate": 0}, {"ttl": -1}, {"neighbours": 0}, {"max_query_chars": 0}):
         with pytest.raises(ConfigError):
             MemCache(db_url, embedder=embedder, **kwargs)
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()  # refused before anything was created
     with MemCache(db_url, embedder=embedder) as cache:
         with pytest.raises(ConfigError):
             cache.completion(messages=[{"role": "user", "content": "hi"}])
