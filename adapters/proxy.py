@@ -4,7 +4,8 @@
 
 `POST /v1/chat/completions` (JSON or SSE stream) answers from memory or through LiteLLM,
 `GET /v1/models`, `GET /healthz`, `GET /metrics` (Prometheus text). The tenant is the API key
-(each key its own scope); with keys configured, unknown keys are refused. Every response says
+(each key its own scope); with keys configured, unknown keys are refused. Without configured
+keys, an `X-Memcache-Tenant` header names the tenant instead (for proxies behind your own auth). Every response says
 what the cache did in `X-Memcache-Cache` (hit/miss/audit), `X-Memcache-Similarity`,
 `X-Memcache-Confidence` and `X-Memcache-Entry`.
 """
@@ -161,6 +162,8 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
             if key not in config.keys:
                 return _error(401, "unknown API key", "invalid_request_error")
             return config.keys[key]
+        if request.headers.get("x-memcache-tenant"):  # trusted deployments without keys name the tenant
+            return request.headers["x-memcache-tenant"]
         return f"key-{hashlib.sha256(key.encode()).hexdigest()[:16]}" if key else "default"
 
     @app.get("/healthz")

@@ -154,3 +154,16 @@ def test_config_file(tmp_path):
 
     with pytest.raises(ConfigError):
         ProxyConfig.from_file(path)
+
+
+def test_tenant_header_without_configured_keys(db_url, embedder, stub_llm):
+    from fastapi.testclient import TestClient
+
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
+        upstream = Upstream("openai/stub-strong", {"api_base": stub_llm.base_url, "api_key": "k", "num_retries": 0})
+        app = create_app(cache, ProxyConfig(models={"m": upstream}))
+        with TestClient(app) as http:
+            body = {"model": "m", "messages": [{"role": "user", "content": "Where is the office?"}]}
+            assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers["x-memcache-cache"] == "miss"
+            assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers["x-memcache-cache"] == "hit"
+            assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "b"}).headers["x-memcache-cache"] == "miss"
