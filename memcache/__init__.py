@@ -40,6 +40,7 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "Stats",
     "Store",
+    "StoreError",
     "ThresholdPolicy",
     "VectorIndex",
     "cache_info",

@@ -34,6 +34,7 @@ from memcache.types import (
     Candidate,
     Decision,
     EntryStats,
+    Label,
     LookupResult,
     Stats,
 )
@@ -337,42 +338,46 @@ class MemCache:
         vector = result.embedding
         if vector is None:
             vector = self.embedder.embed([result.query])[0]
-        if paid and result.hit is None:
-            self._learn(result, answer)
-        return self._store_answer(result, answer, vector, source_model or result.scope.model, payload)
+        label = self._label(result, answer) if paid and result.hit is None else None
+        entry = self._store_answer(result, answer, vector, source_model or result.scope.model, payload, label)
+        if label is not None:  # taught only once the answer and its label are safely stored
+            self._learn(label)
+        return entry
 
     async def awrite_back(self, request: LookupResult | Request, answer: str, **kwargs: Any) -> CacheEntry | None:
         """Async `write_back`, run off the event loop."""
         return await self._run(functools.partial(self.write_back, request, answer, **kwargs))
 
-    def _learn(self, result: LookupResult, answer: str) -> None:
-        """Turn a paid answer into a label for the nearest entry that was not served."""
+    def _label(self, result: LookupResult, answer: str) -> Label | None:
+        """Turn a paid answer into a label: would the nearest entry (not served) have been right?"""
         decision = result.decision
         if decision.entry_id is None or not decision.features:
-            return
+            return None
         reference = self.store.answer_of(decision.entry_id)
         if reference is None:
-            return
+            return None
         agreed = bool(self.judge.same_answer(result.query, answer, reference[0]))
-        self.policy.observe(decision.features, agreed)
-        self.store.add_label(decision.features, correct=agreed)
-        self.store.record_check(decision.entry_id, agreed=agreed)
+        return Label(tuple(decision.features), agreed, decision.entry_id)
+
+    def _learn(self, label: Label) -> None:
+        self.policy.observe(label.features, label.correct)
         with self._lock:
-            stats = self._entry_stats.get(decision.entry_id)
+            stats = self._entry_stats.get(label.entry_id)
             if stats is not None:
-                self._entry_stats[decision.entry_id] = replace(
-                    stats, checks=stats.checks + 1, failures=stats.failures + (not agreed)
+                self._entry_stats[label.entry_id] = replace(
+                    stats, checks=stats.checks + 1, failures=stats.failures + (not label.correct)
                 )
 
     def _store_answer(
-        self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str, payload: str | None
+        self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str, payload: str | None,
+        label: Label | None,
     ) -> CacheEntry:
         scope = result.scope
         norm_hash = text_hash(normalize(result.query))
         expires = utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None
         written = self.store.add_answer(
             scope=scope, query=result.query, normalized_hash=norm_hash, embedding=vector,
-            answer=answer, source_model=source_model, expires_at=expires, payload=payload,
+            answer=answer, source_model=source_model, expires_at=expires, payload=payload, label=label,
         )
         with self._lock:
             if written.new_key:

@@ -1,4 +1,4 @@
-"""The `memcache` command: ask, stats, forget, invalidate, eval, calibrate.
+"""The `memcache` command: ask, stats, forget, invalidate, serve, eval, calibrate.
 
 Sits on top of everything (it may import eval); the engine never imports it.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from memcache.errors import StoreError
-from memcache.types import CacheEntry, Scope
+from memcache.types import CacheEntry, Label, Scope
 
 SCHEMA_VERSION = 1
 
@@ -199,27 +199,44 @@ class Store:
         source_model: str,
         expires_at: datetime | None = None,
         payload: str | None = None,
+        label: Label | None = None,
     ) -> WriteResult:
-        """Store `answer` for `query`; an equal answer in the same scope gains a key instead of a row."""
+        """Store `answer` for `query`; an equal answer in the same scope gains a key instead of a row.
+
+        A `label` (the paid answer compared with the nearest entry) is written in the same
+        transaction, with the checked entry's counters: all of it is stored, or none.
+        """
         now = utcnow()
         answer_hash = text_hash(answer)
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
         for attempt in range(3):  # a concurrent writer may insert the same answer or key first: re-read it
             try:
                 return self._add_answer_once(
-                    scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now
+                    scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now,
+                    label,
                 )
-            except IntegrityError:
+            except IntegrityError as exc:
                 if attempt == 2:
-                    raise StoreError("write-back kept colliding with concurrent writers; nothing was stored")
+                    raise StoreError("write-back kept colliding with concurrent writers; nothing was stored") from exc
             except SQLAlchemyError as exc:
                 raise StoreError(f"write-back failed, nothing was stored: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _add_answer_once(
-        self, scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now
+        self, scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now, label
     ) -> WriteResult:
         with self.engine.begin() as conn:
+            if label is not None:
+                conn.execute(
+                    LabelRow.__table__.insert().values(
+                        features=json.dumps(list(label.features)), correct=label.correct, created_at=now
+                    )
+                )
+                conn.execute(
+                    update(EntryRow)
+                    .where(EntryRow.id == label.entry_id)
+                    .values(checks=EntryRow.checks + 1, failures=EntryRow.failures + (0 if label.correct else 1))
+                )
             entry_id = conn.execute(
                 select(EntryRow.id).where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash).limit(1)
             ).scalar()
@@ -264,23 +281,6 @@ class Store:
                     .where(EntryRow.id == entry_id)
                     .values(hit_count=EntryRow.hit_count + hits, last_hit_at=last)
                 )
-
-    def record_check(self, entry_id: int, *, agreed: bool) -> None:
-        """Count a paid answer compared against this entry (per-entry reliability)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(EntryRow)
-                .where(EntryRow.id == entry_id)
-                .values(checks=EntryRow.checks + 1, failures=EntryRow.failures + (0 if agreed else 1))
-            )
-
-    def add_label(self, features: Sequence[float], *, correct: bool) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                LabelRow.__table__.insert().values(
-                    features=json.dumps([float(f) for f in features]), correct=correct, created_at=utcnow()
-                )
-            )
 
     def delete_entries(self, entry_ids: Iterable[int]) -> tuple[int, list[int]]:
         """Delete entries and their keys; return (entries deleted, key ids to drop from the index)."""

@@ -49,6 +49,15 @@ class EntryStats:
 
 
 @dataclass(frozen=True)
+class Label:
+    """A paid answer compared with the nearest entry: the policy's training example."""
+
+    features: tuple[float, ...]
+    correct: bool
+    entry_id: int
+
+
+@dataclass(frozen=True)
 class Decision:
     """What the policy decided for one lookup.
 

@@ -58,6 +58,6 @@ async def test_async_completion(backend, llm_kwargs):
 def test_unverified_answers_are_not_stored(backend, llm_kwargs):
     call("TRUNCATE a long essay about rivers", llm_kwargs)
     assert backend.memcache.stats().entries == 0
-    with pytest.raises(Exception):
+    with pytest.raises(litellm.InternalServerError):
         call("FAIL-500 anything", llm_kwargs)
     assert backend.memcache.stats().entries == 0
