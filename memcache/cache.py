@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -73,6 +74,10 @@ class MemCache:
         device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder.
         seed: seed for the policy's audit coin (reproducible replays).
         progress: show a progress bar while the index is rebuilt from the store.
+        sync_interval: seconds between checks of the store's change sequence, so that what other
+            processes write back or delete reaches this one's index (a lookup checks when the
+            last check is older than this; 0.5 s keeps others' writes visible within 1 s).
+            None turns it off (a single process).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class MemCache:
         device: str = "auto",
         seed: int | None = None,
         progress: bool = False,
+        sync_interval: float | None = 0.5,
     ) -> None:
         if policy is not None and calibration is not None:
             raise ConfigError("pass either policy= or calibration=, not both")
@@ -104,6 +110,8 @@ class MemCache:
             raise ConfigError("neighbours must be >= 1")
         if ttl is not None and ttl <= 0:
             raise ConfigError("ttl is in seconds and must be > 0 (or None for no expiry)")
+        if sync_interval is not None and sync_interval < 0:
+            raise ConfigError("sync_interval is in seconds and must be >= 0 (or None to turn syncing off)")
         if verify is not None and not callable(verify):
             raise ConfigError("verify must be a callable verify(query, answer) -> bool")
         self.strong_model = strong_model
@@ -131,6 +139,11 @@ class MemCache:
         self._entry_stats: dict[int, EntryStats] = {}
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self.sync_interval = sync_interval
+        self._change_cursor = 0  # every change with an id <= this has been applied (or given up on)
+        self._changes_applied: set[int] = set()  # applied ids above the cursor
+        self._change_gaps: dict[int, float] = {}  # unseen ids below applied ones: when first noticed
+        self._last_sync = 0.0
         self._counters = dict.fromkeys(
             ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs"), 0
         )
@@ -147,6 +160,9 @@ class MemCache:
             expired = self.store.expired_entry_ids()
             if expired:
                 self.store.delete_entries(expired)
+            # changes after this point are replayed by sync(); applying one twice is harmless
+            self._change_cursor = self.store.last_change_id()
+            self._last_sync = time.monotonic()
             checks = {entry_id: (c, f) for entry_id, c, f in self.store.entry_reliability()}
             keys = self.store.iter_keys()
             if self.progress:
@@ -174,6 +190,55 @@ class MemCache:
             if labels and hasattr(self.policy, "load_labels"):
                 self.policy.load_labels(labels)
             self._loaded = True
+
+    # -- following other processes ------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Apply what other processes wrote or deleted since the last sync; returns changes applied.
+
+        Ids from the store's sequence can commit out of order, so an id missing below applied
+        ones is waited for (it may still commit) and skipped after 30 s (a rolled-back write).
+        """
+        self._ensure_loaded()
+        with self._lock:
+            self._last_sync = time.monotonic()
+            changes = [c for c in self.store.changes_since(self._change_cursor) if c.id not in self._changes_applied]
+            new_keys = [c.key_id for c in changes if c.kind == "key" and c.key_id not in self._keys]
+            stored = {key.key_id: key for key in self.store.keys_by_id(new_keys)}
+            for change in changes:
+                if change.kind == "drop":
+                    self._forget_entries([change.entry_id], self._keys_of_entry.get(change.entry_id, ()))
+                elif change.key_id in stored:
+                    key = stored[change.key_id]
+                    if key.embedding is not None:
+                        self._index_for(len(key.embedding)).add(key.scope_key, [key.key_id], key.embedding[None, :])
+                    self._register_key(key.key_id, key.entry_id, key.scope_key, key.normalized_hash)
+                    stats = self._entry_stats.get(key.entry_id) or EntryStats(key.entry_id, 0)
+                    self._entry_stats[key.entry_id] = replace(stats, n_keys=len(self._keys_of_entry[key.entry_id]))
+                self._changes_applied.add(change.id)
+            self._advance_cursor()
+            return len(changes)
+
+    def _advance_cursor(self) -> None:
+        if not self._changes_applied:
+            return
+        now = time.monotonic()
+        for missing in range(self._change_cursor + 1, max(self._changes_applied)):
+            if missing not in self._changes_applied:
+                self._change_gaps.setdefault(missing, now)
+        while True:
+            following = self._change_cursor + 1
+            if following in self._changes_applied:
+                self._changes_applied.discard(following)
+            elif following in self._change_gaps and now - self._change_gaps[following] > 30.0:
+                del self._change_gaps[following]
+            else:
+                break
+            self._change_cursor = following
+
+    def _maybe_sync(self) -> None:
+        if self.sync_interval is not None and time.monotonic() - self._last_sync >= self.sync_interval:
+            self.sync()
 
     def _flush_vectors(self, batch: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
         for scope_key, (ids, vectors) in batch.items():
@@ -216,6 +281,7 @@ class MemCache:
         """
         query, scope = self._parse(request, model, tenant, params)
         self._ensure_loaded()
+        self._maybe_sync()
         exact = self._exact_hit(scope.key, query)
         if exact is not None:
             return LookupResult(exact, Decision("hit", exact.entry_id, 1.0, 1.0), scope, query)
@@ -226,6 +292,7 @@ class MemCache:
         """Async `lookup`: embedding is awaited, store and index work runs off the event loop."""
         query, scope = self._parse(request, model, tenant, params)
         await self._run(self._ensure_loaded)
+        await self._run(self._maybe_sync)
         exact = await self._run(self._exact_hit, scope.key, query)
         if exact is not None:
             return LookupResult(exact, Decision("hit", exact.entry_id, 1.0, 1.0), scope, query)
@@ -527,6 +594,12 @@ class MemCache:
         entry_ids = list(entry_ids)
         self._ensure_loaded()
         deleted, key_ids = self.store.delete_entries(entry_ids)
+        self._forget_entries(entry_ids, key_ids)
+        return deleted
+
+    def _forget_entries(self, entry_ids: Iterable[int], key_ids: Iterable[int]) -> None:
+        """Drop entries and their keys from the derived state (index, exact table, stats)."""
+        key_ids = list(key_ids)
         with self._lock:
             if self._index is not None:
                 self._index.remove(key_ids)
@@ -537,7 +610,6 @@ class MemCache:
                 key = self._keys.pop(key_id, None)
                 if key is not None:
                     self._exact.pop((key[1], key[2]), None)
-        return deleted
 
     def get(self, entry_id: int) -> CacheEntry | None:
         """One stored entry with all its query keys, or None."""

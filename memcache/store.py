@@ -111,6 +111,26 @@ class LabelRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class ChangeRow(Base):
+    """The change sequence other processes follow: a key was added, or an entry was dropped."""
+
+    __tablename__ = "memcache_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "key" or "drop"
+    entry_id: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass(frozen=True)
+class Change:
+    id: int
+    kind: str
+    entry_id: int
+    key_id: int | None
+    created_at: datetime
+
+
 @dataclass(frozen=True)
 class StoredKey:
     """A key as needed to rebuild the in-memory index and exact-repeat table."""
@@ -268,6 +288,7 @@ class Store:
                 )
                 .returning(KeyRow.id)
             ).scalar_one()
+            conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
         return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
 
     def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:
@@ -291,7 +312,14 @@ class Store:
             with self.engine.begin() as conn:
                 key_ids = list(conn.execute(select(KeyRow.id).where(KeyRow.entry_id.in_(ids))).scalars())
                 conn.execute(delete(KeyRow).where(KeyRow.entry_id.in_(ids)))
-                deleted = conn.execute(delete(EntryRow).where(EntryRow.id.in_(ids))).rowcount
+                gone = list(conn.execute(delete(EntryRow).where(EntryRow.id.in_(ids)).returning(EntryRow.id)).scalars())
+                now = utcnow()
+                if gone:
+                    conn.execute(
+                        ChangeRow.__table__.insert(),
+                        [{"kind": "drop", "entry_id": entry_id, "key_id": None, "created_at": now} for entry_id in gone],
+                    )
+                deleted = len(gone)
         except SQLAlchemyError as exc:
             raise StoreError(f"delete failed, nothing was deleted: {exc}") from exc
         return deleted, key_ids
@@ -333,6 +361,35 @@ class Store:
             source_model=entry.source_model, created_at=entry.created_at, last_hit_at=entry.last_hit_at,
             hit_count=entry.hit_count, verified=entry.verified, expires_at=entry.expires_at, queries=queries,
         )
+
+    def last_change_id(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.max(ChangeRow.id))).scalar() or 0
+
+    def changes_since(self, change_id: int, limit: int = 10_000) -> list[Change]:
+        """Changes with a larger id, oldest first (what other processes wrote since)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ChangeRow.id, ChangeRow.kind, ChangeRow.entry_id, ChangeRow.key_id, ChangeRow.created_at)
+                .where(ChangeRow.id > change_id)
+                .order_by(ChangeRow.id)
+                .limit(limit)
+            ).all()
+        return [Change(*row) for row in rows]
+
+    def keys_by_id(self, key_ids: Iterable[int]) -> list[StoredKey]:
+        ids = list(key_ids)
+        if not ids:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, KeyRow.embedding)
+                .where(KeyRow.id.in_(ids))
+            ).all()
+        return [
+            StoredKey(key_id, entry_id, scope_key, norm, None if blob is None else np.frombuffer(blob, dtype=np.float32))
+            for key_id, entry_id, scope_key, norm, blob in rows
+        ]
 
     def iter_keys(self, chunk: int = 10_000) -> Iterator[StoredKey]:
         """Every live key with its embedding, in id order (for index rebuilds)."""

@@ -73,3 +73,24 @@ def data_dir():
     if not DATA_DIR.exists():
         pytest.skip(f"evaluation data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL schema per test (from MEMCACHE_TEST_DATABASE_URL), dropped afterwards."""
+    import uuid
+
+    import sqlalchemy
+
+    url = os.environ.get("MEMCACHE_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("MEMCACHE_TEST_DATABASE_URL is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    schema = f"memcache_test_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in url else "?"
+    yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()

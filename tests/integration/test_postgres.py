@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
@@ -11,22 +10,6 @@ from memcache import MemCache, ThresholdPolicy
 
 URL = os.environ.get("MEMCACHE_TEST_DATABASE_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="MEMCACHE_TEST_DATABASE_URL is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL schema per test, dropped afterwards."""
-    import sqlalchemy
-
-    schema = f"memcache_test_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(URL)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in URL else "?"
-    yield f"{URL}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
 
 
 def test_write_back_lookup_and_restart_on_postgres(pg_url, embedder):

@@ -1,0 +1,28 @@
+"""Another memcache process for multi-instance tests: reads commands from stdin, one per line.
+
+  write <tenant>|<question>|<answer>   -> "ok <entry id>"
+  invalidate <entry id>                -> "ok <True|False>"
+  forget <tenant>                      -> "ok <entries deleted>"
+"""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from memcache import MemCache, ThresholdPolicy  # noqa: E402
+
+cache = MemCache(sys.argv[1], policy=ThresholdPolicy(0.8))
+cache.lookup("warm up")  # load the model and the store before saying ready
+print("ready", flush=True)
+for line in sys.stdin:
+    command, _, argument = line.strip().partition(" ")
+    if command == "write":
+        tenant, question, answer = argument.split("|")
+        print(f"ok {cache.write_back(question, answer, tenant=tenant).id}", flush=True)
+    elif command == "invalidate":
+        print(f"ok {cache.invalidate(int(argument))}", flush=True)
+    elif command == "forget":
+        print(f"ok {cache.forget(tenant=argument)}", flush=True)
+cache.close()

@@ -1,0 +1,81 @@
+"""Several processes on one store: what one writes or deletes reaches the others' lookups within 1 s."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from memcache import MemCache, ThresholdPolicy
+
+PEER = Path(__file__).with_name("peer.py")
+
+
+class Peer:
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(PEER), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def __call__(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline().strip()
+        assert reply.startswith("ok "), reply
+        return reply[3:]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def seen_within(check, seconds: float = 1.0) -> float:
+    """Seconds until check() held, polling; fails past `seconds`."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < seconds, f"not visible within {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def follow_a_peer(url: str, embedder) -> None:
+    with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8)) as local:
+        local.lookup("warm up")
+        peer = Peer(url)
+        try:
+            entry = int(peer("write acme|How do I rotate my API key?|Settings, then API keys, then Rotate."))
+            seen_within(lambda: local.lookup("how can i rotate my api key", tenant="acme").hit is not None)
+            assert local.lookup("How do I rotate my API key?", tenant="acme").hit.exact
+            peer("write beta|What are the office hours?|9 to 5.")
+            seen_within(lambda: local.lookup("What are the office hours?", tenant="beta").hit is not None)
+            assert peer(f"invalidate {entry}") == "True"
+            seen_within(lambda: local.lookup("How do I rotate my API key?", tenant="acme").hit is None)
+            assert peer("forget beta") == "1"
+            seen_within(lambda: local.lookup("What are the office hours?", tenant="beta").hit is None)
+            local.write_back("Where is the car park?", "Behind building B.", tenant="acme")
+            assert local.stats().entries == 1
+        finally:
+            peer.close()
+
+
+def test_two_processes_on_sqlite(db_url, embedder):
+    follow_a_peer(db_url, embedder)
+
+
+@pytest.mark.skipif(not os.environ.get("MEMCACHE_TEST_DATABASE_URL"), reason="MEMCACHE_TEST_DATABASE_URL is not set")
+def test_two_processes_on_postgres(pg_url, embedder):
+    follow_a_peer(pg_url, embedder)
+
+
+def test_sync_can_be_turned_off(db_url, embedder):
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8), sync_interval=None) as local:
+        local.lookup("warm up")
+        with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as other:
+            other.write_back("What is the wifi password?", "hunter2")
+        time.sleep(0.6)
+        assert local.lookup("What is the wifi password?").hit is None
+        assert local.sync() >= 1
+        assert local.lookup("What is the wifi password?").hit is not None
