@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from memcache.types import (
     EntryStats,
     Label,
     LookupResult,
+    Scope,
     Stats,
 )
 
@@ -78,6 +80,8 @@ class MemCache:
             processes write back or delete reaches this one's index (a lookup checks when the
             last check is older than this; 0.5 s keeps others' writes visible within 1 s).
             None turns it off (a single process).
+        max_entries: capacity; past it the least recently used entries (by last hit, else
+            creation) are deleted down to 95% of it. None: unbounded.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class MemCache:
         seed: int | None = None,
         progress: bool = False,
         sync_interval: float | None = 0.5,
+        max_entries: int | None = None,
     ) -> None:
         if policy is not None and calibration is not None:
             raise ConfigError("pass either policy= or calibration=, not both")
@@ -110,6 +115,8 @@ class MemCache:
             raise ConfigError("neighbours must be >= 1")
         if ttl is not None and ttl <= 0:
             raise ConfigError("ttl is in seconds and must be > 0 (or None for no expiry)")
+        if max_entries is not None and max_entries < 1:
+            raise ConfigError("max_entries must be >= 1 (or None for no limit)")
         if sync_interval is not None and sync_interval < 0:
             raise ConfigError("sync_interval is in seconds and must be >= 0 (or None to turn syncing off)")
         if verify is not None and not callable(verify):
@@ -140,6 +147,7 @@ class MemCache:
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self.sync_interval = sync_interval
+        self.max_entries = max_entries
         self._change_cursor = 0  # every change with an id <= this has been applied (or given up on)
         self._changes_applied: set[int] = set()  # applied ids above the cursor
         self._change_gaps: dict[int, float] = {}  # unseen ids below applied ones: when first noticed
@@ -409,7 +417,15 @@ class MemCache:
         entry = self._store_answer(result, answer, vector, source_model or result.scope.model, payload, label)
         if label is not None:  # taught only once the answer and its label are safely stored
             self._learn(label)
+        self._evict_if_full()
         return entry
+
+    def _evict_if_full(self) -> None:
+        if self.max_entries is None or len(self._keys_of_entry) <= self.max_entries:
+            return
+        self.flush()  # last-hit times must be current before choosing what to evict
+        excess = len(self._keys_of_entry) - int(self.max_entries * 0.95)
+        self._drop(self.store.least_recently_used(excess))
 
     async def awrite_back(self, request: LookupResult | Request, answer: str, **kwargs: Any) -> CacheEntry | None:
         """Async `write_back`, run off the event loop."""
@@ -437,11 +453,11 @@ class MemCache:
 
     def _store_answer(
         self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str, payload: str | None,
-        label: Label | None,
+        label: Label | None, *, expires_at: datetime | None = None,
     ) -> CacheEntry:
         scope = result.scope
         norm_hash = text_hash(normalize(result.query))
-        expires = utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None
+        expires = expires_at or (utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None)
         written = self.store.add_answer(
             scope=scope, query=result.query, normalized_hash=norm_hash, embedding=vector,
             answer=answer, source_model=source_model, expires_at=expires, payload=payload, label=label,
@@ -610,6 +626,63 @@ class MemCache:
                 key = self._keys.pop(key_id, None)
                 if key is not None:
                     self._exact.pop((key[1], key[2]), None)
+
+    def export_jsonl(self, path: str | Path, *, progress: bool = False) -> int:
+        """Write every entry (scope, answer, all its queries) as one JSON line; returns the count."""
+        self.flush()
+        rows = self.store.iter_export_rows()
+        if progress:
+            from tqdm import tqdm
+
+            rows = tqdm(rows, total=self.store.counts()[0], desc="exporting", unit="entry")
+        count = 0
+        with Path(path).open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        return count
+
+    def import_jsonl(self, path: str | Path, *, progress: bool = False, batch: int = 256) -> int:
+        """Add the entries of an `export_jsonl` file (queries are re-embedded with this cache's model).
+
+        Imported answers are not paid answers: they teach the policy nothing. Returns the
+        number of query keys read (keys already stored are kept once). Raises InvalidRequestError on a malformed line, before
+        writing anything from that line.
+        """
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot read {path}: {exc}") from exc
+        items = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                scope = Scope(**row["scope"])
+                answer, queries = row["answer"], list(row["queries"])
+                expires = row.get("expires_at")
+                expires_at = datetime.fromisoformat(expires) if expires else None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidRequestError(f"{path}:{number} is not an exported memcache entry: {exc}") from exc
+            for query in queries:
+                check_text(query, what=f"{path}:{number} query", max_chars=self.max_query_chars)
+                items.append((scope, query, answer, row.get("payload"), row.get("source_model") or scope.model, expires_at))
+        self._ensure_loaded()
+        chunks = range(0, len(items), batch)
+        if progress:
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, desc="importing", unit="batch")
+        written = 0
+        for start in chunks:
+            part = items[start : start + batch]
+            vectors = self.embedder.embed([query for _, query, *_ in part])
+            for (scope, query, answer, payload, source_model, expires_at), vector in zip(part, vectors):
+                request = LookupResult(None, Decision("miss", None, float("-inf"), 0.0), scope, query, embedding=vector)
+                self._store_answer(request, answer, vector, source_model, payload, None, expires_at=expires_at)
+                written += 1
+        return written
 
     def get(self, entry_id: int) -> CacheEntry | None:
         """One stored entry with all its query keys, or None."""

@@ -1,4 +1,4 @@
-"""The `memcache` command: ask, stats, forget, invalidate, serve, eval, calibrate.
+"""The `memcache` command: ask, stats, forget, invalidate, export, import, serve, eval, calibrate.
 
 Sits on top of everything (it may import eval); the engine never imports it.
 """
@@ -72,6 +72,18 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        print(f"exported {cache.export_jsonl(args.file, progress=True)} entries to {args.file}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        print(f"imported {cache.import_jsonl(args.file, progress=True)} query keys from {args.file}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from memcache.adapters.proxy import serve
 
@@ -112,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     invalidate = sub.add_parser("invalidate", parents=[store], help="delete one entry by id")
     invalidate.add_argument("entry_id", type=int)
     invalidate.set_defaults(func=cmd_invalidate)
+
+    export = sub.add_parser("export", parents=[store], help="write every entry to a JSONL file")
+    export.add_argument("file")
+    export.set_defaults(func=cmd_export)
+
+    importer = sub.add_parser("import", parents=[store], help="add the entries of an exported JSONL file")
+    importer.add_argument("file")
+    importer.set_defaults(func=cmd_import)
 
     server = sub.add_parser("serve", help="run the OpenAI-compatible caching proxy")
     server.add_argument("--config", default=None, help="TOML file: database_url, models, keys")

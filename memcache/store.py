@@ -337,7 +337,41 @@ class Store:
                 ).scalars()
             )
 
+    def least_recently_used(self, count: int) -> list[int]:
+        """Ids of the `count` entries whose last hit (or creation, if never hit) is oldest."""
+        last_used = func.coalesce(EntryRow.last_hit_at, EntryRow.created_at)
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(EntryRow.id).order_by(last_used, EntryRow.id).limit(count)).scalars())
+
     # -- reads ------------------------------------------------------------------------------
+
+    def iter_export_rows(self, chunk: int = 1_000) -> Iterator[dict]:
+        """Every entry as a JSON-ready dict with its scope and all its query keys (for `export`)."""
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                entries = conn.execute(
+                    select(
+                        EntryRow.id, EntryRow.scope_json, EntryRow.answer, EntryRow.payload, EntryRow.source_model,
+                        EntryRow.created_at, EntryRow.expires_at,
+                    ).where(EntryRow.id > last).order_by(EntryRow.id).limit(chunk)
+                ).all()
+                if not entries:
+                    return
+                queries: dict[int, list[str]] = {}
+                for entry_id, query in conn.execute(
+                    select(KeyRow.entry_id, KeyRow.query)
+                    .where(KeyRow.entry_id.in_([e[0] for e in entries]))
+                    .order_by(KeyRow.id)
+                ):
+                    queries.setdefault(entry_id, []).append(query)
+            for entry_id, scope_json, answer, payload, source_model, created_at, expires_at in entries:
+                yield {
+                    "scope": json.loads(scope_json), "answer": answer, "queries": queries.get(entry_id, []),
+                    "payload": payload, "source_model": source_model, "created_at": created_at.isoformat(),
+                    "expires_at": None if expires_at is None else expires_at.isoformat(),
+                }
+            last = entries[-1][0]
 
     def answer_of(self, entry_id: int) -> tuple[str, datetime | None, str | None] | None:
         """(answer, expires_at, payload) of one entry by primary key: the only read on a hit."""

@@ -334,8 +334,14 @@ def test_cli_ask_stats_forget(tmp_path, stub_llm):
     assert "[hit" in second.stderr
     stats = subprocess.run(base + ["stats", "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert '"entries": 1' in stats.stdout
+    dump = tmp_path / "dump.jsonl"
+    exported = subprocess.run(base + ["export", str(dump)], env=env, capture_output=True, text=True, timeout=120)
+    assert "exported 1 entries" in exported.stdout
     forget = subprocess.run(base + ["forget", "--tenant", "default"], env=env, capture_output=True, text=True, timeout=120)
     assert "deleted 1 entries" in forget.stdout
+    imported = subprocess.run(base + ["import", str(dump)], env=env, capture_output=True, text=True, timeout=120)
+    assert "imported 1 query keys" in imported.stdout
+    assert "[hit" in subprocess.run(ask, env=env, capture_output=True, text=True, timeout=120).stderr
     bad = subprocess.run(base + ["ask", "   ", "--model", MODEL], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "empty" in bad.stderr
 
@@ -346,3 +352,35 @@ def test_regression_concurrent_write_backs_of_one_answer_make_one_entry(cache):
         entries = list(pool.map(lambda _: cache.write_back("What is the speed of sound?", "343 m/s"), range(32)))
     assert len({e.id for e in entries}) == 1
     assert cache.stats().entries == 1 and cache.stats().keys == 1
+
+
+def test_capacity_evicts_least_recently_used(db_url, embedder):
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8), max_entries=20) as cache:
+        ids = [cache.write_back(f"Question number {i} about zebras?", f"answer {i}").id for i in range(20)]
+        assert cache.lookup("Question number 0 about zebras?").hit.exact  # 0 is now recently used
+        cache.write_back("A brand new question about penguins?", "penguins")
+        assert cache.stats().entries == 19  # evicted down to 95% of 20
+        assert cache.get(ids[0]) is not None
+        assert cache.get(ids[1]) is None and cache.get(ids[2]) is None  # the oldest unused went first
+        assert cache.lookup("Question number 1 about zebras?").hit.answer != "answer 1"
+    with pytest.raises(ConfigError):
+        MemCache(db_url, embedder=embedder, max_entries=0)
+
+
+def test_export_then_import_into_a_new_store(cache, tmp_path, embedder):
+    cache.write_back("Who painted the Mona Lisa?", "Leonardo da Vinci", tenant="art", payload='{"x": 1}')
+    cache.write_back("Who is the painter of the Mona Lisa?", "Leonardo da Vinci", tenant="art")
+    cache.write_back("What is 2+2?", "4")
+    path = tmp_path / "export.jsonl"
+    assert cache.export_jsonl(path) == 2
+    with MemCache(f"sqlite:///{tmp_path / 'copy.db'}", embedder=embedder, policy=ThresholdPolicy(0.8)) as copy:
+        assert copy.import_jsonl(path) == 3
+        hit = copy.lookup("Who painted the Mona Lisa?", tenant="art", model=MODEL).hit
+        assert hit.answer == "Leonardo da Vinci" and hit.payload == '{"x": 1}' and hit.exact
+        assert copy.lookup("who painted the mona lisa", tenant="other", model=MODEL).hit is None
+        assert copy.stats().entries == 2 and copy.stats().keys == 3 and copy.stats().labels == 0
+        assert copy.import_jsonl(path) == 3 and copy.stats().keys == 3  # importing twice adds nothing
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"answer": "no scope"}\n')
+        with pytest.raises(InvalidRequestError):
+            copy.import_jsonl(bad)
