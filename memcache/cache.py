@@ -244,8 +244,11 @@ class MemCache:
                 break
             self._change_cursor = following
 
+    def _sync_due(self) -> bool:
+        return self.sync_interval is not None and time.monotonic() - self._last_sync >= self.sync_interval
+
     def _maybe_sync(self) -> None:
-        if self.sync_interval is not None and time.monotonic() - self._last_sync >= self.sync_interval:
+        if self._sync_due():
             self.sync()
 
     def _flush_vectors(self, batch: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
@@ -299,8 +302,10 @@ class MemCache:
     async def alookup(self, request: Request, *, model: str | None = None, tenant: str | None = None, **params: Any) -> LookupResult:
         """Async `lookup`: embedding is awaited, store and index work runs off the event loop."""
         query, scope = self._parse(request, model, tenant, params)
-        await self._run(self._ensure_loaded)
-        await self._run(self._maybe_sync)
+        if not self._loaded:
+            await self._run(self._ensure_loaded)
+        if self._sync_due():
+            await self._run(self.sync)
         exact = await self._run(self._exact_hit, scope.key, query)
         if exact is not None:
             return LookupResult(exact, Decision("hit", exact.entry_id, 1.0, 1.0), scope, query)
