@@ -50,6 +50,10 @@ def plot_report(
             xs.append(i)
             ys.append(wrong / hits)
     right.plot(xs, ys, color="tab:blue", label="running false-hit rate")
+    if not xs:
+        right.text(0.5, 0.5, "no hits served: no region met the bound", ha="center", va="center",
+                   transform=right.transAxes)
+        right.set_xlim(0, len(records))
     if bound:
         right.axhline(bound, ls="--", color="tab:red", lw=1, label="bound")
     right.set_xlabel("queries replayed")
