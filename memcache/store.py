@@ -150,6 +150,16 @@ class WriteResult:
     new_key: bool
 
 
+def _select_keys():
+    return select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, KeyRow.embedding)
+
+
+def _stored_key(row) -> StoredKey:
+    key_id, entry_id, scope_key, normalized_hash, blob = row
+    vector = None if blob is None else np.frombuffer(blob, dtype=np.float32)
+    return StoredKey(key_id, entry_id, scope_key, normalized_hash, vector)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -416,31 +426,18 @@ class Store:
         if not ids:
             return []
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, KeyRow.embedding)
-                .where(KeyRow.id.in_(ids))
-            ).all()
-        return [
-            StoredKey(key_id, entry_id, scope_key, norm, None if blob is None else np.frombuffer(blob, dtype=np.float32))
-            for key_id, entry_id, scope_key, norm, blob in rows
-        ]
+            rows = conn.execute(_select_keys().where(KeyRow.id.in_(ids))).all()
+        return [_stored_key(row) for row in rows]
 
     def iter_keys(self, chunk: int = 10_000) -> Iterator[StoredKey]:
         """Every live key with its embedding, in id order (for index rebuilds)."""
         last = 0
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, KeyRow.embedding)
-                    .where(KeyRow.id > last)
-                    .order_by(KeyRow.id)
-                    .limit(chunk)
-                ).all()
+                rows = conn.execute(_select_keys().where(KeyRow.id > last).order_by(KeyRow.id).limit(chunk)).all()
             if not rows:
                 return
-            for key_id, entry_id, scope_key, norm, blob in rows:
-                vector = None if blob is None else np.frombuffer(blob, dtype=np.float32)
-                yield StoredKey(key_id, entry_id, scope_key, norm, vector)
+            yield from (_stored_key(row) for row in rows)
             last = rows[-1][0]
 
     def entry_reliability(self) -> Iterator[tuple[int, int, int]]:
