@@ -218,11 +218,7 @@ class MemCache:
                     self._forget_entries([change.entry_id], self._keys_of_entry.get(change.entry_id, ()))
                 elif change.key_id in stored:
                     key = stored[change.key_id]
-                    if key.embedding is not None:
-                        self._index_for(len(key.embedding)).add(key.scope_key, [key.key_id], key.embedding[None, :])
-                    self._register_key(key.key_id, key.entry_id, key.scope_key, key.normalized_hash)
-                    stats = self._entry_stats.get(key.entry_id) or EntryStats(key.entry_id, 0)
-                    self._entry_stats[key.entry_id] = replace(stats, n_keys=len(self._keys_of_entry[key.entry_id]))
+                    self._add_key(key.key_id, key.entry_id, key.scope_key, key.normalized_hash, key.embedding)
                 self._changes_applied.add(change.id)
             self._advance_cursor()
             return len(changes)
@@ -259,6 +255,16 @@ class MemCache:
         if self._index is None:
             self._index = FaissIndex(dimension)
         return self._index
+
+    def _add_key(
+        self, key_id: int, entry_id: int, scope_key: str, normalized_hash: str, vector: np.ndarray | None
+    ) -> None:
+        """Index and register one stored key, written here or by another process (hold the lock)."""
+        if vector is not None:
+            self._index_for(len(vector)).add(scope_key, [key_id], vector[None, :])
+        self._register_key(key_id, entry_id, scope_key, normalized_hash)
+        stats = self._entry_stats.get(entry_id) or EntryStats(entry_id, 0)
+        self._entry_stats[entry_id] = replace(stats, n_keys=len(self._keys_of_entry[entry_id]))
 
     def _register_key(self, key_id: int, entry_id: int, scope_key: str, normalized_hash: str) -> None:
         self._exact[(scope_key, normalized_hash)] = key_id
@@ -468,13 +474,8 @@ class MemCache:
             answer=answer, source_model=source_model, expires_at=expires, payload=payload, label=label,
         )
         with self._lock:
-            if written.new_key:
-                self._index_for(len(vector)).add(scope.key, [written.key_id], vector[None, :])
-                self._register_key(written.key_id, written.entry_id, scope.key, norm_hash)
-            keys = self._keys_of_entry.get(written.entry_id)
-            if keys is not None:  # None: a concurrent writer stored this key and has not registered it yet
-                stats = self._entry_stats.get(written.entry_id) or EntryStats(written.entry_id, 0)
-                self._entry_stats[written.entry_id] = replace(stats, n_keys=len(keys))
+            if written.new_key:  # an existing key is registered by whoever stored it
+                self._add_key(written.key_id, written.entry_id, scope.key, norm_hash, vector)
             self._counters["write_backs"] += 1
         return CacheEntry(
             id=written.entry_id, scope_key=scope.key, tenant=scope.tenant, answer=answer,
@@ -651,8 +652,8 @@ class MemCache:
         """Add the entries of an `export_jsonl` file (queries are re-embedded with this cache's model).
 
         Imported answers are not paid answers: they teach the policy nothing. Returns the
-        number of query keys read (keys already stored are kept once). Raises InvalidRequestError on a malformed line, before
-        writing anything from that line.
+        number of query keys read (keys already stored are kept once). Every line is checked
+        before anything is written; a malformed one raises InvalidRequestError.
         """
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
