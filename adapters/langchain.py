@@ -10,15 +10,14 @@ and returned as they were: message type, content, metadata.
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from memcache.adapters._pending import PendingLookups
 from memcache.cache import MemCache
 from memcache.errors import ConfigError
 from memcache.scope import DEFAULT_TENANT
-from memcache.types import CacheHit, LookupResult
+from memcache.types import CacheHit
 
 try:
     from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -30,7 +29,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
           "chat": "user", "developer": "developer"}
-_PENDING_LIMIT = 10_000
 # only these classes are rebuilt from stored JSON: a store must not be able to construct anything else
 _ALLOWED = [Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk, AIMessage, AIMessageChunk]
 
@@ -70,8 +68,7 @@ class MemCacheSemanticCache(BaseCache):
             raise ConfigError("pass either cache= or MemCache keyword arguments, not both")
         self.cache = cache if cache is not None else MemCache(**memcache_kwargs)
         self.tenant = tenant
-        self._pending: OrderedDict[tuple[str, str], LookupResult] = OrderedDict()
-        self._lock = threading.Lock()
+        self._pending = PendingLookups()
 
     # -- translation --------------------------------------------------------------------------
 
@@ -96,16 +93,6 @@ class MemCacheSemanticCache(BaseCache):
         text = return_val[0].text
         return text if isinstance(text, str) and text.strip() else None
 
-    def _remember(self, key: tuple[str, str], result: LookupResult) -> None:
-        with self._lock:
-            self._pending[key] = result
-            while len(self._pending) > _PENDING_LIMIT:
-                self._pending.popitem(last=False)
-
-    def _take(self, key: tuple[str, str]) -> LookupResult | None:
-        with self._lock:
-            return self._pending.pop(key, None)
-
     # -- BaseCache ----------------------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
@@ -113,7 +100,7 @@ class MemCacheSemanticCache(BaseCache):
         result = self.cache.lookup(request, model=llm_string, tenant=self.tenant)
         if result.hit is not None:
             return self._generations(result.hit, chat)
-        self._remember((prompt, llm_string), result)
+        self._pending.put((prompt, llm_string), result)
         return None
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
@@ -121,14 +108,14 @@ class MemCacheSemanticCache(BaseCache):
         result = await self.cache.alookup(request, model=llm_string, tenant=self.tenant)
         if result.hit is not None:
             return self._generations(result.hit, chat)
-        self._remember((prompt, llm_string), result)
+        self._pending.put((prompt, llm_string), result)
         return None
 
     def _write_args(self, prompt: str, llm_string: str, return_val: Sequence[Generation]):
         text = self._text(return_val)
         if text is None:
             return None
-        result = self._take((prompt, llm_string))
+        result = self._pending.pop((prompt, llm_string))
         # an update without a preceding miss (a direct call) is stored but has no lookup to learn from
         request = result if result is not None else self._request(prompt)[0]
         return request, text, {"model": llm_string, "tenant": self.tenant, "payload": dumps(list(return_val))}

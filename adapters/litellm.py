@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from typing import Any
 
+from memcache.adapters._pending import PendingLookups
 from memcache.cache import MemCache
-from memcache.errors import ConfigError, MemcacheError
+from memcache.errors import ConfigError, InvalidRequestError, MemcacheError
 from memcache.llm import verified_text
 from memcache.scope import TRANSPORT_PARAMS
 from memcache.types import CacheInfo, LookupResult
@@ -28,7 +27,6 @@ try:
 except ImportError as exc:  # pragma: no cover - litellm is a core dependency
     raise ConfigError("litellm is not installed; pip install litellm") from exc
 
-_PENDING_LIMIT = 10_000
 _NOT_SCOPE = frozenset({"messages", "model"}) | TRANSPORT_PARAMS
 
 
@@ -49,8 +47,7 @@ class MemCacheLiteLLMCache(Cache):
         self.memcache = cache if cache is not None else MemCache(**memcache_kwargs)
         self.tenant = tenant
         self._answer_params = ModelParamHelper.get_all_llm_api_params()
-        self._pending: OrderedDict[tuple[str, str], LookupResult] = OrderedDict()
-        self._pending_lock = threading.Lock()
+        self._pending = PendingLookups()
 
     # -- translation --------------------------------------------------------------------------
 
@@ -74,16 +71,10 @@ class MemCacheLiteLLMCache(Cache):
             "_hidden_params": {"memcache": info, "cache_hit": True},
         }
 
-    def _remember(self, result: LookupResult) -> None:
-        with self._pending_lock:
-            self._pending[(result.scope.key, result.query)] = result
-            while len(self._pending) > _PENDING_LIMIT:
-                self._pending.popitem(last=False)
-
-    def _take(self, messages: Any, model: str, tenant: str | None, params: dict[str, Any]) -> LookupResult | None:
-        query, scope = self.memcache._parse(messages, model, tenant, params)
-        with self._pending_lock:
-            return self._pending.pop((scope.key, query), None)
+    @staticmethod
+    def _pending_key(messages: Any, model: str, tenant: str | None, params: dict[str, Any]) -> str:
+        """The same call seen by get_cache and add_cache, as one string."""
+        return json.dumps([messages, model, tenant, params], sort_keys=True, default=repr)
 
     # -- litellm.Cache ------------------------------------------------------------------------
 
@@ -100,7 +91,7 @@ class MemCacheLiteLLMCache(Cache):
             return None  # a request memcache cannot scope is simply not cached; LiteLLM calls the model
         if result.hit is not None:
             return self._hit_dict(result)
-        self._remember(result)
+        self._pending.put(self._pending_key(messages, model, tenant, params), result)
         return None
 
     async def async_get_cache(self, dynamic_cache_object=None, **kwargs: Any):
@@ -113,7 +104,7 @@ class MemCacheLiteLLMCache(Cache):
             return None
         if result.hit is not None:
             return self._hit_dict(result)
-        self._remember(result)
+        self._pending.put(self._pending_key(messages, model, tenant, params), result)
         return None
 
     def _write_args(self, response: Any, kwargs: dict[str, Any]):
@@ -128,20 +119,23 @@ class MemCacheLiteLLMCache(Cache):
         if text is None or self.should_use_cache(**kwargs) is not True:
             return None
         messages, model, tenant, params = self._call(kwargs)
-        try:
-            request = self._take(messages, model, tenant, params) or messages
-        except MemcacheError:
-            return None
+        request = self._pending.pop(self._pending_key(messages, model, tenant, params)) or messages
         return request, text, {"model": model, "tenant": tenant, "source_model": model, **params}
 
     def add_cache(self, result: Any, **kwargs: Any) -> None:
         args = self._write_args(result, kwargs)
         if args is not None:
             request, text, write_kwargs = args
-            self.memcache.write_back(request, text, **write_kwargs)
+            try:
+                self.memcache.write_back(request, text, **write_kwargs)
+            except InvalidRequestError:
+                pass  # a request memcache cannot scope is not cached, as in get_cache
 
     async def async_add_cache(self, result: Any, dynamic_cache_object=None, **kwargs: Any) -> None:
         args = self._write_args(result, kwargs)
         if args is not None:
             request, text, write_kwargs = args
-            await self.memcache.awrite_back(request, text, **write_kwargs)
+            try:
+                await self.memcache.awrite_back(request, text, **write_kwargs)
+            except InvalidRequestError:
+                pass  # a request memcache cannot scope is not cached, as in async_get_cache
