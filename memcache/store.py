@@ -3,13 +3,18 @@
 SQLAlchemy 2.x, so any URL works; the default is a SQLite file in WAL mode. Every write is
 one transaction, so a process killed mid-write leaves either the whole entry or nothing.
 The in-memory index and exact-repeat table are rebuilt from `iter_keys` on start.
+
+The schema is versioned (`SCHEMA_VERSION`, kept in `memcache_meta`). Opening an older store
+runs the missing steps of `MIGRATIONS` in one locked transaction, so a newer library opens
+any older store, and two processes opening it at once migrate it once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -28,17 +33,19 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from memcache.errors import StoreError
 from memcache.types import CacheEntry, Label, Scope
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -74,9 +81,11 @@ class EntryRow(Base):
     source_model: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     last_hit_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # last hit, else creation: what capacity eviction orders by (v2; indexed so it stays a range scan)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     hit_count: Mapped[int] = mapped_column(Integer, default=0)
     verified: Mapped[bool] = mapped_column(Boolean, default=True)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     checks: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     # one row per answer per scope, also under concurrent writers in several processes
@@ -160,6 +169,34 @@ def _stored_key(row) -> StoredKey:
     return StoredKey(key_id, entry_id, scope_key, normalized_hash, vector)
 
 
+_SCHEMA_LOCK_KEY = 0x6D656D6361636865 >> 2  # "memcache", fits a signed 64-bit advisory lock key
+
+
+def _get_meta(conn: Connection, name: str) -> str | None:
+    return conn.execute(select(MetaRow.value).where(MetaRow.name == name)).scalar()
+
+
+def _set_meta(conn: Connection, name: str, value: str) -> None:
+    if conn.execute(update(MetaRow).where(MetaRow.name == name).values(value=value)).rowcount == 0:
+        conn.execute(MetaRow.__table__.insert().values(name=name, value=value))
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """v2: `entries.last_used_at` (indexed) so capacity eviction is an index range scan at
+    millions of entries instead of sorting every row by coalesce(last hit, creation); and an
+    index on `expires_at` for TTL sweeps."""
+    column_type = DateTime().compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE memcache_entries ADD COLUMN last_used_at {column_type}"))
+    conn.execute(update(EntryRow).values(last_used_at=func.coalesce(EntryRow.last_hit_at, EntryRow.created_at)))
+    for index in EntryRow.__table__.indexes:
+        if index.name in ("ix_memcache_entries_last_used_at", "ix_memcache_entries_expires_at"):
+            index.create(conn)
+
+
+# step from version N to N + 1; each runs inside the locked schema transaction
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -185,8 +222,7 @@ class Store:
             self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
-            self._check_version()
+            self.store_id = self._prepare_schema()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self._safe_url()}: {exc}") from exc
         except ModuleNotFoundError as exc:
@@ -203,15 +239,38 @@ class Store:
         except Exception:
             return "<unparseable url>"
 
-    def _check_version(self) -> None:
+    def _prepare_schema(self) -> str:
+        """Create a new store, or migrate an older one to SCHEMA_VERSION; return the store's id.
+
+        Runs under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so of several
+        processes opening a store at once exactly one creates or migrates it.
+        """
         with self.engine.begin() as conn:
-            row = conn.execute(select(MetaRow.value).where(MetaRow.name == "schema_version")).scalar()
-            if row is None:
-                conn.execute(MetaRow.__table__.insert().values(name="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store schema version {row} is newer than this library ({SCHEMA_VERSION}); upgrade memcache"
-                )
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # DDL inside the same transaction as the reads
+            elif conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            if not inspect(conn).has_table(MetaRow.__tablename__):
+                Base.metadata.create_all(conn)
+                _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+            else:
+                version = int(_get_meta(conn, "schema_version") or 1)
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"store schema version {version} is newer than this library ({SCHEMA_VERSION}); upgrade memcache"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](conn)
+                    _set_meta(conn, "schema_version", str(step + 1))
+            store_id = _get_meta(conn, "store_id")
+            if store_id is None:
+                store_id = uuid.uuid4().hex
+                _set_meta(conn, "store_id", store_id)
+        return store_id
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(_get_meta(conn, "schema_version"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -277,7 +336,7 @@ class Store:
                     .values(
                         scope_key=scope.key, tenant=scope.tenant, model=scope.model,
                         scope_json=json.dumps(scope.__dict__), answer=answer, payload=payload, answer_hash=answer_hash,
-                        source_model=source_model, created_at=now, hit_count=0, verified=True,
+                        source_model=source_model, created_at=now, last_used_at=now, hit_count=0, verified=True,
                         expires_at=expires_at, checks=0, failures=0,
                     )
                     .returning(EntryRow.id)
@@ -310,7 +369,7 @@ class Store:
                 conn.execute(
                     update(EntryRow)
                     .where(EntryRow.id == entry_id)
-                    .values(hit_count=EntryRow.hit_count + hits, last_hit_at=last)
+                    .values(hit_count=EntryRow.hit_count + hits, last_hit_at=last, last_used_at=last)
                 )
 
     def delete_entries(self, entry_ids: Iterable[int]) -> tuple[int, list[int]]:
@@ -349,9 +408,10 @@ class Store:
 
     def least_recently_used(self, count: int) -> list[int]:
         """Ids of the `count` entries whose last hit (or creation, if never hit) is oldest."""
-        last_used = func.coalesce(EntryRow.last_hit_at, EntryRow.created_at)
         with self.engine.connect() as conn:
-            return list(conn.execute(select(EntryRow.id).order_by(last_used, EntryRow.id).limit(count)).scalars())
+            return list(
+                conn.execute(select(EntryRow.id).order_by(EntryRow.last_used_at, EntryRow.id).limit(count)).scalars()
+            )
 
     # -- reads ------------------------------------------------------------------------------
 

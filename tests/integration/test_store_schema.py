@@ -1,0 +1,126 @@
+"""Schema versions: a store written by an older memcache opens, migrated, with nothing lost.
+
+The fixtures hold the exact DDL that schema version 1 created (generated from the v1 models),
+so these tests open a real old store, not a new one with a column dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy
+
+from memcache import MemCache, ThresholdPolicy
+from memcache.errors import StoreError
+from memcache.scope import build_scope, normalize
+from memcache.store import SCHEMA_VERSION, Store, text_hash
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+ANSWER = "Open Settings > Account > Reset password and follow the e-mail link."
+
+
+def _create_v1_store(url: str, embedder) -> None:
+    """Build a v1 store as memcache 0.1 left it: its DDL, one entry with two keys, a label, a change."""
+    engine = sqlalchemy.create_engine(url)
+    ddl = (FIXTURES / f"store_v1_{engine.dialect.name}.sql").read_text()
+    scope = build_scope(tenant=None, model="default", params={}, earlier=[], extra_parts=[])
+    created = datetime(2026, 1, 2, 3, 4, 5)
+    with engine.begin() as conn:
+        for statement in ddl.split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO memcache_entries (scope_key, tenant, model, scope_json, answer, payload, answer_hash,"
+                " source_model, created_at, last_hit_at, hit_count, verified, expires_at, checks, failures)"
+                " VALUES (:scope_key, :tenant, :model, :scope_json, :answer, NULL, :answer_hash, 'gpt-test',"
+                " :created, NULL, 0, true, NULL, 1, 0)"
+            ),
+            {
+                "scope_key": scope.key, "tenant": scope.tenant, "model": scope.model,
+                "scope_json": json.dumps(scope.__dict__), "answer": ANSWER, "answer_hash": text_hash(ANSWER),
+                "created": created,
+            },
+        )
+        for query in ("How do I reset my password?", "I forgot my password, how can I reset it?"):
+            vector = embedder.embed([query])[0].astype(np.float32).tobytes()
+            conn.execute(
+                sqlalchemy.text(
+                    "INSERT INTO memcache_keys (entry_id, scope_key, query, normalized_hash, embedding, created_at)"
+                    " VALUES (1, :scope_key, :query, :norm, :embedding, :created)"
+                ),
+                {"scope_key": scope.key, "query": query, "norm": text_hash(normalize(query)), "embedding": vector,
+                 "created": created},
+            )
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO memcache_labels (features, correct, created_at) VALUES ('[0.9, 0.1, 1.0, 2.0, 0.0]', true, :c)"
+        ), {"c": created})
+        conn.execute(sqlalchemy.text(
+            "INSERT INTO memcache_changes (kind, entry_id, key_id, created_at) VALUES ('key', 1, 1, :c), ('key', 1, 2, :c)"
+        ), {"c": created})
+    engine.dispose()
+
+
+def _check_migrated(url: str, embedder) -> None:
+    with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
+        assert cache.store.schema_version() == SCHEMA_VERSION == 2
+        assert cache.stats().entries == 1 and cache.stats().keys == 2 and cache.stats().labels == 1
+        exact = cache.lookup("how do I reset my password?")
+        assert exact.hit is not None and exact.hit.exact and exact.hit.answer == ANSWER
+        assert cache.lookup("what are the steps to reset my password").hit.answer == ANSWER
+        with cache.store.engine.connect() as conn:  # the new column was backfilled from creation time
+            last_used = conn.execute(sqlalchemy.text("SELECT last_used_at FROM memcache_entries")).scalar_one()
+        assert last_used is not None
+        entry = cache.write_back("Where is the nearest branch?", "Use the branch finder.", paid=False)
+        assert cache.store.least_recently_used(1) == [1] and entry.id == 2  # the old entry is evicted first
+
+
+def test_v1_sqlite_store_is_migrated_with_nothing_lost(tmp_path, embedder):
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    _create_v1_store(url, embedder)
+    _check_migrated(url, embedder)
+
+
+def test_v1_postgres_store_is_migrated_with_nothing_lost(pg_url, embedder):
+    _create_v1_store(pg_url, embedder)
+    _check_migrated(pg_url, embedder)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_opens_migrate_once(backend, tmp_path, request, embedder):
+    url = f"sqlite:///{tmp_path / 'v1.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    _create_v1_store(url, embedder)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(url).close()
+        except BaseException as exc:  # noqa: BLE001 - collected and re-raised by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    _check_migrated(url, embedder)
+
+
+def test_store_from_a_newer_library_is_refused_untouched(db_url):
+    Store(db_url).close()
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE memcache_meta SET value = '{SCHEMA_VERSION + 1}' WHERE name = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this library"):
+        Store(db_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT value FROM memcache_meta WHERE name = 'schema_version'").scalar() == str(
+            SCHEMA_VERSION + 1
+        )
+    engine.dispose()
