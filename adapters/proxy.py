@@ -50,6 +50,7 @@ class ProxyConfig:
     ```toml
     database_url = "sqlite:///memcache.db"
     max_false_hit_rate = 0.02
+    snapshot = "memcache.index"     # optional: index snapshot loaded on start, written on exit
     [models.gpt-4o-mini]            # the name clients send
     model = "openai/gpt-4o-mini"    # the LiteLLM model it maps to
     api_base = "https://api.openai.com/v1"
@@ -61,6 +62,7 @@ class ProxyConfig:
     database_url: str | None = None
     max_false_hit_rate: float = 0.02
     embedding_model: str | None = None
+    snapshot: str | None = None
     models: Mapping[str, Upstream] = field(default_factory=dict)
     keys: Mapping[str, str] = field(default_factory=dict)
 
@@ -70,7 +72,7 @@ class ProxyConfig:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
-        unknown = set(data) - {"database_url", "max_false_hit_rate", "embedding_model", "models", "keys"}
+        unknown = set(data) - {"database_url", "max_false_hit_rate", "embedding_model", "snapshot", "models", "keys"}
         if unknown:
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
         models = {}
@@ -83,6 +85,7 @@ class ProxyConfig:
             database_url=data.get("database_url"),
             max_false_hit_rate=float(data.get("max_false_hit_rate", 0.02)),
             embedding_model=data.get("embedding_model"),
+            snapshot=data.get("snapshot"),
             models=models,
             keys={str(k): str(v) for k, v in data.get("keys", {}).items()},
         )
@@ -241,5 +244,5 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         raise ConfigError.missing_extra("server", "uvicorn") from exc
     config = ProxyConfig.from_file(config_path) if config_path else ProxyConfig()
     with MemCache(config.database_url, embedding_model=config.embedding_model,
-                  max_false_hit_rate=config.max_false_hit_rate, progress=True) as cache:
+                  max_false_hit_rate=config.max_false_hit_rate, snapshot=config.snapshot, progress=True) as cache:
         uvicorn.run(create_app(cache, config), host=host, port=port, log_level="info")

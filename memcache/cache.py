@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ DEFAULT_DATABASE_URL = "sqlite:///memcache.db"
 DEFAULT_SCOPE_MODEL = "default"
 Request = str | Sequence[Mapping[str, Any]]
 Verifier = Callable[[str, str], bool]
+log = logging.getLogger("memcache")
 
 
 def cache_info(response: Any) -> CacheInfo | None:
@@ -82,6 +84,9 @@ class MemCache:
             None turns it off (a single process).
         max_entries: capacity; past it the least recently used entries (by last hit, else
             creation) are deleted down to 95% of it. None: unbounded.
+        snapshot: path of an index snapshot: loaded on start instead of rebuilding the index
+            from the store (what changed since is read from the store), and written by `close`
+            and `save_snapshot`. Worth it past ~100k keys, where a rebuild takes minutes.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class MemCache:
         progress: bool = False,
         sync_interval: float | None = 0.5,
         max_entries: int | None = None,
+        snapshot: str | Path | None = None,
     ) -> None:
         if policy is not None and calibration is not None:
             raise ConfigError("pass either policy= or calibration=, not both")
@@ -148,6 +154,7 @@ class MemCache:
         self._executor: ThreadPoolExecutor | None = None
         self.sync_interval = sync_interval
         self.max_entries = max_entries
+        self.snapshot = Path(snapshot) if snapshot is not None else None
         self._change_cursor = 0  # every change with an id <= this has been applied (or given up on)
         self._changes_applied: set[int] = set()  # applied ids above the cursor
         self._change_gaps: dict[int, float] = {}  # unseen ids below applied ones: when first noticed
@@ -172,7 +179,8 @@ class MemCache:
             self._change_cursor = self.store.last_change_id()
             self._last_sync = time.monotonic()
             checks = {entry_id: (c, f) for entry_id, c, f in self.store.entry_reliability()}
-            keys = self.store.iter_keys()
+            snapshot = self._open_snapshot()
+            keys = self.store.iter_keys(embeddings=snapshot is None)
             if self.progress:
                 from tqdm import tqdm
 
@@ -191,6 +199,8 @@ class MemCache:
                     self._flush_vectors(batch)
                     batch, pending = {}, 0
             self._flush_vectors(batch)
+            if snapshot is not None:
+                self._reconcile(snapshot)
             for entry_id, keys_of in self._keys_of_entry.items():
                 c, f = checks.get(entry_id, (0, 0))
                 self._entry_stats[entry_id] = EntryStats(entry_id, len(keys_of), c, f)
@@ -198,6 +208,48 @@ class MemCache:
             if labels and hasattr(self.policy, "load_labels"):
                 self.policy.load_labels(labels)
             self._loaded = True
+
+    def _open_snapshot(self) -> FaissIndex | None:
+        """The index saved at `snapshot` when it belongs to this store, else None (rebuild)."""
+        if self.snapshot is None or self._index is not None or not self.snapshot.exists():
+            return None
+        try:
+            if FaissIndex.read_meta(self.snapshot).get("store_id") != self.store.store_id:
+                log.warning("index snapshot %s belongs to another store; rebuilding from the store", self.snapshot)
+                return None
+            self._index = FaissIndex.load(self.snapshot)
+        except (OSError, ValueError, RuntimeError) as exc:  # faiss reports a corrupt blob as RuntimeError
+            log.warning("index snapshot %s is unreadable (%s); rebuilding from the store", self.snapshot, exc)
+            return None
+        return self._index
+
+    def _reconcile(self, index: FaissIndex) -> None:
+        """Make a loaded snapshot match the store: drop keys deleted since, add keys written since."""
+        indexed = index.ids()
+        index.remove(indexed - self._keys.keys())
+        missing = sorted(self._keys.keys() - indexed)
+        for start in range(0, len(missing), 10_000):
+            batch: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+            for key in self.store.keys_by_id(missing[start : start + 10_000]):
+                if key.embedding is not None:
+                    ids, vectors = batch.setdefault(key.scope_key, ([], []))
+                    ids.append(key.key_id)
+                    vectors.append(key.embedding)
+            self._flush_vectors(batch)
+
+    def save_snapshot(self, path: str | Path | None = None) -> Path | None:
+        """Write the index to `path` (default: the `snapshot` path) so a restart loads it
+        instead of rebuilding; returns the path, or None when nothing is indexed yet."""
+        target = Path(path) if path is not None else self.snapshot
+        if target is None:
+            raise ConfigError("no snapshot path: pass one, or construct MemCache(snapshot=...)")
+        self._ensure_loaded()
+        if self._index is None:
+            return None
+        if not isinstance(self._index, FaissIndex):
+            raise ConfigError(f"{type(self._index).__name__} cannot be snapshotted; only FaissIndex can")
+        self._index.save(target, meta={"store_id": self.store.store_id})
+        return target
 
     # -- following other processes ------------------------------------------------------------
 
@@ -708,11 +760,15 @@ class MemCache:
         )
 
     def close(self) -> None:
-        """Flush hit counters and release the store's connections."""
-        self.flush()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-        self.store.close()
+        """Flush hit counters, write the index snapshot (if configured) and release the store's connections."""
+        try:
+            self.flush()
+            if self.snapshot is not None and self._loaded and isinstance(self._index, FaissIndex):
+                self.save_snapshot()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+            self.store.close()
 
     def __enter__(self) -> "MemCache":
         return self

@@ -1,4 +1,4 @@
-"""The `memcache` command: ask, stats, forget, invalidate, export, import, serve, eval, calibrate.
+"""The `memcache` command: ask, stats, forget, invalidate, export, import, snapshot, serve, eval, calibrate, bench.
 
 Sits on top of everything (it may import eval); the engine never imports it.
 """
@@ -23,6 +23,7 @@ def _open(args: argparse.Namespace, **overrides):
         strong_model=getattr(args, "model", None),
         max_false_hit_rate=args.max_false_hit_rate,
         calibration=args.calibration,
+        snapshot=args.snapshot,
         progress=True,
         **overrides,
     )
@@ -84,6 +85,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    with _open(args) as cache:
+        written = cache.save_snapshot(args.file)
+    print(f"index snapshot written to {written}" if written else "nothing is indexed yet: no snapshot written")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from memcache.adapters.proxy import serve
 
@@ -102,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
     store.add_argument("--max-false-hit-rate", type=float, default=0.02, help="bound on wrong hits / hits")
     store.add_argument("--calibration", default=None, help="calibration file from `memcache calibrate`")
+    store.add_argument(
+        "--snapshot", default=os.environ.get("MEMCACHE_SNAPSHOT"),
+        help="index snapshot to start from and rewrite on exit (env MEMCACHE_SNAPSHOT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", parents=[store], help="answer a question from memory, or escalate and remember")
@@ -132,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     importer = sub.add_parser("import", parents=[store], help="add the entries of an exported JSONL file")
     importer.add_argument("file")
     importer.set_defaults(func=cmd_import)
+
+    snapshot = sub.add_parser("snapshot", parents=[store], help="write the index to a file for fast restarts")
+    snapshot.add_argument("file")
+    snapshot.set_defaults(func=cmd_snapshot)
 
     server = sub.add_parser("serve", help="run the OpenAI-compatible caching proxy")
     server.add_argument("--config", default=None, help="TOML file: database_url, models, keys")

@@ -4,10 +4,16 @@ Scores are cosine similarity (inner product of unit vectors; higher = closer). E
 gets its own FAISS partition: exact (flat) while small, HNSW once it passes
 `approximate_after` vectors. Removal is immediate for flat partitions; HNSW partitions keep
 a tombstone set, over-fetch past it, and are rebuilt once tombstones pass a quarter.
+
+`save` / `FaissIndex.load` write and read a snapshot (one file, replaced atomically), so a
+restart at millions of keys loads the built graphs instead of rebuilding them from the store.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from memcache.errors import ConfigError
+
+SNAPSHOT_MAGIC = b"MEMCACHE-INDEX-1\n"
 
 
 class VectorIndex(Protocol):
@@ -176,3 +184,75 @@ class FaissIndex:
     def scope_sizes(self) -> dict[str, int]:
         with self._lock:
             return {key: part.live for key, part in self._partitions.items()}
+
+    def ids(self) -> set[int]:
+        """Every live id."""
+        with self._lock:
+            return set(self._scope_of)
+
+    def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
+        """Write every partition to `path` (written beside it, then renamed over it: a crash
+        leaves the old snapshot or the new one). `meta` is stored with it, for the caller."""
+        faiss = _faiss()
+        with self._lock:
+            parts = list(self._partitions.items())
+            blobs = [faiss.serialize_index(part.index) for _, part in parts]
+            manifest = {
+                "dimension": self.dimension,
+                "meta": meta or {},
+                "partitions": [
+                    {"scope_key": key, "approximate": part.approximate, "tombstones": sorted(part.tombstones),
+                     "bytes": int(blob.nbytes)}
+                    for (key, part), blob in zip(parts, blobs)
+                ],
+            }
+        header = json.dumps(manifest).encode("utf-8")
+        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "wb") as handle:
+            handle.write(SNAPSHOT_MAGIC + struct.pack("<Q", len(header)) + header)
+            for blob in blobs:
+                handle.write(memoryview(blob))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    @staticmethod
+    def read_meta(path: str | os.PathLike) -> dict:
+        """The `meta` a snapshot was saved with, without loading its partitions."""
+        with open(path, "rb") as handle:
+            return _read_manifest(handle)["meta"]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs) -> FaissIndex:
+        """Rebuild a FaissIndex from `save`'s file; keyword arguments as for the constructor.
+
+        Raises:
+            ValueError: the file is not a snapshot, or is truncated.
+        """
+        faiss = _faiss()
+        with open(path, "rb") as handle:
+            manifest = _read_manifest(handle)
+            index = cls(manifest["dimension"], **kwargs)
+            for spec in manifest["partitions"]:
+                blob = np.frombuffer(handle.read(spec["bytes"]), dtype=np.uint8)
+                if len(blob) != spec["bytes"]:
+                    raise ValueError(f"{path} is truncated")
+                part = _Partition(faiss.deserialize_index(blob), approximate=spec["approximate"])
+                if part.approximate:
+                    faiss.downcast_index(part.index.index).hnsw.efSearch = index.ef_search
+                part.tombstones = set(spec["tombstones"])
+                part.ids = set(faiss.vector_to_array(part.index.id_map).tolist()) - part.tombstones
+                index._partitions[spec["scope_key"]] = part
+                for key_id in part.ids:
+                    index._scope_of[key_id] = spec["scope_key"]
+        return index
+
+
+def _read_manifest(handle) -> dict:
+    if handle.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
+        raise ValueError("not a memcache index snapshot")
+    raw = handle.read(8)
+    if len(raw) != 8:
+        raise ValueError("the snapshot is truncated")
+    (length,) = struct.unpack("<Q", raw)
+    return json.loads(handle.read(length).decode("utf-8"))

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
+import sqlalchemy
 from sqlalchemy import (
     Boolean,
     DateTime,
@@ -159,14 +161,15 @@ class WriteResult:
     new_key: bool
 
 
-def _select_keys():
-    return select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, KeyRow.embedding)
+def _select_keys(embeddings: bool = True):
+    vector = KeyRow.embedding if embeddings else sqlalchemy.null()
+    return select(KeyRow.id, KeyRow.entry_id, KeyRow.scope_key, KeyRow.normalized_hash, vector)
 
 
 def _stored_key(row) -> StoredKey:
     key_id, entry_id, scope_key, normalized_hash, blob = row
     vector = None if blob is None else np.frombuffer(blob, dtype=np.float32)
-    return StoredKey(key_id, entry_id, scope_key, normalized_hash, vector)
+    return StoredKey(key_id, entry_id, sys.intern(scope_key), normalized_hash, vector)
 
 
 _SCHEMA_LOCK_KEY = 0x6D656D6361636865 >> 2  # "memcache", fits a signed 64-bit advisory lock key
@@ -489,12 +492,15 @@ class Store:
             rows = conn.execute(_select_keys().where(KeyRow.id.in_(ids))).all()
         return [_stored_key(row) for row in rows]
 
-    def iter_keys(self, chunk: int = 10_000) -> Iterator[StoredKey]:
-        """Every live key with its embedding, in id order (for index rebuilds)."""
+    def iter_keys(self, chunk: int = 10_000, *, embeddings: bool = True) -> Iterator[StoredKey]:
+        """Every live key, in id order (for index rebuilds); `embeddings=False` leaves the
+        vectors out (a snapshot already holds them)."""
         last = 0
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(_select_keys().where(KeyRow.id > last).order_by(KeyRow.id).limit(chunk)).all()
+                rows = conn.execute(
+                    _select_keys(embeddings).where(KeyRow.id > last).order_by(KeyRow.id).limit(chunk)
+                ).all()
             if not rows:
                 return
             yield from (_stored_key(row) for row in rows)

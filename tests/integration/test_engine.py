@@ -345,6 +345,11 @@ def test_cli_ask_stats_forget(tmp_path, stub_llm):
     imported = subprocess.run(base + ["import", str(dump)], env=env, capture_output=True, text=True, timeout=120)
     assert "imported 1 query keys" in imported.stdout
     assert "[hit" in subprocess.run(ask, env=env, capture_output=True, text=True, timeout=120).stderr
+    snap = tmp_path / "index.snap"
+    written = subprocess.run(base + ["snapshot", str(snap)], env=env, capture_output=True, text=True, timeout=120)
+    assert f"written to {snap}" in written.stdout and snap.exists()
+    with_snap = subprocess.run(ask + ["--snapshot", str(snap)], env=env, capture_output=True, text=True, timeout=120)
+    assert "[hit" in with_snap.stderr, with_snap.stderr
     bad = subprocess.run(base + ["ask", "   ", "--model", MODEL], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "empty" in bad.stderr
 

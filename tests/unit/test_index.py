@@ -40,3 +40,36 @@ def test_hnsw_recall_against_exact():
         index.add("s", list(range(3000)), vectors)
     recall = np.mean(exact.search("s", queries, 1)[1][:, 0] == approx.search("s", queries, 1)[1][:, 0])
     assert recall >= 0.99
+
+
+def test_snapshot_round_trip_keeps_partitions_graphs_and_tombstones(tmp_path):
+    rng = np.random.default_rng(2)
+    vectors = unit(rng.normal(size=(400, 16)))
+    index = FaissIndex(16, approximate_after=200)
+    index.add("big", list(range(300)), vectors[:300])
+    index.add("small", list(range(300, 400)), vectors[300:])
+    index.remove([0, 1, 2, 350])
+    path = tmp_path / "index.snap"
+    index.save(path, meta={"store_id": "abc"})
+    loaded = FaissIndex.load(path)
+    assert FaissIndex.read_meta(path) == {"store_id": "abc"}
+    assert loaded.ids() == index.ids() and loaded.scope_sizes() == index.scope_sizes()
+    assert loaded._partitions["big"].approximate and loaded._partitions["big"].tombstones == {0, 1, 2}
+    for scope in ("big", "small"):
+        for before, after in zip(index.search(scope, vectors[:50], 5), loaded.search(scope, vectors[:50], 5)):
+            np.testing.assert_array_equal(before, after)
+    loaded.add("small", [500], vectors[:1])  # a loaded index keeps working
+    assert loaded.search("small", vectors[:1], 1)[1][0, 0] == 500
+
+
+def test_snapshot_that_is_not_one_is_refused(tmp_path):
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(b"hello")
+    with pytest.raises(ValueError, match="not a memcache index snapshot"):
+        FaissIndex.load(bad)
+    index = FaissIndex(4)
+    index.add("s", [1], unit([[1, 0, 0, 0]]))
+    index.save(tmp_path / "ok.snap")
+    (tmp_path / "cut.snap").write_bytes((tmp_path / "ok.snap").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        FaissIndex.load(tmp_path / "cut.snap")
