@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -45,6 +46,7 @@ from memcache.types import (
 
 DEFAULT_DATABASE_URL = "sqlite:///memcache.db"
 DEFAULT_SCOPE_MODEL = "default"
+ANSWER_CACHE_SIZE = 10_000  # answers of recently served entries kept in memory (a hit then needs no store read)
 Request = str | Sequence[Mapping[str, Any]]
 Verifier = Callable[[str, str], bool]
 log = logging.getLogger("memcache")
@@ -151,6 +153,9 @@ class MemCache:
         self._keys_of_entry: dict[int, set[int]] = {}
         self._entry_stats: dict[int, EntryStats] = {}
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
+        # entry id -> (answer, expires_at, payload), least recently served first; dropped when the
+        # entry changes here or in another process (then within `sync_interval`)
+        self._answers: OrderedDict[int, tuple[str, datetime | None, str | None]] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
         self.sync_interval = sync_interval
         self.max_entries = max_entries
@@ -314,6 +319,7 @@ class MemCache:
         """Index and register one stored key, written here or by another process (hold the lock)."""
         if vector is not None:
             self._index_for(len(vector)).add(scope_key, [key_id], vector[None, :])
+        self._answers.pop(entry_id, None)  # a new key may have moved the entry's expiry
         self._register_key(key_id, entry_id, scope_key, normalized_hash)
         stats = self._entry_stats.get(entry_id) or EntryStats(entry_id, 0)
         self._entry_stats[entry_id] = replace(stats, n_keys=len(self._keys_of_entry[entry_id]))
@@ -411,15 +417,32 @@ class MemCache:
         return LookupResult(hit, decision, scope, query, embedding=vector)
 
     def _live_answer(self, entry_id: int) -> tuple[str, str | None] | None:
-        """(answer, payload) of an entry that exists and has not expired."""
-        row = self.store.answer_of(entry_id)
-        if row is None:
-            return None
-        answer, expires_at, payload = row
-        if expires_at is not None and expires_at <= utcnow():
+        """(answer, payload) of an entry that exists and has not expired.
+
+        Served from the in-memory answer cache when there; an expiry seen there is checked
+        against the store before the entry is deleted (another process may have extended it).
+        """
+        with self._lock:
+            row = self._answers.get(entry_id)
+            if row is not None:
+                self._answers.move_to_end(entry_id)
+        if row is None or self._expired(row):
+            row = self.store.answer_of(entry_id)
+            if row is None:
+                return None
+            with self._lock:
+                if entry_id in self._keys_of_entry:  # not deleted while it was read
+                    self._answers[entry_id] = row
+                    if len(self._answers) > ANSWER_CACHE_SIZE:
+                        self._answers.popitem(last=False)
+        if self._expired(row):
             self.invalidate(entry_id)
             return None
-        return answer, payload
+        return row[0], row[2]
+
+    @staticmethod
+    def _expired(row: tuple[str, datetime | None, str | None]) -> bool:
+        return row[1] is not None and row[1] <= utcnow()
 
     def _count_hit(self, entry_id: int, *, exact: bool) -> None:
         with self._lock:
@@ -526,6 +549,7 @@ class MemCache:
             answer=answer, source_model=source_model, expires_at=expires, payload=payload, label=label,
         )
         with self._lock:
+            self._answers.pop(written.entry_id, None)  # its expiry may have moved
             if written.new_key:  # an existing key is registered by whoever stored it
                 self._add_key(written.key_id, written.entry_id, scope.key, norm_hash, vector)
             self._counters["write_backs"] += 1
@@ -680,6 +704,7 @@ class MemCache:
             for entry_id in entry_ids:
                 self._keys_of_entry.pop(entry_id, None)
                 self._entry_stats.pop(entry_id, None)
+                self._answers.pop(entry_id, None)
             for key_id in key_ids:
                 key = self._keys.pop(key_id, None)
                 if key is not None:

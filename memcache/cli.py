@@ -155,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=8000)
     server.set_defaults(func=cmd_serve)
 
+    from memcache.eval.bench import add_bench_command
     from memcache.eval.commands import add_eval_commands
 
     add_eval_commands(sub)
+    add_bench_command(sub)
     return parser
 
 

