@@ -61,9 +61,11 @@ class FaissIndex:
     Args:
         dimension: vector width.
         approximate_after: a partition switches from exact flat search to HNSW past this size.
-        hnsw_m / ef_search / ef_construction: HNSW graph parameters. The defaults (16 / 128 /
-            100) were chosen with `memcache bench`: recall@1 >= 0.99 against exact search at
-            100k and 1M keys, and a build of half the time of M=32 / efConstruction=200.
+        hnsw_m / ef_search / ef_construction: HNSW graph parameters. The defaults (16 / 256 /
+            100) were chosen by measurement on 1M keys (real question vectors and noisy copies):
+            recall@1 1.000 (graph built in one pass) and 0.980 (grown in 50k batches) at
+            efSearch 256, 0.997 / 0.947 at 128; a search takes ~0.7 ms, a twentieth of the
+            encode; a 1M build takes ~3 min on 2 cores, half of M=32 / efConstruction=200.
         omp_threads: FAISS OpenMP threads (process-wide), or None to leave them alone. One
             thread is the default because lookups search one query at a time, and FAISS's
             spinning OpenMP pool otherwise fights torch's for the cores: on a 2-core machine
@@ -76,7 +78,7 @@ class FaissIndex:
         *,
         approximate_after: int = 50_000,
         hnsw_m: int = 16,
-        ef_search: int = 128,
+        ef_search: int = 256,
         ef_construction: int = 100,
         omp_threads: int | None = 1,
     ) -> None:

@@ -565,9 +565,9 @@ class Store:
             last = rows[-1][0]
 
     def entry_reliability(self) -> Iterator[tuple[int, int, int]]:
-        """(entry_id, checks, failures) of every entry."""
+        """(entry_id, checks, failures) of every entry checked at least once."""
         with self.engine.connect() as conn:
-            yield from conn.execute(select(EntryRow.id, EntryRow.checks, EntryRow.failures))
+            yield from conn.execute(select(EntryRow.id, EntryRow.checks, EntryRow.failures).where(EntryRow.checks > 0))
 
     def iter_labels(self) -> Iterator[tuple[list[float], bool]]:
         with self.engine.connect() as conn:

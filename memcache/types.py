@@ -38,7 +38,7 @@ class Candidate:
     similarity: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntryStats:
     """What the policy knows of an entry: its answer checks so far (for per-entry reliability)."""
 

@@ -1,0 +1,49 @@
+"""`memcache bench` and the GPU script, run small on the real stack so they cannot rot.
+
+These check that every figure is produced and sane, not how fast anything is: speed is
+measured by the commands themselves, on a quiet machine, into docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from memcache.cli import main
+
+
+def test_bench_writes_every_figure_and_the_table(tmp_path, data_dir):
+    out, figures = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
+    code = main([
+        "bench", str(data_dir / "qqp_pairs_dev.jsonl"), "--entries", "1500,3000", "--real", "1000",
+        "--repeats", "20", "--seconds", "0.3", "--rounds", "1", "--gptcache-entries", "500",
+        "--workdir", str(tmp_path), "--out", str(out), "--json", str(figures),
+    ])
+    assert code == 0
+    results = json.loads(figures.read_text())
+    small, large = results["sizes"]
+    assert (small["entries"], large["entries"]) == (1500, 3000) and large["real_keys"] == 1000
+    for row in (small, large):
+        assert row["recall_at_1"] == 1.0  # flat index: exact
+        assert 0 < row["exact_p50_ms"] < row["hit_p50_ms"] and row["floor_p50_ms"] > 0
+        assert set(row["lookups_per_s"]) == {"1", "8", "32"} and min(row["lookups_per_s"].values()) > 0
+        assert row["bytes_per_entry"] > 1536  # at least the float32 vector itself
+        assert row["snapshot_load_s"] > 0 and row["rebuild_s"] > 0
+    gpt = results["gptcache"]
+    assert gpt["entries"] == 500 and gpt["gptcache"]["lookups_per_s_8"] > 0 and gpt["memcache"]["lookups_per_s_8"] > 0
+    table = out.read_text()
+    assert "| 1,500 | flat |" in table and "| 3,000 | flat |" in table and "## Beside GPTCache" in table
+    assert not list(tmp_path.glob("tmp*"))  # temporary stores are gone
+
+
+def test_gpu_script_dry_run_on_cpu(tmp_path, data_dir):
+    done = subprocess.run(
+        [sys.executable, "-m", "memcache.eval.gpu_bench", "--device", "cpu", "--pairs", str(data_dir / "qqp_pairs_dev.jsonl"),
+         "--entries", "3000", "--real", "500", "--seconds", "0.3"],
+        capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
+    assert result["index"] == "FaissIndex" and result["entries"] == 3000 and result["hit_p50_ms"] > 0
