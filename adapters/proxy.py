@@ -245,4 +245,5 @@ def serve(config_path: str | None, host: str, port: int) -> None:
     config = ProxyConfig.from_file(config_path) if config_path else ProxyConfig()
     with MemCache(config.database_url, embedding_model=config.embedding_model,
                   max_false_hit_rate=config.max_false_hit_rate, snapshot=config.snapshot, progress=True) as cache:
+        cache.warm_up()  # the first request should not wait for the index
         uvicorn.run(create_app(cache, config), host=host, port=port, log_level="info")

@@ -118,10 +118,10 @@ def cold_start_child(url: str, snapshot: str | None, save_to: str | None) -> dic
     before = rss_mb()
     start = time.perf_counter()
     cache = MemCache(url, embedder=DimensionOnly(), policy=ThresholdPolicy(0.0), snapshot=snapshot, sync_interval=None)
-    cache._ensure_loaded()
+    cache.warm_up()
     seconds = time.perf_counter() - start
     after = rss_mb()
-    out = {"seconds": seconds, "rss_before_mb": before, "rss_after_mb": after, "keys": len(cache._keys)}
+    out = {"seconds": seconds, "rss_before_mb": before, "rss_after_mb": after, "keys": len(cache.index)}
     if save_to:
         start = time.perf_counter()
         cache.save_snapshot(save_to)
@@ -219,7 +219,7 @@ def encoder_batching(embedder: SentenceTransformerEmbedder, texts: Sequence[str]
 
 def recall_at_1(cache: MemCache, queries: np.ndarray, vectors: np.ndarray) -> float:
     """Share of queries whose top-1 from the index is as similar as the exact top-1."""
-    sims, _ = cache._index.search(SCOPE.key, queries, 1)
+    sims, _ = cache.index.search(SCOPE.key, queries, 1)
     exact = np.max(queries @ vectors.T, axis=1)
     return float(np.mean(sims[:, 0] >= exact - 1e-5))
 
@@ -233,7 +233,7 @@ def bench_size(n: int, work: Workload, embedder, args, directory: Path) -> dict:
     rebuild = run_child(url, save_to=snap)
     from_snapshot = run_child(url, snapshot=snap)
     cache = MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.0), snapshot=snap, sync_interval=None)
-    cache._ensure_loaded()
+    cache.warm_up()
     cache.snapshot = None  # the benchmark must not rewrite it on close
     encode = lambda text: embedder.encode_batch([text])  # noqa: E731 - the model alone: the floor
     rng = np.random.default_rng(1)
@@ -247,7 +247,7 @@ def bench_size(n: int, work: Workload, embedder, args, directory: Path) -> dict:
     ceiling = encoder_batching(embedder, work.unseen)
     result = {
         "entries": n, "real_keys": min(n, len(work.stored)), "fill_s": fill_s,
-        "approximate": bool(getattr(cache._index._partitions[SCOPE.key], "approximate", False)),
+        "approximate": n > cache.index.approximate_after,
         "floor_p50_ms": floor, "floor_p99_ms": percentile(floor_e + floor_h, 99),
         "hit_p50_ms": statistics.median(hit), "hit_p99_ms": percentile(hit, 99),
         "hit_p50_ratio": statistics.median(hit) / statistics.median(floor_h),
@@ -298,7 +298,7 @@ def bench_gptcache(work: Workload, embedder, args, directory: Path) -> dict:
     url = f"sqlite:///{directory / 'memcache_vs.db'}"
     fill_store(url, texts, vectors)
     mine = MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.0), sync_interval=None)
-    mine._ensure_loaded()
+    mine.warm_up()
     systems = {"gptcache": lambda q: get(q, cache_obj=gpt), "memcache": served_by(mine)}
     asked = work.paraphrases[:100]
     agree = sum(systems["gptcache"](q) == systems["memcache"](q) for q in asked) / len(asked)
@@ -455,7 +455,7 @@ def add_bench_command(sub) -> None:
     bench.add_argument("pairs", help="Quora pairs JSONL (source of real questions), e.g. ../shared/data/qqp_pairs_dev.jsonl")
     bench.add_argument("--entries", default="100000,1000000", help="store sizes, comma-separated")
     bench.add_argument("--real", type=int, default=20_000, help="real questions encoded and stored")
-    bench.add_argument("--repeats", type=int, default=300, help="timed lookups per latency row")
+    bench.add_argument("--repeats", type=int, default=1000, help="timed lookups per latency row")
     bench.add_argument("--seconds", type=float, default=5.0, help="duration of one throughput round")
     bench.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
     bench.add_argument("--gptcache-entries", type=int, default=10_000, help="0 skips the GPTCache comparison")

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         fill_s = fill_store(url, keys, np.vstack([vectors, extra]))
         cache = MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.0), device=args.device, sync_interval=None)
         start = time.perf_counter()
-        cache._ensure_loaded()
+        cache.warm_up()
         load_s = time.perf_counter() - start
         lookup = served_by(cache)
         encode = lambda text: embedder.encode_batch([text])  # noqa: E731 - the floor
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         bench_args = argparse.Namespace(rounds=1, seconds=args.seconds)
         rates = interleaved_throughput(lookup, asked, (1, 32, 128), bench_args)
         result = {
-            "card": card, "index": type(cache._index).__name__, "faiss_gpu_kernel": faiss_gpu_knn() is not None,
+            "card": card, "index": type(cache.index).__name__, "faiss_gpu_kernel": faiss_gpu_knn() is not None,
             "entries": args.entries, "encode_per_s_batch_1024": encode_per_s, "fill_s": fill_s, "load_s": load_s,
             "floor_p50_ms": statistics.median(floor), "hit_p50_ms": statistics.median(hit),
             "hit_p99_ms": float(np.percentile(hit, 99)), "hit_p50_ratio": statistics.median(hit) / statistics.median(floor),

@@ -156,6 +156,7 @@ class MemCache:
         self._keys_of_entry: dict[int, tuple[int, ...]] = {}  # tuples: most entries have one key
         self._entry_stats: dict[int, EntryStats] = {}  # entries checked at least once (the policy's only use)
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
+        self._flusher: threading.Thread | None = None
         # entry id -> (answer, expires_at, payload), least recently served first; dropped when the
         # entry changes here or in another process (then within `sync_interval`)
         self._answers: OrderedDict[int, tuple[str, datetime | None, str | None]] = OrderedDict()
@@ -218,6 +219,15 @@ class MemCache:
             if labels and hasattr(self.policy, "load_labels"):
                 self.policy.load_labels(labels)
             self._loaded = True
+
+    def warm_up(self) -> None:
+        """Build the index now (from the snapshot, or the store) rather than on the first lookup."""
+        self._ensure_loaded()
+
+    @property
+    def index(self) -> VectorIndex | None:
+        """The in-memory vector index (None until something is indexed): for inspection."""
+        return self._index
 
     def _open_snapshot(self) -> FaissIndex | None:
         """The index saved at `snapshot` when it belongs to this store, else None (rebuild)."""
@@ -464,9 +474,10 @@ class MemCache:
             self._counters["exact_hits"] += exact
             count, _ = self._pending_hits.get(entry_id, (0, None))
             self._pending_hits[entry_id] = (count + 1, utcnow())
-            flush = len(self._pending_hits) >= 256
-        if flush:
-            self.flush()
+            flush = len(self._pending_hits) >= 256 and (self._flusher is None or not self._flusher.is_alive())
+            if flush:  # off the lookup's path: the write would otherwise land in one unlucky hit's latency
+                self._flusher = threading.Thread(target=self.flush, name="memcache-hit-counters", daemon=True)
+                self._flusher.start()
 
     def flush(self) -> None:
         """Write buffered hit counters to the store (also done by `stats` and `close`)."""
@@ -801,6 +812,8 @@ class MemCache:
     def close(self) -> None:
         """Flush hit counters, write the index snapshot (if configured) and release the store's connections."""
         try:
+            if self._flusher is not None:
+                self._flusher.join()
             self.flush()
             if self.snapshot is not None and self._loaded and isinstance(self._index, FaissIndex):
                 self.save_snapshot()

@@ -124,3 +124,22 @@ def test_store_from_a_newer_library_is_refused_untouched(db_url):
             SCHEMA_VERSION + 1
         )
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_bulk_insert_is_one_transaction_and_visible_to_a_cache(backend, tmp_path, request, embedder):
+    from memcache.store import BulkRow
+
+    url = f"sqlite:///{tmp_path / 'bulk.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    scope = build_scope(tenant=None, model="bulk", params={}, earlier=[], extra_parts=[])
+    questions = ["How do I renew my passport?", "What is the capital of Australia?", "How many legs does a spider have?"]
+    vectors = embedder.embed(questions)
+    rows = [BulkRow(scope, q, text_hash(normalize(q)), v, f"answer {i}") for i, (q, v) in enumerate(zip(questions, vectors))]
+    store = Store(url)
+    assert store.bulk_insert(rows[:2]) == 2
+    with pytest.raises(StoreError):  # "answer 1" is already stored in this scope: the whole batch fails
+        store.bulk_insert(rows[1:])
+    assert store.counts()[:2] == (2, 2) and store.last_change_id() == 2
+    store.close()
+    with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.75)) as cache:
+        assert cache.lookup("passport renewal: how?", model="bulk").hit.answer == "answer 0"
