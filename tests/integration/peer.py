@@ -3,6 +3,7 @@
   write <tenant>|<question>|<answer>   -> "ok <entry id>"
   invalidate <entry id>                -> "ok <True|False>"
   forget <tenant>                      -> "ok <entries deleted>"
+  lookup <tenant>|<question>           -> "ok <served answer, or None>"
 """
 
 import os
@@ -25,4 +26,8 @@ for line in sys.stdin:
         print(f"ok {cache.invalidate(int(argument))}", flush=True)
     elif command == "forget":
         print(f"ok {cache.forget(tenant=argument)}", flush=True)
+    elif command == "lookup":
+        tenant, question = argument.split("|")
+        hit = cache.lookup(question, tenant=tenant).hit
+        print(f"ok {None if hit is None else hit.answer}", flush=True)
 cache.close()

@@ -16,8 +16,12 @@ PEER = Path(__file__).with_name("peer.py")
 
 
 class Peer:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, wait: bool = True) -> None:
         self.proc = subprocess.Popen([sys.executable, str(PEER), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
         assert self.proc.stdout.readline().strip() == "ready"
 
     def __call__(self, line: str) -> str:
@@ -79,3 +83,29 @@ def test_sync_can_be_turned_off(db_url, embedder):
         assert local.lookup("What is the wifi password?").hit is None
         assert local.sync() >= 1
         assert local.lookup("What is the wifi password?").hit is not None
+
+
+@pytest.mark.skipif(not os.environ.get("MEMCACHE_TEST_DATABASE_URL"), reason="MEMCACHE_TEST_DATABASE_URL is not set")
+def test_three_processes_write_at_once_and_each_sees_the_others(pg_url):
+    questions = {
+        0: ("How do I rotate my API key?", "Settings, then API keys, then Rotate."),
+        1: ("What are the office hours?", "9 to 5."),
+        2: ("Where is the car park?", "Behind building B."),
+    }
+    peers = [Peer(pg_url, wait=False) for _ in questions]  # start together: three model loads at once
+    try:
+        for peer in peers:
+            peer.ready()
+        for i, peer in enumerate(peers):  # each writes without waiting for the others
+            peer.proc.stdin.write(f"write acme|{questions[i][0]}|{questions[i][1]}\n")
+            peer.proc.stdin.flush()
+        for peer in peers:
+            assert peer.proc.stdout.readline().startswith("ok ")
+        for i, peer in enumerate(peers):
+            for j, (question, answer) in questions.items():
+                if j != i:
+                    seen_within(lambda p=peer, q=question, a=answer: p(f"lookup acme|{q}") == a)
+                    assert peer(f"lookup other|{question}") == "None"  # another tenant sees nothing
+    finally:
+        for peer in peers:
+            peer.close()
