@@ -3,7 +3,10 @@
 Scores are cosine similarity (inner product of unit vectors; higher = closer). Each scope
 gets its own FAISS partition: exact (flat) while small, HNSW once it passes
 `approximate_after` vectors. Removal is immediate for flat partitions; HNSW partitions keep
-a tombstone set, over-fetch past it, and are rebuilt once tombstones pass a quarter.
+a tombstone set, over-fetch past it, and are rebuilt once tombstones pass a quarter. A rebuild
+caused by one more key (or one more delete) runs on a background thread while the old graph
+keeps serving, then catches up with what changed meanwhile and takes its place: building 50k
+keys takes seconds, which no write-back or lookup should wait for.
 
 `save` / `FaissIndex.load` write and read a snapshot (one file, replaced atomically), so a
 restart at millions of keys loads the built graphs instead of rebuilding them from the store.
@@ -43,6 +46,7 @@ class _Partition:
     approximate: bool = False
     ids: set[int] = field(default_factory=set)
     tombstones: set[int] = field(default_factory=set)
+    builder: threading.Thread | None = None  # a replacement being built in the background
 
     @property
     def live(self) -> int:
@@ -131,7 +135,10 @@ class FaissIndex:
                 part.ids.add(key_id)
                 self._scope_of[key_id] = scope_key
             if not part.approximate and part.live > self.approximate_after:
-                self._rebuild(part, approximate=True)
+                if len(ids_arr) >= 10_000:  # a bulk load (start-up, import): build now, in one pass
+                    self._rebuild(part, approximate=True)
+                else:
+                    self._rebuild_in_background(scope_key, part, approximate=True)
 
     def remove(self, ids: Iterable[int]) -> None:
         with self._lock:
@@ -152,7 +159,47 @@ class FaissIndex:
                 if part.live == 0:
                     del self._partitions[scope_key]
                 elif part.approximate and len(part.tombstones) > part.live / 4:
-                    self._rebuild(part, approximate=part.live > self.approximate_after)
+                    self._rebuild_in_background(scope_key, part, approximate=part.live > self.approximate_after)
+
+    def _rebuild_in_background(self, scope_key: str, part: _Partition, *, approximate: bool) -> None:
+        if part.builder is None:  # hold the lock
+            part.builder = threading.Thread(
+                target=self._build, args=(scope_key, part, approximate), name="memcache-index-build", daemon=True
+            )
+            part.builder.start()
+
+    def _build(self, scope_key: str, part: _Partition, approximate: bool) -> None:
+        with self._lock:
+            ids = np.fromiter(part.ids, dtype=np.int64, count=len(part.ids))
+            vectors = part.index.reconstruct_batch(ids) if len(ids) else np.zeros((0, self.dimension), np.float32)
+        index = self._new_hnsw() if approximate else self._new_flat()
+        with self._all_cores(len(ids)):
+            index.add_with_ids(vectors, ids)
+        with self._lock:
+            part.builder = None
+            if self._partitions.get(scope_key) is not part:
+                return  # the scope was emptied meanwhile
+            built = set(ids.tolist())
+            added = np.asarray([key_id for key_id in part.ids if key_id not in built], dtype=np.int64)
+            if len(added):
+                index.add_with_ids(part.index.reconstruct_batch(added), added)
+            part.index, part.approximate = index, approximate
+            part.tombstones = built - part.ids  # removed while the graph was being built
+            if not approximate and part.tombstones:
+                part.index.remove_ids(np.fromiter(part.tombstones, dtype=np.int64))
+                part.tombstones = set()
+
+    def wait_for_builds(self, timeout: float | None = None) -> None:
+        """Block until background rebuilds have finished (for tests, benchmarks, snapshots)."""
+        while True:
+            with self._lock:
+                builders = [p.builder for p in self._partitions.values() if p.builder is not None]
+            if not builders:
+                return
+            for builder in builders:
+                builder.join(timeout)
+            if timeout is not None:
+                return
 
     def _rebuild(self, part: _Partition, *, approximate: bool) -> None:
         ids = np.fromiter(part.ids, dtype=np.int64, count=len(part.ids))

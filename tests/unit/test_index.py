@@ -23,6 +23,7 @@ def test_removed_ids_never_come_back_flat_and_hnsw():
     vectors = unit(rng.normal(size=(300, 8)))
     index = FaissIndex(8, approximate_after=100)
     index.add("s", list(range(300)), vectors)
+    index.wait_for_builds()
     assert index._partitions["s"].approximate
     index.remove(range(0, 300, 2))
     _, ids = index.search("s", vectors[:20], 10)
@@ -38,6 +39,8 @@ def test_hnsw_recall_against_exact():
     exact, approx = FaissIndex(32, approximate_after=10**9), FaissIndex(32, approximate_after=1000)
     for index in (exact, approx):
         index.add("s", list(range(3000)), vectors)
+    approx.wait_for_builds()
+    assert approx._partitions["s"].approximate
     recall = np.mean(exact.search("s", queries, 1)[1][:, 0] == approx.search("s", queries, 1)[1][:, 0])
     assert recall >= 0.99
 
@@ -48,6 +51,7 @@ def test_snapshot_round_trip_keeps_partitions_graphs_and_tombstones(tmp_path):
     index = FaissIndex(16, approximate_after=200)
     index.add("big", list(range(300)), vectors[:300])
     index.add("small", list(range(300, 400)), vectors[300:])
+    index.wait_for_builds()
     index.remove([0, 1, 2, 350])
     path = tmp_path / "index.snap"
     index.save(path, meta={"store_id": "abc"})
@@ -73,3 +77,25 @@ def test_snapshot_that_is_not_one_is_refused(tmp_path):
     (tmp_path / "cut.snap").write_bytes((tmp_path / "ok.snap").read_bytes()[:-10])
     with pytest.raises(ValueError, match="truncated"):
         FaissIndex.load(tmp_path / "cut.snap")
+
+
+def test_switch_to_hnsw_builds_in_the_background_and_catches_up():
+    """Crossing `approximate_after` one key at a time must not stall: the flat partition serves
+    while the graph is built, and keys added or removed meanwhile are right afterwards."""
+    rng = np.random.default_rng(4)
+    vectors = unit(rng.normal(size=(3000, 32)))
+    index = FaissIndex(32, approximate_after=2000)
+    index.add("s", list(range(2000)), vectors[:2000])
+    index.add("s", [2000], vectors[2000:2001])  # one key over: a background build starts
+    assert index._partitions["s"].builder is not None and not index._partitions["s"].approximate
+    for key_id in range(2001, 3000):  # lookups and writes go on meanwhile
+        index.add("s", [key_id], vectors[key_id : key_id + 1])
+        assert index.search("s", vectors[key_id : key_id + 1], 1)[1][0, 0] == key_id
+    index.remove(range(0, 3000, 10))
+    index.wait_for_builds()
+    part = index._partitions["s"]
+    assert part.approximate and part.builder is None and len(index) == 2700
+    _, ids = index.search("s", vectors, 1)
+    assert not set(ids[:, 0].tolist()) & set(range(0, 3000, 10))  # removed keys never come back
+    live = [i for i in range(3000) if i % 10]
+    assert np.mean(ids[live, 0] == np.asarray(live)) >= 0.99  # and the others are found
