@@ -30,7 +30,7 @@ from memcache.index import FaissIndex, VectorIndex
 from memcache.judge import ExactJudge, Judge
 from memcache.policy import CalibratedPolicy, Policy
 from memcache.scope import build_scope, check_text, normalize, split_messages
-from memcache.store import Store, text_hash, utcnow
+from memcache.store import Store, StoredKey, text_hash, utcnow
 from memcache.types import (
     CacheEntry,
     CacheHit,
@@ -50,6 +50,16 @@ ANSWER_CACHE_SIZE = 10_000  # answers of recently served entries kept in memory 
 Request = str | Sequence[Mapping[str, Any]]
 Verifier = Callable[[str, str], bool]
 log = logging.getLogger("memcache")
+
+
+def _batch_vector(batch: dict[str, tuple[list[int], list[np.ndarray]]], key: StoredKey) -> bool:
+    """Queue a stored key's vector for its scope's next index add; False if it has none."""
+    if key.embedding is None:
+        return False
+    ids, vectors = batch.setdefault(key.scope_key, ([], []))
+    ids.append(key.key_id)
+    vectors.append(key.embedding)
+    return True
 
 
 def cache_info(response: Any) -> CacheInfo | None:
@@ -199,11 +209,7 @@ class MemCache:
             pending = 0
             for key in keys:
                 self._register_key(key.key_id, key.entry_id, key.scope_key, key.normalized_hash)
-                if key.embedding is not None:
-                    ids, vectors = batch.setdefault(key.scope_key, ([], []))
-                    ids.append(key.key_id)
-                    vectors.append(key.embedding)
-                    pending += 1
+                pending += _batch_vector(batch, key)
                 if pending >= 1_000_000:  # one add per scope where memory allows: HNSW built in one
                     # pass ranks better (recall@1 0.997 vs 0.947 at 1M keys added in 50k batches)
                     self._flush_vectors(batch)
@@ -251,10 +257,7 @@ class MemCache:
         for start in range(0, len(missing), 10_000):
             batch: dict[str, tuple[list[int], list[np.ndarray]]] = {}
             for key in self.store.keys_by_id(missing[start : start + 10_000]):
-                if key.embedding is not None:
-                    ids, vectors = batch.setdefault(key.scope_key, ([], []))
-                    ids.append(key.key_id)
-                    vectors.append(key.embedding)
+                _batch_vector(batch, key)
             self._flush_vectors(batch)
 
     def save_snapshot(self, path: str | Path | None = None) -> Path | None:
