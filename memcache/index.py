@@ -28,6 +28,7 @@ import numpy as np
 from memcache.errors import ConfigError
 
 SNAPSHOT_MAGIC = b"MEMCACHE-INDEX-1\n"
+BULK = 10_000  # an add this large is a bulk load: built at once, on every core
 
 
 class VectorIndex(Protocol):
@@ -135,7 +136,7 @@ class FaissIndex:
                 part.ids.add(key_id)
                 self._scope_of[key_id] = scope_key
             if not part.approximate and part.live > self.approximate_after:
-                if len(ids_arr) >= 10_000:  # a bulk load (start-up, import): build now, in one pass
+                if len(ids_arr) >= BULK:  # start-up, import: build now, in one pass
                     self._rebuild(part, approximate=True)
                 else:
                     self._rebuild_in_background(scope_key, part, approximate=True)
@@ -170,11 +171,8 @@ class FaissIndex:
 
     def _build(self, scope_key: str, part: _Partition, approximate: bool) -> None:
         with self._lock:
-            ids = np.fromiter(part.ids, dtype=np.int64, count=len(part.ids))
-            vectors = part.index.reconstruct_batch(ids) if len(ids) else np.zeros((0, self.dimension), np.float32)
-        index = self._new_hnsw() if approximate else self._new_flat()
-        with self._all_cores(len(ids)):
-            index.add_with_ids(vectors, ids)
+            ids, vectors = self._live_vectors(part)
+        index = self._filled_index(ids, vectors, approximate=approximate)
         with self._lock:
             part.builder = None
             if self._partitions.get(scope_key) is not part:
@@ -202,20 +200,30 @@ class FaissIndex:
                 return
 
     def _rebuild(self, part: _Partition, *, approximate: bool) -> None:
-        ids = np.fromiter(part.ids, dtype=np.int64, count=len(part.ids))
-        vectors = part.index.reconstruct_batch(ids) if len(ids) else None
-        part.index = self._new_hnsw() if approximate else self._new_flat()
+        """Replace a partition's index now, under the lock (bulk loads)."""
+        part.index = self._filled_index(*self._live_vectors(part), approximate=approximate)
         part.approximate = approximate
         part.tombstones.clear()
-        if vectors is not None:
+
+    def _live_vectors(self, part: _Partition) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of a partition's live keys, read back from its index (hold the lock)."""
+        ids = np.fromiter(part.ids, dtype=np.int64, count=len(part.ids))
+        vectors = part.index.reconstruct_batch(ids) if len(ids) else np.zeros((0, self.dimension), np.float32)
+        return ids, vectors
+
+    def _filled_index(self, ids: np.ndarray, vectors: np.ndarray, *, approximate: bool):
+        """A new HNSW or flat index holding `vectors` under `ids`."""
+        index = self._new_hnsw() if approximate else self._new_flat()
+        if len(ids):
             with self._all_cores(len(ids)):
-                part.index.add_with_ids(vectors, ids)
+                index.add_with_ids(vectors, ids)
+        return index
 
     @contextlib.contextmanager
     def _all_cores(self, count: int):
         """Bulk graph builds (restarts, HNSW switch-overs) use every core, then lookups go back
         to `omp_threads`: a 1M-key HNSW build takes half the time on 2 cores."""
-        if self.omp_threads is None or count < 10_000:
+        if self.omp_threads is None or count < BULK:
             yield
             return
         faiss = _faiss()
