@@ -183,6 +183,19 @@ def _stored_key(row) -> StoredKey:
     return StoredKey(key_id, entry_id, sys.intern(scope_key), normalized_hash, vector)
 
 
+def _new_entry(
+    scope: Scope, answer: str, answer_hash: str, source_model: str, now: datetime,
+    expires_at: datetime | None = None, payload: str | None = None,
+) -> dict:
+    """Column values of a new entry row (for `add_answer` and `bulk_insert` alike)."""
+    return {
+        "scope_key": scope.key, "tenant": scope.tenant, "model": scope.model,
+        "scope_json": json.dumps(scope.__dict__), "answer": answer, "payload": payload, "answer_hash": answer_hash,
+        "source_model": source_model, "created_at": now, "last_used_at": now, "hit_count": 0, "verified": True,
+        "expires_at": expires_at, "checks": 0, "failures": 0,
+    }
+
+
 _SCHEMA_LOCK_KEY = 0x6D656D6361636865 >> 2  # "memcache", fits a signed 64-bit advisory lock key
 
 
@@ -347,12 +360,7 @@ class Store:
             if new_entry:
                 entry_id = conn.execute(
                     EntryRow.__table__.insert()
-                    .values(
-                        scope_key=scope.key, tenant=scope.tenant, model=scope.model,
-                        scope_json=json.dumps(scope.__dict__), answer=answer, payload=payload, answer_hash=answer_hash,
-                        source_model=source_model, created_at=now, last_used_at=now, hit_count=0, verified=True,
-                        expires_at=expires_at, checks=0, failures=0,
-                    )
+                    .values(_new_entry(scope, answer, answer_hash, source_model, now, expires_at, payload))
                     .returning(EntryRow.id)
                 ).scalar_one()
             else:
@@ -388,16 +396,7 @@ class Store:
             with self.engine.begin() as conn:
                 entry_ids = conn.execute(
                     EntryRow.__table__.insert().returning(EntryRow.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "scope_key": r.scope.key, "tenant": r.scope.tenant, "model": r.scope.model,
-                            "scope_json": json.dumps(r.scope.__dict__), "answer": r.answer, "payload": None,
-                            "answer_hash": text_hash(r.answer), "source_model": r.scope.model, "created_at": now,
-                            "last_used_at": now, "hit_count": 0, "verified": True, "expires_at": None,
-                            "checks": 0, "failures": 0,
-                        }
-                        for r in rows
-                    ],
+                    [_new_entry(r.scope, r.answer, text_hash(r.answer), r.scope.model, now) for r in rows],
                 ).scalars().all()
                 key_ids = conn.execute(
                     KeyRow.__table__.insert().returning(KeyRow.id, sort_by_parameter_order=True),
