@@ -57,9 +57,9 @@ class SentenceTransformerEmbedder:
         device: "auto" (CUDA if present, else CPU), or any torch device string.
         batch_size: most texts encoded in one call.
         batch_window_ms: how long the worker waits for more callers when it expects others:
-            callers are inside `embed` and not yet collected, or recent batches were more than
-            twice the size of this one (under load, callers come back from the rest of their
-            lookup a moment after their last batch). A lone caller never waits.
+            callers are inside `embed` and not yet collected, or this batch is under 90% of the
+            recent average size (under load, callers come back from the rest of their lookup a
+            moment after their last batch). A lone caller never waits.
         inner_batch_size: texts per forward pass inside one call; sentence-transformers sorts a
             call's texts by length, so small passes pad less (on 2 CPU cores 32 questions
             encode at 258/s in passes of 16 against 196/s in one pass of 32).
