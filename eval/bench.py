@@ -80,15 +80,19 @@ class Workload:
 
     def keys(self, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
         """n stored keys: the real questions first, then synthetic neighbours of them."""
-        real = min(n, len(self.stored))
-        texts = self.stored[:real] + [f"synthetic question {i}" for i in range(n - real)]
-        if n <= real:
-            return texts, self.vectors[:n]
-        rng = np.random.default_rng(seed)
-        extra = self.vectors[rng.integers(0, real, n - real)]
-        extra = extra + rng.normal(scale=NOISE, size=extra.shape).astype(np.float32)
-        extra /= np.linalg.norm(extra, axis=1, keepdims=True)
-        return texts, np.vstack([self.vectors[:real], extra])
+        return with_synthetic_keys(self.stored[:n], self.vectors[:n], n, seed)
+
+
+def with_synthetic_keys(texts: Sequence[str], vectors: np.ndarray, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Real keys padded to n with synthetic neighbours: a random real vector plus noise, unit length."""
+    extra = max(0, n - len(texts))
+    if not extra:
+        return list(texts), vectors
+    rng = np.random.default_rng(seed)
+    noisy = vectors[rng.integers(0, len(vectors), extra)]
+    noisy = noisy + rng.normal(scale=NOISE, size=noisy.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    return list(texts) + [f"synthetic question {i}" for i in range(extra)], np.vstack([vectors, noisy])
 
 
 def fill_store(url: str, texts: Sequence[str], vectors: np.ndarray, chunk: int = 20_000) -> float:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     from memcache.embedding import SentenceTransformerEmbedder
     from memcache.gpu_index import faiss_gpu_knn
     from memcache.policy import ThresholdPolicy
-    from memcache.eval.bench import fill_store, interleaved_throughput, paired, served_by
+    from memcache.eval.bench import fill_store, with_synthetic_keys, interleaved_throughput, paired, served_by
 
     card = torch.cuda.get_device_name(0) if on_gpu else "CPU (dry run)"
     embedder = SentenceTransformerEmbedder(device=args.device, batch_size=256)
@@ -62,14 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     vectors = np.vstack([embedder.encode_batch(stored[i : i + 1024]) for i in range(0, len(stored), 1024)])
     encode_per_s = len(stored) / (time.perf_counter() - start)
 
-    rng = np.random.default_rng(0)
-    extra = vectors[rng.integers(0, len(vectors), max(0, args.entries - len(vectors)))]
-    extra = extra + rng.normal(scale=0.045, size=extra.shape).astype(np.float32)
-    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
-    keys = stored + [f"synthetic question {i}" for i in range(len(extra))]
+    keys, key_vectors = with_synthetic_keys(stored, vectors, args.entries)
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{Path(directory) / 'gpu.db'}"
-        fill_s = fill_store(url, keys, np.vstack([vectors, extra]))
+        fill_s = fill_store(url, keys, key_vectors)
         cache = MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.0), device=args.device, sync_interval=None)
         start = time.perf_counter()
         cache.warm_up()
