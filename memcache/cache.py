@@ -25,6 +25,7 @@ import numpy as np
 
 from memcache import llm
 from memcache.embedding import Embedder, SentenceTransformerEmbedder, resolve_device
+from memcache.hindsight import HindsightWindow
 from memcache.errors import ConfigError, InvalidRequestError
 from memcache.index import FaissIndex, VectorIndex
 from memcache.judge import ExactJudge, Judge
@@ -87,6 +88,9 @@ class MemCache:
         ttl: seconds an entry may be served after it was written; None keeps it forever.
         max_query_chars: longest accepted prompt (characters over all messages).
         neighbours: how many in-scope keys the policy sees per lookup.
+        hindsight_window: how many recent paid keys are asked again of the current index
+            (each with itself left out) to refresh the policy's labels; 0 turns it off.
+            See `memcache.hindsight`. Used when the policy has `set_hindsight`.
         device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder and
             index: on CUDA the index is an exact `TorchIndex` in GPU memory (with faiss's GPU
             kernel when a GPU build of faiss is installed), else a `FaissIndex` on the CPU.
@@ -120,6 +124,7 @@ class MemCache:
         ttl: float | None = None,
         max_query_chars: int = 32_000,
         neighbours: int = 10,
+        hindsight_window: int = 4000,
         device: str = "auto",
         seed: int | None = None,
         progress: bool = False,
@@ -133,6 +138,8 @@ class MemCache:
             raise ConfigError("max_query_chars must be >= 1")
         if neighbours < 1:
             raise ConfigError("neighbours must be >= 1")
+        if hindsight_window < 0:
+            raise ConfigError("hindsight_window must be >= 0 (0 turns hindsight labels off)")
         if ttl is not None and ttl <= 0:
             raise ConfigError("ttl is in seconds and must be > 0 (or None for no expiry)")
         if max_entries is not None and max_entries < 1:
@@ -155,6 +162,7 @@ class MemCache:
                 else CalibratedPolicy(max_false_hit_rate, seed=seed)
             )
         self.policy = policy
+        self._hindsight = HindsightWindow(hindsight_window if hasattr(policy, "set_hindsight") else 0)
         self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
         self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
         self.judge = judge if judge is not None else ExactJudge()
@@ -526,10 +534,13 @@ class MemCache:
         vector = result.embedding
         if vector is None:
             vector = self.embedder.embed([result.query])[0]
-        label = self._label(result, answer) if paid and result.hit is None else None
-        entry = self._store_answer(result, answer, vector, source_model or result.scope.model, payload, label)
+        paid = paid and result.hit is None
+        label = self._label(result, answer) if paid else None
+        entry, key_id = self._store_answer(result, answer, vector, source_model or result.scope.model, payload, label)
         if label is not None:  # taught only once the answer and its label are safely stored
-            self._learn(label)
+            self._learn(label, key_id)
+        if paid and key_id is not None and self._hindsight.add(key_id, result.scope.key, vector):
+            self._relabel()
         self._evict_if_full()
         return entry
 
@@ -555,8 +566,11 @@ class MemCache:
         agreed = bool(self.judge.same_answer(result.query, answer, reference[0]))
         return Label(tuple(decision.features), agreed, decision.entry_id)
 
-    def _learn(self, label: Label) -> None:
-        self.policy.observe(label.features, label.correct)
+    def _learn(self, label: Label, key_id: int | None) -> None:
+        if self._hindsight.size:  # the key lets a later hindsight label replace this one
+            self.policy.observe(label.features, label.correct, key=key_id)
+        else:
+            self.policy.observe(label.features, label.correct)
         with self._lock:
             keys_of = self._keys_of_entry.get(label.entry_id)
             if keys_of is not None:
@@ -565,10 +579,28 @@ class MemCache:
                     stats, checks=stats.checks + 1, failures=stats.failures + (not label.correct)
                 )
 
+    def _relabel(self) -> None:
+        """Ask the hindsight window again of today's index and hand the labels to the policy."""
+        index = self._index
+        if index is None:
+            return
+
+        def entry_of(key_id: int) -> int | None:
+            key = self._keys.get(key_id)
+            return None if key is None else key[0]
+
+        examples = self._hindsight.examples(index.search, entry_of, self.neighbours)
+        with self._lock:
+            entries = dict(self._entry_stats)
+        self.policy.set_hindsight(examples, entries)
+
     def _store_answer(
         self, result: LookupResult, answer: str, vector: np.ndarray, source_model: str, payload: str | None,
         label: Label | None, *, expires_at: datetime | None = None,
-    ) -> CacheEntry:
+    ) -> tuple[CacheEntry, int | None]:
+        """Write the answer (and its label) to the store, then index the key.
+
+        Returns the entry and the new key's id (None when the query was already a key)."""
         scope = result.scope
         norm_hash = text_hash(normalize(result.query))
         expires = expires_at or (utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None)
@@ -581,11 +613,12 @@ class MemCache:
             if written.new_key:  # an existing key is registered by whoever stored it
                 self._add_key(written.key_id, written.entry_id, scope.key, norm_hash, vector)
             self._counters["write_backs"] += 1
-        return CacheEntry(
+        entry = CacheEntry(
             id=written.entry_id, scope_key=scope.key, tenant=scope.tenant, answer=answer,
             source_model=source_model, created_at=utcnow(), last_hit_at=None, hit_count=0,
             verified=True, expires_at=expires, queries=(result.query,),
         )
+        return entry, written.key_id if written.new_key else None
 
     # -- completion -------------------------------------------------------------------------
 

@@ -6,11 +6,14 @@ neighbourhood features ranks lookups by how likely the nearest entry is right; t
 cut-off is the lowest score at which a one-sided upper confidence bound of the labeled error
 rate stays under `max_false_hit_rate` (fixed-sequence testing from the top down). A small,
 adaptive share of would-be hits is audited so the served region keeps receiving labels.
+Hindsight labels (see `memcache.hindsight`) replace the arrival-time label of each recent paid
+query with one taken against today's index, so each paid query still counts once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import threading
@@ -22,21 +25,29 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from memcache.errors import ConfigError
-from memcache.types import Candidate, Decision, EntryStats
+from memcache.types import Candidate, Decision, EntryStats, HindsightExample
 
-FEATURE_NAMES = ("similarity", "margin", "agreement", "support", "entry_failure_rate")
+FEATURE_NAMES = (
+    "similarity", "margin", "agreement", "support", "entry_failure_rate", "kth_similarity", "second_similarity",
+)
+CALIBRATION_VERSION = 2  # 2: kth and second similarity added (version 1 files had five features)
 _VOTE_TEMPERATURE = 0.05
+log = logging.getLogger("memcache")
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """Decides hit/miss/audit for one lookup and learns from paid answers."""
+    """Decides hit/miss/audit for one lookup and learns from paid answers.
+
+    A policy that also has `set_hindsight(examples, entries)` (as `CalibratedPolicy` does)
+    is given hindsight labels, and `observe` is then called with the answer's `key=`.
+    """
 
     max_false_hit_rate: float
 
     def decide(self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]) -> Decision: ...
 
-    def observe(self, features: Sequence[float], correct: bool) -> None: ...
+    def observe(self, features: Sequence[float], correct: bool, *, key: int | None = None) -> None: ...
 
 
 def neighbourhood_features(
@@ -46,7 +57,9 @@ def neighbourhood_features(
 
     Features: top similarity; margin to the closest key of any other entry (0 if none);
     similarity-weighted share of neighbours that hold the same answer; share of the k
-    neighbours that hold it; the entry's smoothed failure rate in earlier checks.
+    neighbours that hold it; the entry's smoothed failure rate in earlier checks; the
+    similarity of the k-th and of the second neighbour (how crowded the neighbourhood is:
+    on CLINC150 these two lifted correct hits at a 2% bound by 2-3 points).
     """
     best = candidates[0]
     s1 = best.similarity
@@ -57,7 +70,9 @@ def neighbourhood_features(
     support = float(same.mean())
     stats = entries.get(best.entry_id)
     failure_rate = 0.0 if stats is None else stats.failures / (stats.checks + 2)
-    return best.entry_id, s1, (s1, s1 - other, agreement, support, failure_rate)
+    kth = candidates[-1].similarity if len(candidates) > 1 else 0.0
+    second = candidates[1].similarity if len(candidates) > 1 else 0.0
+    return best.entry_id, s1, (s1, s1 - other, agreement, support, failure_rate, kth, second)
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -110,7 +125,7 @@ class ThresholdPolicy:
         action = "hit" if s1 >= self.threshold else "miss"
         return Decision(action, entry_id, s1, confidence if action == "hit" else 0.0, features)
 
-    def observe(self, features: Sequence[float], correct: bool) -> None:
+    def observe(self, features: Sequence[float], correct: bool, *, key: int | None = None) -> None:
         if features and features[0] >= self.threshold:
             if correct:
                 self._right += 1
@@ -155,8 +170,12 @@ class CalibratedPolicy:
         self._z = _z_for(confidence_level)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._x: list[tuple[float, ...]] = []
+        self._x: list[tuple[float, ...]] = []  # labels taken when the paid query arrived
         self._y: list[bool] = []
+        self._key: list[int | None] = []  # the key each was stored under, if any
+        self._hx: list[tuple[float, ...]] = []  # hindsight labels of recent paid keys
+        self._hy: list[bool] = []
+        self._hkeys: frozenset[int] = frozenset()
         self._fitted_at = 0
         self._weights: np.ndarray | None = None
         self._mean = np.zeros(len(FEATURE_NAMES))
@@ -201,20 +220,59 @@ class CalibratedPolicy:
 
     # -- learning ---------------------------------------------------------------------------
 
-    def observe(self, features: Sequence[float], correct: bool) -> None:
-        """Learn from one paid answer. Call only for answers the strong model was paid for."""
+    def observe(self, features: Sequence[float], correct: bool, *, key: int | None = None) -> None:
+        """Learn from one paid answer. Call only for answers the strong model was paid for.
+
+        `key` is the key the answer was stored under: a hindsight label of that key later
+        takes this label's place.
+        """
         if len(features) != len(FEATURE_NAMES):
             raise ConfigError(f"expected {len(FEATURE_NAMES)} features {FEATURE_NAMES}, got {len(features)}")
         with self._lock:
             self._x.append(tuple(float(f) for f in features))
             self._y.append(bool(correct))
+            self._key.append(key)
             n = len(self._y)
             if n - self._fitted_at >= max(10, self._fitted_at // 10):
                 self._fit()
 
+    def set_hindsight(self, examples: Sequence[HindsightExample], entries: Mapping[int, EntryStats]) -> None:
+        """Replace the hindsight labels (see `memcache.hindsight`) and refit.
+
+        Each example's label takes the place of the arrival-time label of the same key, so a
+        paid query is counted once, with the features it would have today.
+        """
+        hx, hy = [], []
+        for example in examples:
+            entry_id, _, features = neighbourhood_features(example.candidates, entries)
+            hx.append(features)
+            hy.append(entry_id == example.entry_id)
+        with self._lock:
+            self._hx, self._hy = hx, hy
+            self._hkeys = frozenset(e.key_id for e in examples)
+            self._fit()
+
     @property
     def labels(self) -> int:
+        """Paid answers observed (each one label, whether taken on arrival or in hindsight)."""
         return len(self._y)
+
+    @property
+    def hindsight_labels(self) -> int:
+        return len(self._hy)
+
+    @property
+    def labels_in_use(self) -> int:
+        """Labels the model is fitted on: arrival-time labels not replaced, plus hindsight labels."""
+        with self._lock:
+            return len(self._training_set()[1])
+
+    def _training_set(self) -> tuple[list[tuple[float, ...]], list[bool]]:
+        """Arrival-time labels not replaced by a hindsight label, then the hindsight labels."""
+        if not self._hkeys:
+            return self._x, self._y
+        kept = [i for i, key in enumerate(self._key) if key is None or key not in self._hkeys]
+        return [self._x[i] for i in kept] + self._hx, [self._y[i] for i in kept] + self._hy
 
     def refit(self) -> None:
         with self._lock:
@@ -222,9 +280,10 @@ class CalibratedPolicy:
 
     def _fit(self) -> None:
         self._fitted_at = len(self._y)
-        x = np.asarray(self._x, dtype=float)
-        y = np.asarray(self._y, dtype=float)
-        if y.min(initial=1.0) == y.max(initial=0.0):
+        features, labels = self._training_set()
+        x = np.asarray(features, dtype=float).reshape(-1, len(FEATURE_NAMES))
+        y = np.asarray(labels, dtype=float)
+        if len(y) == 0 or y.min() == y.max():
             # one class only: nothing to rank with yet; all-correct still cannot certify a bound here
             self._weights, self.threshold = None, None
             return
@@ -292,16 +351,17 @@ class CalibratedPolicy:
     # -- calibration files ------------------------------------------------------------------
 
     def to_dict(self) -> dict:
+        features, labels = self._training_set()
         return {
             "kind": "memcache.CalibratedPolicy",
-            "version": 1,
+            "version": CALIBRATION_VERSION,
             "max_false_hit_rate": self.max_false_hit_rate,
             "confidence_level": self.confidence_level,
             "min_audit_rate": self.min_audit_rate,
             "max_audit_rate": self.max_audit_rate,
             "l2": self.l2,
             "feature_names": list(FEATURE_NAMES),
-            "labels": [[*x, int(y)] for x, y in zip(self._x, self._y)],
+            "labels": [[*x, int(y)] for x, y in zip(features, labels)],
             "threshold": self.threshold,
             "estimated_false_hit_rate": self.estimated_false_hit_rate,
             "bound": self.bound,
@@ -318,8 +378,13 @@ class CalibratedPolicy:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read calibration file {path}: {exc}") from exc
-        if data.get("kind") != "memcache.CalibratedPolicy" or data.get("feature_names") != list(FEATURE_NAMES):
-            raise ConfigError(f"{path} is not a memcache calibration file for this version")
+        if data.get("kind") != "memcache.CalibratedPolicy":
+            raise ConfigError(f"{path} is not a memcache calibration file")
+        if data.get("feature_names") != list(FEATURE_NAMES):
+            raise ConfigError(
+                f"{path} is a calibration file of version {data.get('version')}, this library reads version "
+                f"{CALIBRATION_VERSION}: run `memcache calibrate` again"
+            )
         policy = cls(
             max_false_hit_rate if max_false_hit_rate is not None else data["max_false_hit_rate"],
             confidence_level=data["confidence_level"],
@@ -332,10 +397,21 @@ class CalibratedPolicy:
         return policy
 
     def load_labels(self, labels) -> None:
-        """Add many labels at once (calibration files, labels kept in the store) and refit once."""
+        """Add many labels at once (calibration files, labels kept in the store) and refit once.
+
+        Labels with another number of features (kept by an older version) are skipped: the
+        hindsight labels of the keys they came from relearn them.
+        """
+        skipped = 0
         with self._lock:
             for features, correct in labels:
+                if len(features) != len(FEATURE_NAMES):
+                    skipped += 1
+                    continue
                 self._x.append(tuple(float(f) for f in features))
                 self._y.append(bool(correct))
+                self._key.append(None)
             if self._y:
                 self._fit()
+        if skipped:
+            log.warning("skipped %d stored labels with another feature set (written by an older version)", skipped)

@@ -50,11 +50,29 @@ class EntryStats:
 
 @dataclass(frozen=True)
 class Label:
-    """A paid answer compared with the nearest entry: the policy's training example."""
+    """A paid answer compared with the nearest entry: the policy's training example.
+
+    `key_id` is the key the paid answer was stored under (None if it was not stored), so a
+    later hindsight label of the same query can replace this one rather than count twice.
+    """
 
     features: tuple[float, ...]
     correct: bool
     entry_id: int
+    key_id: int | None = None
+
+
+@dataclass(frozen=True)
+class HindsightExample:
+    """A paid query asked again of today's index, itself left out.
+
+    `candidates` are its in-scope neighbours now (its own key removed); the nearest entry
+    would have been right when it is `entry_id`, the entry the paid answer was stored under.
+    """
+
+    key_id: int
+    entry_id: int
+    candidates: tuple[Candidate, ...]
 
 
 @dataclass(frozen=True)

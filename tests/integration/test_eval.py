@@ -43,18 +43,27 @@ class SpyPolicy(CalibratedPolicy):
         super().__init__(*args, **kwargs)
         self.decisions = []
         self.observed = 0
+        self.paid_keys = set()
+        self.first_keys = set(range(1, 2))  # the first key met an empty scope: paid, but no label
 
     def decide(self, candidates, entries):
         decision = super().decide(candidates, entries)
         self.decisions.append(decision)
         return decision
 
-    def observe(self, features, correct):
+    def observe(self, features, correct, *, key=None):
         last = self.decisions[-1]
         assert last.action in ("miss", "audit"), "the policy was shown the label of a served hit"
         assert tuple(features) == tuple(last.features)
+        assert key is not None  # stored under a key, so its hindsight label can replace it
         self.observed += 1
-        super().observe(features, correct)
+        self.paid_keys.add(key)
+        super().observe(features, correct, key=key)
+
+    def set_hindsight(self, examples, entries):
+        # hindsight labels come only from keys of paid answers: never from a served hit
+        assert {e.key_id for e in examples} <= self.paid_keys | self.first_keys
+        super().set_hindsight(examples, entries)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -74,6 +83,8 @@ def test_policy_learns_only_from_paid_answers(clinc_subset, memo):
     paid_with_neighbour = sum(r.outcome in ("miss", "audit") and r.similarity is not None for r in records)
     assert policy.observed == paid_with_neighbour == policy.labels
     assert sum(r.outcome == "hit" for r in records) > 0
+    # each paid query counts once; the first one met an empty scope and has only its hindsight label
+    assert policy.hindsight_labels > 500 and policy.labels_in_use == policy.labels + 1
 
 
 def test_quora_pairs_near_duplicates_do_not_break_the_bound(data_dir, embedder):

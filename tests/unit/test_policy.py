@@ -5,7 +5,7 @@ import pytest
 
 from memcache.errors import ConfigError
 from memcache.policy import CalibratedPolicy, ThresholdPolicy, neighbourhood_features, wilson_upper
-from memcache.types import Candidate
+from memcache.types import Candidate, HindsightExample
 
 
 def synthetic_labels(n, seed=0):
@@ -15,7 +15,8 @@ def synthetic_labels(n, seed=0):
     for _ in range(n):
         s = rng.uniform(0.4, 1.0)
         p_right = 1 / (1 + np.exp(-(s - 0.75) * 40))
-        out.append(((s, s - rng.uniform(0, 0.3), rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0), rng.random() < p_right))
+        features = (s, s - rng.uniform(0, 0.3), rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0, s - 0.2, s - 0.05)
+        out.append((features, rng.random() < p_right))
     return out
 
 
@@ -42,7 +43,7 @@ def test_the_chosen_region_holds_the_bound_on_fresh_data():
 
 def test_a_bound_that_the_data_cannot_meet_serves_nothing():
     rng = np.random.default_rng(0)
-    coin = [((s, 0.1, 1.0, 1.0, 0.0), rng.random() < 0.7) for s in rng.uniform(0.8, 1.0, 2000)]
+    coin = [((s, 0.1, 1.0, 1.0, 0.0, s - 0.1, s), rng.random() < 0.7) for s in rng.uniform(0.8, 1.0, 2000)]
     policy = CalibratedPolicy(0.02)
     policy.load_labels(coin)
     assert policy.threshold is None
@@ -56,7 +57,7 @@ def test_calibration_file_round_trip(tmp_path):
     loaded = CalibratedPolicy.from_file(path)
     assert loaded.threshold == pytest.approx(policy.threshold)
     assert loaded.labels == policy.labels and loaded.max_false_hit_rate == 0.05
-    features = (0.9, 0.3, 0.9, 0.5, 0.0)
+    features = (0.9, 0.3, 0.9, 0.5, 0.0, 0.7, 0.85)
     assert loaded.confidence(features) == pytest.approx(policy.confidence(features))
     assert CalibratedPolicy.from_file(path, max_false_hit_rate=0.01).max_false_hit_rate == 0.01
 
@@ -89,3 +90,41 @@ def test_threshold_policy_serves_at_its_threshold():
     assert policy.decide([Candidate(1, 1, 0.79)], {}).action == "miss"
     with pytest.raises(ConfigError):
         ThresholdPolicy(1.5)
+
+
+def test_a_hindsight_label_replaces_the_arrival_label_of_the_same_key():
+    """Each paid query counts once: its fresh hindsight label takes its arrival label's place."""
+    policy = CalibratedPolicy(0.05, seed=0)
+    labels = synthetic_labels(300)
+    for key, (features, correct) in enumerate(labels):
+        policy.observe(features, correct, key=key)
+    assert policy.labels == policy.labels_in_use == 300
+    near = (Candidate(1000, 5, 0.95), Candidate(1001, 5, 0.93), Candidate(1002, 6, 0.6))
+    examples = [HindsightExample(key, 5 if key % 2 else 6, near) for key in range(100)]
+    policy.set_hindsight(examples, {})
+    assert policy.hindsight_labels == 100 and policy.labels_in_use == 300  # 100 replaced, not added
+    features, correct = policy._training_set()
+    assert sum(correct[-100:]) == 50  # right exactly when the nearest entry (5) is the key's own entry
+    policy.set_hindsight(examples[:10], {})  # a newer window replaces the older one whole
+    assert policy.hindsight_labels == 10 and policy.labels_in_use == 300
+
+
+def test_labels_of_an_older_feature_set_are_skipped(caplog):
+    policy = CalibratedPolicy(0.05, seed=0)
+    policy.load_labels([((0.9, 0.1, 1.0, 1.0, 0.0), True)] * 5 + synthetic_labels(50))
+    assert policy.labels == 50
+    assert "skipped 5 stored labels" in caplog.text
+
+
+def test_a_calibration_file_of_another_version_asks_for_recalibration(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"kind": "memcache.CalibratedPolicy", "version": 1, "feature_names": ["similarity"]}))
+    with pytest.raises(ConfigError, match="memcache calibrate"):
+        CalibratedPolicy.from_file(path)
+
+
+def test_features_see_how_crowded_the_neighbourhood_is():
+    _, _, crowded = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.89), Candidate(3, 9, 0.88)], {})
+    _, _, sparse = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.5), Candidate(3, 9, 0.3)], {})
+    assert crowded[5:] == (0.88, 0.89) and sparse[5:] == (0.3, 0.5)
+    assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][5:] == (0.0, 0.0)
