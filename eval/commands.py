@@ -12,7 +12,7 @@ from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
 from memcache.types import Decision
-from memcache.eval.data import OOS, load_csv, load_intents, load_pairs
+from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import summarize
 from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs
 
@@ -45,6 +45,9 @@ def load_stream(path: str, fmt: str, splits: str | None, text_col: str, label_co
     if fmt == "pairs":
         pairs = load_pairs(path)[:limit]
         return Stream("pairs", pairs, [t for p in pairs for t in (p.a, p.b)])
+    if fmt == "groups":  # a pairs file replayed as one stream of questions (see pair_groups)
+        rows = pair_groups(load_pairs(path)[:limit])
+        return Stream("intents", rows, [r.text for r in rows])
     names, keep_oos = _splits(splits)
     rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names) if fmt == "csv" else load_intents(path, names)
     if splits and not keep_oos:
@@ -152,7 +155,10 @@ def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="JSONL or CSV file of labeled queries")
-    parser.add_argument("--format", choices=("intents", "pairs", "csv"), default="intents")
+    parser.add_argument(
+        "--format", choices=("intents", "pairs", "groups", "csv"), default="intents",
+        help="groups: a pairs file replayed as one stream, duplicates joined into groups",
+    )
     parser.add_argument("--splits", default=None, help="comma-separated splits to replay; 'oos' keeps out-of-scope rows")
     parser.add_argument("--text-col", default="text")
     parser.add_argument("--label-col", default="label")

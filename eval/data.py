@@ -15,7 +15,7 @@ from typing import Literal
 from memcache.errors import ConfigError
 
 OOS = "oos"
-Format = Literal["intents", "pairs", "csv"]
+Format = Literal["intents", "pairs", "groups", "csv"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,41 @@ def load_pairs(path: str | Path) -> list[LabeledPair]:
             raise ConfigError(f"{path}: pair rows need 'a', 'b' and 'label' keys, got {sorted(row)}")
         pairs.append(LabeledPair(row["a"], row["b"], int(row["label"]) == 1))
     return pairs
+
+
+def pair_groups(pairs: Iterable[LabeledPair]) -> list[LabeledQuery]:
+    """Turn duplicate-question pairs into a labeled stream of single questions.
+
+    Duplicates are joined transitively into groups (as are texts that are the same question
+    up to case and whitespace, which the cache's exact path would serve anyway); a group of
+    two or more questions shares a label, and a question in no group is "oos": nothing
+    stored can be right for it. Each distinct text appears once, in order of first sight.
+    """
+    from memcache.scope import normalize
+
+    parent: dict[str, str] = {}
+
+    def root(text: str) -> str:
+        key = normalize(text)
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    texts: dict[str, str] = {}  # first spelling seen of each normalized text
+    for pair in pairs:
+        for text in (pair.a, pair.b):
+            texts.setdefault(normalize(text), text)
+        a, b = root(pair.a), root(pair.b)
+        if pair.duplicate and a != b:
+            parent[a] = b
+    members: dict[str, list[str]] = {}
+    for key in texts:
+        members.setdefault(root(key), []).append(key)
+    group_of = {r: f"group-{i}" for i, (r, keys) in enumerate(members.items()) if len(keys) > 1}
+    labels = {key: group_of.get(root(key), OOS) for key in texts}
+    return [LabeledQuery(text, labels[key], "pairs") for key, text in texts.items()]
 
 
 def load_csv(

@@ -2,7 +2,7 @@ import pytest
 
 from memcache.errors import ConfigError
 from memcache.eval.commands import load_stream
-from memcache.eval.data import load_csv, load_intents, load_pairs
+from memcache.eval.data import OOS, LabeledPair, load_csv, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import summarize
 from memcache.eval.replay import QueryRecord
 
@@ -50,3 +50,25 @@ def test_summary_rates():
     assert s["queries"] == 4 and s["hits"] == 2 and s["false_hit_rate"] == 0.5
     assert s["error_rate"] == 0.25 and s["correct_hit_rate"] == 0.25 and s["reusable_rate"] == 0.75
     assert s["strong_calls"] == 0.5 and s["max_false_hit_rate"] == 0.02
+
+
+def test_pairs_become_one_stream_of_groups(tmp_path):
+    pairs = [
+        LabeledPair("How do I learn Python?", "What is the best way to learn Python?", True),
+        LabeledPair("What is the best way to learn Python?", "Best resources for learning Python?", True),
+        LabeledPair("How do I learn Python?", "How do I learn Java?", False),
+        LabeledPair("how do I learn  java?", "Is Java hard?", False),  # same question as above, other spelling
+        LabeledPair("Is coffee healthy?", "Is coffee bad for you?", True),
+    ]
+    rows = pair_groups(pairs)
+    label = {r.text: r.label for r in rows}
+    assert len(rows) == 7  # each distinct question once (the two spellings of the Java one are one)
+    python = {label["How do I learn Python?"], label["What is the best way to learn Python?"],
+              label["Best resources for learning Python?"]}
+    assert len(python) == 1 and OOS not in python  # joined transitively
+    assert label["How do I learn Java?"] == label["Is Java hard?"] == OOS  # in no duplicate group
+    assert label["Is coffee healthy?"] == label["Is coffee bad for you?"] not in python | {OOS}
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"a": "x?", "b": "y?", "label": 1}\n{"a": "z?", "b": "w?", "label": 0}\n')
+    stream = load_stream(str(path), "groups", None, "text", "label", limit=1)
+    assert stream.kind == "intents" and [r.text for r in stream.items] == ["x?", "y?"]
