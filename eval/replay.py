@@ -82,7 +82,10 @@ def _label_of(answer: str) -> str:
 
 
 def _cache(policy: Policy, embedder: Embedder, directory: str) -> MemCache:
-    return MemCache(f"sqlite:///{Path(directory) / 'replay.db'}", embedder=embedder, policy=policy, judge=ExactJudge())
+    return MemCache(
+        f"sqlite:///{Path(directory) / 'replay.db'}", embedder=embedder, policy=policy, judge=ExactJudge(),
+        relabel_in_background=False,  # the same stream and seed give the same report
+    )
 
 
 def _progress(items, progress: bool, desc: str):

@@ -33,7 +33,7 @@ def pay(cache, question, answer):
 
 def test_paid_queries_are_asked_again_against_todays_index(db_url, embedder):
     policy = RecordingPolicy(0.02, seed=0)
-    with MemCache(db_url, embedder=embedder, policy=policy, hindsight_window=100) as cache:
+    with MemCache(db_url, embedder=embedder, policy=policy, hindsight_window=100, relabel_in_background=False) as cache:
         imported = cache.write_back("What is the capital of France?", "[paris]", paid=False)
         first_of_each = {answer: pay(cache, questions[0], answer) for answer, questions in TOPICS.items()}
         assert not policy.batches
@@ -57,13 +57,14 @@ def test_paid_queries_are_asked_again_against_todays_index(db_url, embedder):
 
 def test_hits_and_deleted_entries_never_become_hindsight_labels(db_url, embedder):
     policy = RecordingPolicy(0.02, seed=0)
-    with MemCache(db_url, embedder=embedder, policy=policy, hindsight_window=100) as cache:
+    with MemCache(db_url, embedder=embedder, policy=policy, hindsight_window=100) as cache:  # in the background
         entries = {answer: pay(cache, questions[0], answer) for answer, questions in TOPICS.items()}
         cache.invalidate(entries["[refund]"].id)
         for answer, questions in TOPICS.items():
             pay(cache, questions[1], answer)
         # write-backs of served hits are not paid: they never enter the window
         cache.write_back("When does the shop open?", "[hours]", paid=False)
+        cache.wait_for_learning()
         examples = policy.batches[-1]
         refund = [e for e in examples if e.entry_id == entries["[refund]"].id]
         assert not refund  # its key was deleted with its entry
