@@ -359,7 +359,8 @@ class CalibratedPolicy:
     # -- calibration files ------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        features, labels = self._training_set()
+        with self._lock:
+            features, labels = self._training_set()
         return {
             "kind": "memcache.CalibratedPolicy",
             "version": CALIBRATION_VERSION,
@@ -407,8 +408,8 @@ class CalibratedPolicy:
     def load_labels(self, labels) -> None:
         """Add many labels at once (calibration files, labels kept in the store) and refit once.
 
-        Labels with another number of features (kept by an older version) are skipped: the
-        hindsight labels of the keys they came from relearn them.
+        Labels with another number of features (kept by an older version) are skipped and
+        logged: after an upgrade the policy relearns from new paid answers.
         """
         skipped = 0
         with self._lock:
