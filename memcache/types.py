@@ -50,16 +50,11 @@ class EntryStats:
 
 @dataclass(frozen=True)
 class Label:
-    """A paid answer compared with the nearest entry: the policy's training example.
-
-    `key_id` is the key the paid answer was stored under (None if it was not stored), so a
-    later hindsight label of the same query can replace this one rather than count twice.
-    """
+    """A paid answer compared with the nearest entry: the policy's training example."""
 
     features: tuple[float, ...]
     correct: bool
     entry_id: int
-    key_id: int | None = None
 
 
 @dataclass(frozen=True)
