@@ -63,6 +63,15 @@ def _batch_vector(batch: dict[str, tuple[list[int], list[np.ndarray]]], key: Sto
     return True
 
 
+def _start_unless_running(current: threading.Thread | None, target: Callable[[], None], name: str) -> threading.Thread:
+    """`current` while it still runs, else a new daemon thread on `target`: one job of a kind at a time."""
+    if current is not None and current.is_alive():
+        return current
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def cache_info(response: Any) -> CacheInfo | None:
     """The CacheInfo of a response or stream returned by `MemCache.completion`, or None."""
     info = getattr(response, "cache_info", None)
@@ -491,10 +500,9 @@ class MemCache:
             self._counters["exact_hits"] += exact
             count, _ = self._pending_hits.get(entry_id, (0, None))
             self._pending_hits[entry_id] = (count + 1, utcnow())
-            flush = len(self._pending_hits) >= 256 and (self._flusher is None or not self._flusher.is_alive())
-            if flush:  # off the lookup's path: the write would otherwise land in one unlucky hit's latency
-                self._flusher = threading.Thread(target=self.flush, name="memcache-hit-counters", daemon=True)
-                self._flusher.start()
+            if len(self._pending_hits) >= 256:  # off the lookup's path: the write would otherwise
+                # land in one unlucky hit's latency
+                self._flusher = _start_unless_running(self._flusher, self.flush, "memcache-hit-counters")
 
     def flush(self) -> None:
         """Write buffered hit counters to the store (also done by `stats` and `close`)."""
@@ -589,11 +597,8 @@ class MemCache:
         if not self.relabel_in_background:
             self._relabel()
             return
-        with self._lock:
-            if self._relabeler is not None and self._relabeler.is_alive():
-                return  # still asking; the next due point asks again with what came since
-            self._relabeler = threading.Thread(target=self._relabel, name="memcache-hindsight", daemon=True)
-            self._relabeler.start()
+        with self._lock:  # while one still asks, the next due point asks again with what came since
+            self._relabeler = _start_unless_running(self._relabeler, self._relabel, "memcache-hindsight")
 
     def wait_for_learning(self) -> None:
         """Block until a hindsight relabel running in the background has been handed to the policy."""
