@@ -7,7 +7,8 @@
 (each key its own scope); with keys configured, unknown keys are refused. Without configured
 keys, an `X-Memcache-Tenant` header names the tenant instead (for proxies behind your own auth). Every response says
 what the cache did in `X-Memcache-Cache` (hit/miss/audit), `X-Memcache-Similarity`,
-`X-Memcache-Confidence` and `X-Memcache-Entry`.
+`X-Memcache-Confidence` and `X-Memcache-Entry`; `X-Memcache-Audited: true` marks a hit that
+the upstream model checks in the background (a shadow audit).
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def _headers(info: CacheInfo | None) -> dict[str, str]:
         headers["X-Memcache-Similarity"] = f"{info.similarity:.4f}"
     if info.entry_id is not None:
         headers["X-Memcache-Entry"] = str(info.entry_id)
+    if info.audited:  # served while the upstream model checks it
+        headers["X-Memcache-Audited"] = "true"
     return headers
 
 

@@ -27,10 +27,13 @@ class Stream:
     items: list
     texts: list[str] = field(default_factory=list)
 
-    def replay(self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False) -> list[QueryRecord]:
+    def replay(
+        self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False, shadow_audits: bool = True
+    ) -> list[QueryRecord]:
+        options = {"policy": policy, "embedder": embedder, "seed": seed, "progress": progress, "shadow_audits": shadow_audits}
         if self.kind == "pairs":
-            return replay_pairs(self.items, policy=policy, embedder=embedder, seed=seed, progress=progress)
-        return replay_intents(self.items, policy=policy, embedder=embedder, seed=seed, warm=warm, progress=progress)
+            return replay_pairs(self.items, **options)
+        return replay_intents(self.items, warm=warm, **options)
 
 
 def _splits(value: str | None) -> tuple[set[str] | None, bool]:
@@ -107,9 +110,12 @@ def run_eval(args: argparse.Namespace) -> dict:
                 policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=seed)
             else:
                 policy = CalibratedPolicy(bound, seed=seed)
-            records = stream.replay(policy, embedder, seed=seed, warm=warm, progress=True)
+            shadow = not args.escalate_audits
+            records = stream.replay(policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow)
             summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
-            runs.append({"seed": seed, **summary, "latency_includes_encoding": not runs, "_records": records})
+            runs.append({
+                "seed": seed, **summary, "shadow_audits": shadow, "latency_includes_encoding": not runs, "_records": records,
+            })
     sweep = []
     if args.sweep:
         for threshold in SWEEP_THRESHOLDS:
@@ -176,6 +182,10 @@ def add_eval_commands(sub) -> None:
     ev.add_argument("--json", default=None, help="write the report as JSON here")
     ev.add_argument("--plot", default=None, help="write a PNG plot here")
     ev.add_argument("--sweep", action="store_true", help="also replay static cosine thresholds for comparison")
+    ev.add_argument(
+        "--escalate-audits", action="store_true",
+        help="an audited query gets the strong model's answer (default: the stored answer is served while it is checked)",
+    )
     ev.set_defaults(func=lambda args: run_eval(args) and 0)
 
     cal = sub.add_parser("calibrate", help="fit the decision policy from labeled data")

@@ -14,7 +14,7 @@ def summarize(records: Sequence[QueryRecord], *, max_false_hit_rate: float | Non
     n = len(records)
     hits = sum(r.outcome == "hit" for r in records)
     wrong = sum(r.outcome == "hit" and not r.correct for r in records)
-    audits = sum(r.outcome == "audit" for r in records)
+    audits = sum(r.outcome == "audit" or r.audited for r in records)  # escalated, or served and checked
     misses = sum(r.outcome == "miss" for r in records)
     latencies = np.array([r.latency_ms for r in records]) if records else np.zeros(1)
     return {

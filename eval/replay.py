@@ -4,7 +4,9 @@ Every query goes through `MemCache.lookup`. On a miss or an audit the simulated 
 answers with the query's label (an "oos" query, or `b` of a non-duplicate pair, gets an answer
 of its own) and that answer goes through the normal verified `write_back`, which is also the
 only way the policy sees a label. Hits are scored against the labels but never shown to the
-policy: it learns only from answers the replay paid for.
+policy: it learns only from answers the replay paid for. An audit serves the stored answer
+(scored as a hit) while it is checked, as `MemCache.completion` does with `shadow_audits`
+(the default); with `shadow_audits=False` the audited query gets the strong model's answer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class QueryRecord:
 
     `correct` is None for queries that were not served; `reusable` says whether a right
     answer for this query was already stored before it arrived (the ceiling for hits).
+    `audited` marks a hit that was also paid for (a shadow audit).
     """
 
     outcome: str
@@ -39,6 +42,12 @@ class QueryRecord:
     similarity: float | None
     confidence: float
     latency_ms: float
+    audited: bool = False
+
+    @property
+    def paid(self) -> bool:
+        """A strong-model call was made for this query (a miss or an audit)."""
+        return self.outcome != "hit" or self.audited
 
 
 class MemoEmbedder:
@@ -81,10 +90,11 @@ def _label_of(answer: str) -> str:
     return OOS if answer.startswith("[oos answer") else answer[len("[answer for ") : -1]
 
 
-def _cache(policy: Policy, embedder: Embedder, directory: str) -> MemCache:
+def _cache(policy: Policy, embedder: Embedder, directory: str, shadow_audits: bool) -> MemCache:
     return MemCache(
         f"sqlite:///{Path(directory) / 'replay.db'}", embedder=embedder, policy=policy, judge=ExactJudge(),
         relabel_in_background=False,  # the same stream and seed give the same report
+        shadow_audits=shadow_audits,
     )
 
 
@@ -97,9 +107,11 @@ def _progress(items, progress: bool, desc: str):
 
 
 def _timed_lookup(cache: MemCache, text: str, tenant: str):
+    """(lookup result, the answer served or None, milliseconds): a shadow audit serves too."""
     start = time.perf_counter()
     result = cache.lookup(text, model="replay", tenant=tenant)
-    return result, (time.perf_counter() - start) * 1000.0
+    served = result.hit or cache.shadow_hit(result)
+    return result, served, (time.perf_counter() - start) * 1000.0
 
 
 def replay_intents(
@@ -111,29 +123,32 @@ def replay_intents(
     warm: Sequence[LabeledQuery] = (),
     progress: bool = False,
     on_query: Callable[[int, QueryRecord], None] | None = None,
+    shadow_audits: bool = True,
 ) -> list[QueryRecord]:
     """Replay intent-labeled queries in a seeded shuffle, starting from an empty (or warmed) cache."""
     stream = list(queries)
     random.Random(seed).shuffle(stream)
     records = []
     with tempfile.TemporaryDirectory() as directory:
-        cache = _cache(policy, embedder, directory)
+        cache = _cache(policy, embedder, directory, shadow_audits)
         seen: set[str] = set()
         for i, query in enumerate(warm):
             cache.write_back(query.text, _answer(query.label, -i - 1), model="replay", paid=False)
             seen.add(query.label)
         for i, query in enumerate(_progress(stream, progress, "replay")):
-            result, ms = _timed_lookup(cache, query.text, "replay")
+            result, served, ms = _timed_lookup(cache, query.text, "replay")
             reusable = query.label != OOS and query.label in seen
             decision = result.decision
             similarity = decision.similarity if np.isfinite(decision.similarity) else None
-            if result.hit is not None:
-                served = _label_of(result.hit.answer)
-                record = QueryRecord("hit", served == query.label and served != OOS, reusable, similarity, result.hit.confidence, ms)
+            if served is not None:
+                label = _label_of(served.answer)
+                correct = label == query.label and label != OOS
+                record = QueryRecord("hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None)
             else:
+                record = QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms)
+            if result.hit is None:  # a miss or an audit: the strong model is paid, its answer written back
                 cache.write_back(result, _answer(query.label, i))
                 seen.add(query.label)
-                record = QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms)
             records.append(record)
             if on_query:
                 on_query(i, record)
@@ -148,26 +163,30 @@ def replay_pairs(
     embedder: Embedder,
     seed: int = 0,
     progress: bool = False,
+    shadow_audits: bool = True,
 ) -> list[QueryRecord]:
     """Each pair is an episode in a scope of its own: ask `a` (paid, written back), then `b`."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     records = []
     with tempfile.TemporaryDirectory() as directory:
-        cache = _cache(policy, embedder, directory)
+        cache = _cache(policy, embedder, directory, shadow_audits)
         for i in _progress(order, progress, "replay"):
             pair, tenant = pairs[i], f"pair-{i}"
             for text, answer, reusable in (
                 (pair.a, f"[pair {i}]", False),
                 (pair.b, f"[pair {i}]" if pair.duplicate else f"[pair {i} b]", pair.duplicate),
             ):
-                result, ms = _timed_lookup(cache, text, tenant)
+                result, served, ms = _timed_lookup(cache, text, tenant)
                 decision = result.decision
                 similarity = decision.similarity if np.isfinite(decision.similarity) else None
-                if result.hit is not None:
-                    records.append(QueryRecord("hit", result.hit.answer == answer, reusable, similarity, result.hit.confidence, ms))
+                if served is not None:
+                    records.append(QueryRecord(
+                        "hit", served.answer == answer, reusable, similarity, served.confidence, ms, audited=result.hit is None
+                    ))
                 else:
-                    cache.write_back(result, answer)
                     records.append(QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms))
+                if result.hit is None:
+                    cache.write_back(result, answer)
         cache.close()
     return records

@@ -15,7 +15,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -72,6 +73,11 @@ def _start_unless_running(current: threading.Thread | None, target: Callable[[],
     return thread
 
 
+def _without_streaming(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A shadow audit's keyword arguments: the same request, answered in one piece."""
+    return {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
+
+
 def cache_info(response: Any) -> CacheInfo | None:
     """The CacheInfo of a response or stream returned by `MemCache.completion`, or None."""
     info = getattr(response, "cache_info", None)
@@ -103,6 +109,11 @@ class MemCache:
         relabel_in_background: ask the window again on a background thread (default), so no
             write-back waits for it (~0.4 s at 3,000 keys here, seconds in a 1M-key HNSW
             scope). False runs it inline, which makes replays exactly reproducible.
+        shadow_audits: where memcache calls the strong model itself (`completion`,
+            `acompletion`, `cached`, the proxy), an audited would-be hit is served at once and
+            the strong model checks it in the background (default). False makes the caller
+            wait for the strong model's answer instead. Either way an audit is one paid call
+            and one label; see `shadow_hit` for callers of `lookup`.
         device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder and
             index: on CUDA the index is an exact `TorchIndex` in GPU memory (with faiss's GPU
             kernel when a GPU build of faiss is installed), else a `FaissIndex` on the CPU.
@@ -138,6 +149,7 @@ class MemCache:
         neighbours: int = 10,
         hindsight_window: int = 4000,
         relabel_in_background: bool = True,
+        shadow_audits: bool = True,
         device: str = "auto",
         seed: int | None = None,
         progress: bool = False,
@@ -178,6 +190,9 @@ class MemCache:
         self._hindsight = HindsightWindow(hindsight_window if hasattr(policy, "set_hindsight") else 0)
         self.relabel_in_background = relabel_in_background
         self._relabeler: threading.Thread | None = None
+        self.shadow_audits = shadow_audits
+        self._audits: set[Future] = set()  # shadow audits' strong calls still running (threads)
+        self._audit_tasks: set[asyncio.Task] = set()  # ... and on an event loop (async `cached`)
         self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
         self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
         self.judge = judge if judge is not None else ExactJudge()
@@ -465,6 +480,24 @@ class MemCache:
             self._counters["audits"] += decision.action == "audit"
         return LookupResult(hit, decision, scope, query, embedding=vector)
 
+    def shadow_hit(self, result: LookupResult) -> CacheHit | None:
+        """The stored answer an audit may serve while the strong model checks it, else None.
+
+        None unless `result` is an audit and `shadow_audits` is on (and the entry still
+        lives). A caller of `lookup` that serves it should still ask the strong model and pass
+        its answer to `write_back(result, answer)`, off the user's path: the audit costs its
+        paid call either way, but the user does not wait for it, and the audited sample is
+        exactly what users are served. The served answer counts as a hit (and as an audit).
+        """
+        decision = result.decision
+        if not self.shadow_audits or result.hit is not None or decision.action != "audit" or decision.entry_id is None:
+            return None
+        row = self._live_answer(decision.entry_id)
+        if row is None:
+            return None
+        self._count_hit(decision.entry_id, exact=False, new_lookup=False)  # the lookup was counted as an audit
+        return CacheHit(row[0], decision.entry_id, decision.similarity, decision.confidence, payload=row[1])
+
     def _live_answer(self, entry_id: int) -> tuple[str, str | None] | None:
         """(answer, payload) of an entry that exists and has not expired.
 
@@ -493,9 +526,9 @@ class MemCache:
     def _expired(row: tuple[str, datetime | None, str | None]) -> bool:
         return row[1] is not None and row[1] <= utcnow()
 
-    def _count_hit(self, entry_id: int, *, exact: bool) -> None:
+    def _count_hit(self, entry_id: int, *, exact: bool, new_lookup: bool = True) -> None:
         with self._lock:
-            self._counters["lookups"] += 1
+            self._counters["lookups"] += new_lookup
             self._counters["hits"] += 1
             self._counters["exact_hits"] += exact
             count, _ = self._pending_hits.get(entry_id, (0, None))
@@ -601,10 +634,20 @@ class MemCache:
             self._relabeler = _start_unless_running(self._relabeler, self._relabel, "memcache-hindsight")
 
     def wait_for_learning(self) -> None:
-        """Block until a hindsight relabel running in the background has been handed to the policy."""
+        """Block until background learning is done: shadow audits on worker threads, then the
+        hindsight relabel they may have started. (Audits of an async `cached` function run on
+        its event loop: `await_learning` waits for those too.)"""
+        with self._lock:
+            audits = list(self._audits)
+        wait_for_futures(audits)
         relabeler = self._relabeler
         if relabeler is not None:
             relabeler.join()
+
+    async def await_learning(self) -> None:
+        """Async `wait_for_learning`, which also waits for shadow audits on this event loop."""
+        await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)
+        await self._run(self.wait_for_learning)
 
     def _relabel(self) -> None:
         """Ask the hindsight window again of today's index and hand the labels to the policy."""
@@ -649,11 +692,12 @@ class MemCache:
 
     # -- completion -------------------------------------------------------------------------
 
-    def _info(self, result: LookupResult, *, stored: bool = False) -> CacheInfo:
+    def _info(self, result: LookupResult, *, served: CacheHit | None = None, stored: bool = False) -> CacheInfo:
         d = result.decision
         similarity = d.similarity if np.isfinite(d.similarity) else None
-        outcome = "hit" if result.hit is not None else d.action
-        return CacheInfo(outcome, similarity, d.confidence, d.entry_id, result.hit.exact if result.hit else False, stored)
+        if served is not None:
+            return CacheInfo("hit", similarity, d.confidence, d.entry_id, served.exact, audited=result.hit is None)
+        return CacheInfo(d.action, similarity, d.confidence, d.entry_id, stored=stored)
 
     @staticmethod
     def _require_messages(messages: Any) -> None:
@@ -681,11 +725,15 @@ class MemCache:
         model = self._model_for(model)
         result = self.lookup(messages, model=model, tenant=tenant, **kwargs)
         stream = bool(kwargs.get("stream"))
-        if result.hit is not None:
-            info = self._info(result)
+        served = result.hit or self.shadow_hit(result)
+        if served is not None:
+            if result.hit is None:
+                checked = _without_streaming(kwargs)
+                self._audit_later(lambda: llm.verified_text(llm.completion(model, list(messages), **checked)), result, model)
+            info = self._info(result, served=served)
             if stream:
-                return llm.CacheStream(llm.hit_chunks(model, result.hit.answer), info)
-            return llm.hit_response(model, result.hit.answer, info)
+                return llm.CacheStream(llm.hit_chunks(model, served.answer), info)
+            return llm.hit_response(model, served.answer, info)
         response = llm.completion(model, list(messages), **kwargs)
         if stream:
             return llm.CacheStream(response, self._info(result), lambda text: self._write_paid(result, text, model))
@@ -699,11 +747,15 @@ class MemCache:
         model = self._model_for(model)
         result = await self.alookup(messages, model=model, tenant=tenant, **kwargs)
         stream = bool(kwargs.get("stream"))
-        if result.hit is not None:
-            info = self._info(result)
+        served = result.hit or await self._run(self.shadow_hit, result)
+        if served is not None:
+            if result.hit is None:  # checked on a worker thread, so it outlives the caller's event loop
+                checked = _without_streaming(kwargs)
+                self._audit_later(lambda: llm.verified_text(llm.completion(model, list(messages), **checked)), result, model)
+            info = self._info(result, served=served)
             if stream:
-                return llm.AsyncCacheStream(llm.hit_chunks(model, result.hit.answer), info)
-            return llm.hit_response(model, result.hit.answer, info)
+                return llm.AsyncCacheStream(llm.hit_chunks(model, served.answer), info)
+            return llm.hit_response(model, served.answer, info)
         response = await llm.acompletion(model, list(messages), **kwargs)
         if stream:
             return llm.AsyncCacheStream(
@@ -716,14 +768,46 @@ class MemCache:
     def _write_paid(self, result: LookupResult, text: str, model: str) -> bool:
         return self.write_back(result, text, source_model=model) is not None
 
+    def _audit_later(self, ask: Callable[[], str | None], result: LookupResult, model: str) -> None:
+        """Run a shadow audit's strong call on a worker thread; its answer is written back as usual."""
+
+        def run() -> None:
+            try:
+                text = ask()
+                if isinstance(text, str) and text.strip():
+                    self._write_paid(result, text, model)
+            except Exception as exc:  # the user already has an answer; a failed audit writes nothing
+                log.warning("shadow audit of entry %s failed, nothing written back: %s", result.decision.entry_id, exc)
+
+        future = self._pool().submit(run)
+        with self._lock:
+            self._audits.add(future)
+        future.add_done_callback(self._audits.discard)
+
+    def _aaudit_later(self, ask: Callable[[], Any], result: LookupResult, model: str) -> None:
+        """Like `_audit_later`, for a coroutine strong model: a task on the caller's event loop."""
+
+        async def run() -> None:
+            try:
+                text = await ask()
+                if isinstance(text, str) and text.strip():
+                    await self._run(self._write_paid, result, text, model)
+            except Exception as exc:
+                log.warning("shadow audit of entry %s failed, nothing written back: %s", result.decision.entry_id, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._audit_tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._audit_tasks.discard)
+
     # -- decorator --------------------------------------------------------------------------
 
     def cached(self, func: Callable | None = None, *, model: str | None = None, tenant: str | None = None):
         """Decorate a function `fn(prompt_or_messages, *args, **kwargs) -> str`, sync or async.
 
-        The function is the strong model: it runs on a miss (or audit) and its answer is
-        written back. Its other arguments are part of the scope. The scope's model name is
-        `model`, or the function's qualified name.
+        The function is the strong model: it runs on a miss and its answer is written back;
+        on an audit it runs too (in the background, after the stored answer was returned,
+        with `shadow_audits`). Its other arguments are part of the scope. The scope's model
+        name is `model`, or the function's qualified name.
         """
 
         def decorate(fn: Callable) -> Callable:
@@ -737,8 +821,11 @@ class MemCache:
                 @functools.wraps(fn)
                 async def async_wrapper(request: Request, *args: Any, **kwargs: Any):
                     result = await self.alookup(request, model=name, tenant=tenant, **scope_params(args, kwargs))
-                    if result.hit is not None:
-                        return result.hit.answer
+                    served = result.hit or await self._run(self.shadow_hit, result)
+                    if served is not None:
+                        if result.hit is None:
+                            self._aaudit_later(lambda: fn(request, *args, **kwargs), result, name)
+                        return served.answer
                     answer = await fn(request, *args, **kwargs)
                     if isinstance(answer, str) and answer.strip():
                         await self.awrite_back(result, answer)
@@ -749,8 +836,11 @@ class MemCache:
             @functools.wraps(fn)
             def wrapper(request: Request, *args: Any, **kwargs: Any):
                 result = self.lookup(request, model=name, tenant=tenant, **scope_params(args, kwargs))
-                if result.hit is not None:
-                    return result.hit.answer
+                served = result.hit or self.shadow_hit(result)
+                if served is not None:
+                    if result.hit is None:
+                        self._audit_later(lambda: fn(request, *args, **kwargs), result, name)
+                    return served.answer
                 answer = fn(request, *args, **kwargs)
                 if isinstance(answer, str) and answer.strip():
                     self.write_back(result, answer)
@@ -892,9 +982,12 @@ class MemCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def _run(self, fn: Callable, *args: Any) -> Any:
+    def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="memcache")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return self._executor
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)

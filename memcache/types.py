@@ -163,7 +163,9 @@ class CacheInfo:
     """Attached to every response `MemCache.completion` returns (see `memcache.cache_info`).
 
     `outcome` is "hit" (served from memory), "miss" (strong model called) or "audit"
-    (a would-be hit that was re-asked of the strong model to check it).
+    (a would-be hit that was re-asked of the strong model and answered by it).
+    `audited` marks a hit that was served while the strong model checks it in the
+    background (a shadow audit: see `MemCache(shadow_audits=...)`).
     `similarity` is cosine similarity of the nearest in-scope key (None if the scope was empty);
     `confidence` the policy's probability that the nearest entry is right.
     """
@@ -174,3 +176,4 @@ class CacheInfo:
     entry_id: int | None
     exact: bool = False
     stored: bool = False
+    audited: bool = False

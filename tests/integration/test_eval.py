@@ -53,7 +53,7 @@ class SpyPolicy(CalibratedPolicy):
 
     def observe(self, features, correct, *, key=None):
         last = self.decisions[-1]
-        assert last.action in ("miss", "audit"), "the policy was shown the label of a served hit"
+        assert last.action in ("miss", "audit"), "the policy was shown the label of a hit nobody paid to check"
         assert tuple(features) == tuple(last.features)
         assert key is not None  # stored under a key, so its hindsight label can replace it
         self.observed += 1
@@ -80,11 +80,24 @@ def test_bound_held_on_clinc_over_seeds(clinc_subset, memo, seed):
 def test_policy_learns_only_from_paid_answers(clinc_subset, memo):
     policy = SpyPolicy(BOUND, seed=0)
     records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=0)
-    paid_with_neighbour = sum(r.outcome in ("miss", "audit") and r.similarity is not None for r in records)
+    paid_with_neighbour = sum(r.paid and r.similarity is not None for r in records)
     assert policy.observed == paid_with_neighbour == policy.labels
-    assert sum(r.outcome == "hit" for r in records) > 0
+    assert sum(r.outcome == "hit" and not r.audited for r in records) > 0
     # each paid query counts once; the first one met an empty scope and has only its hindsight label
     assert policy.hindsight_labels > 500 and policy.labels_in_use == policy.labels + 1
+
+
+def test_shadow_audits_serve_what_escalated_audits_answer(clinc_subset, memo):
+    """Serving an audited hit while it is checked changes what users get, not what is learned."""
+    shadow = replay_intents(clinc_subset, policy=CalibratedPolicy(BOUND, seed=0), embedder=memo, seed=0)
+    escalated = replay_intents(
+        clinc_subset, policy=CalibratedPolicy(BOUND, seed=0), embedder=memo, seed=0, shadow_audits=False
+    )
+    assert [r.audited for r in shadow] == [r.outcome == "audit" for r in escalated]
+    assert sum(r.audited for r in shadow) >= 10
+    s, e = summarize(shadow, max_false_hit_rate=BOUND), summarize(escalated, max_false_hit_rate=BOUND)
+    assert s["strong_calls"] == e["strong_calls"] and s["audits"] == e["audits"]
+    assert s["hits"] == e["hits"] + e["audits"] and s["false_hit_rate"] <= BOUND
 
 
 def test_quora_pairs_near_duplicates_do_not_break_the_bound(data_dir, embedder):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -24,14 +26,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def proxy(db_url, embedder, stub_llm):
+@contextlib.contextmanager
+def serving(db_url, embedder, stub_llm, policy):
+    """(base URL, cache) of a proxy on 127.0.0.1 whose upstream is the loopback stub."""
     upstream = {"api_base": stub_llm.base_url, "api_key": "sk-upstream", "num_retries": 0, "timeout": 5}
     config = ProxyConfig(
         models={"gpt-test": Upstream("openai/stub-strong", upstream)},
         keys={"sk-team-a": "team-a", "sk-team-b": "team-b"},
     )
-    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
+    with MemCache(db_url, embedder=embedder, policy=policy) as cache:
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(cache, config), host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -41,6 +44,12 @@ def proxy(db_url, embedder, stub_llm):
         yield f"http://127.0.0.1:{port}", cache
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def proxy(db_url, embedder, stub_llm):
+    with serving(db_url, embedder, stub_llm, ThresholdPolicy(0.8)) as running:
+        yield running
 
 
 def client(base, key="sk-team-a"):
@@ -62,6 +71,22 @@ def test_miss_then_hit_with_headers(proxy):
     assert headers["x-memcache-cache"] == "hit"
     assert float(headers["x-memcache-similarity"]) > 0.8 and "x-memcache-confidence" in headers
     assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_audited_hit_is_served_and_checked_upstream(db_url, embedder, stub_llm):
+    class AuditEveryHit(ThresholdPolicy):
+        def decide(self, candidates, entries):
+            decision = super().decide(candidates, entries)
+            return dataclasses.replace(decision, action="audit") if decision.action == "hit" else decision
+
+    with serving(db_url, embedder, stub_llm, AuditEveryHit(0.8)) as (base, cache):
+        _, first = ask(base, "What is the capital of Portugal?")
+        calls = len(stub_llm.calls)
+        headers, served = ask(base, "what's the capital of portugal")
+        assert headers["x-memcache-cache"] == "hit" and headers["x-memcache-audited"] == "true"
+        assert served.choices[0].message.content == first.choices[0].message.content
+        cache.wait_for_learning()
+        assert len(stub_llm.calls) == calls + 1 and cache.stats().labels == 1
 
 
 def test_keys_are_tenants_and_unknown_keys_are_refused(proxy):

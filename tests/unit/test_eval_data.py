@@ -52,6 +52,18 @@ def test_summary_rates():
     assert s["strong_calls"] == 0.5 and s["max_false_hit_rate"] == 0.02
 
 
+def test_a_shadow_audited_hit_is_a_hit_and_a_strong_call():
+    records = [
+        QueryRecord("hit", True, True, 0.9, 0.99, 1.0, audited=True),
+        QueryRecord("hit", True, True, 0.9, 0.99, 1.0),
+        QueryRecord("miss", None, False, None, 0.0, 2.0),
+    ]
+    s = summarize(records)
+    assert s["hits"] == 2 and s["audits"] == 1 and s["misses"] == 1
+    assert s["strong_calls"] == 2 / 3 and s["correct_hit_rate"] == 2 / 3
+    assert [r.paid for r in records] == [True, False, True]
+
+
 def test_pairs_become_one_stream_of_groups(tmp_path):
     pairs = [
         LabeledPair("How do I learn Python?", "What is the best way to learn Python?", True),
