@@ -3,9 +3,10 @@
 `CalibratedPolicy` takes a bound on wrong hits instead of a cosine threshold. Every paid
 answer is a label ("would the nearest entry have been right?"). A logistic model over a few
 neighbourhood features ranks lookups by how likely the nearest entry is right; the serving
-cut-off is the lowest score at which a one-sided upper confidence bound of the labeled error
-rate stays under `max_false_hit_rate` (fixed-sequence testing from the top down). A small,
-adaptive share of would-be hits is audited so the served region keeps receiving labels.
+cut-off is the lowest score at which an upper confidence bound of the served error rate stays
+under `max_false_hit_rate` (see `_choose_threshold`; every cut-off is tried, not only those
+above the first one that fails). A small, adaptive share of would-be hits is audited so the
+served region keeps receiving labels.
 Hindsight labels (see `memcache.hindsight`) replace the arrival-time label of each recent paid
 query with one taken against today's index, so each paid query still counts once.
 """
