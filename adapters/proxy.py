@@ -99,6 +99,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.requests = 0
         self.outcomes = {"hit": 0, "miss": 0, "audit": 0}
+        self.audited_hits = 0  # hits served while the upstream model checks them
         self.errors = 0
         self.buckets = {outcome: [0] * (len(LATENCY_BUCKETS) + 1) for outcome in self.outcomes}
         self.sums = dict.fromkeys(self.outcomes, 0.0)
@@ -107,9 +108,11 @@ class Metrics:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
-    def observe(self, outcome: str, seconds: float) -> None:
+    def observe(self, info: CacheInfo, seconds: float) -> None:
+        outcome = info.outcome
         with self._lock:
             self.outcomes[outcome] += 1
+            self.audited_hits += info.audited
             index = next((i for i, edge in enumerate(LATENCY_BUCKETS) if seconds <= edge), len(LATENCY_BUCKETS))
             self.buckets[outcome][index] += 1
             self.sums[outcome] += seconds
@@ -123,6 +126,7 @@ class Metrics:
             for outcome, plural in (("hit", "hits"), ("miss", "misses"), ("audit", "audits")):
                 lines += [f"# TYPE memcache_{plural}_total counter", f"memcache_{plural}_total {self.outcomes[outcome]}"]
             lines += [
+                "# TYPE memcache_audited_hits_total counter", f"memcache_audited_hits_total {self.audited_hits}",
                 "# TYPE memcache_false_hit_rate_estimate gauge",
                 f"memcache_false_hit_rate_estimate {'NaN' if false_hit_estimate is None else false_hit_estimate}",
                 "# TYPE memcache_false_hit_rate_bound gauge", f"memcache_false_hit_rate_bound {bound}",
@@ -218,7 +222,7 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
             return _error(502, str(exc), "upstream_error")
         info = cache_info(response)
         if not stream:
-            metrics.observe(info.outcome, time.perf_counter() - started)
+            metrics.observe(info, time.perf_counter() - started)
             payload = response.model_dump(exclude={"_hidden_params"})
             payload["model"] = name
             return JSONResponse(payload, headers=_headers(info))
@@ -232,7 +236,7 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
             except EscalationError as exc:
                 yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'upstream_error'}})}\n\n".encode()
             yield b"data: [DONE]\n\n"
-            metrics.observe(info.outcome, time.perf_counter() - started)
+            metrics.observe(info, time.perf_counter() - started)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(info))
 

@@ -87,6 +87,8 @@ def test_audited_hit_is_served_and_checked_upstream(db_url, embedder, stub_llm):
         assert served.choices[0].message.content == first.choices[0].message.content
         cache.wait_for_learning()
         assert len(stub_llm.calls) == calls + 1 and cache.stats().labels == 1
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "memcache_audited_hits_total 1" in metrics and "memcache_hits_total 1" in metrics
 
 
 def test_keys_are_tenants_and_unknown_keys_are_refused(proxy):
