@@ -49,6 +49,8 @@ from memcache.types import (
 DEFAULT_DATABASE_URL = "sqlite:///memcache.db"
 DEFAULT_SCOPE_MODEL = "default"
 ANSWER_CACHE_SIZE = 10_000  # answers of recently served entries kept in memory (a hit then needs no store read)
+AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
+MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit makes its caller wait again
 Request = str | Sequence[Mapping[str, Any]]
 Verifier = Callable[[str, str], bool]
 log = logging.getLogger("memcache")
@@ -71,11 +73,6 @@ def _start_unless_running(current: threading.Thread | None, target: Callable[[],
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
-
-
-def _without_streaming(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """A shadow audit's keyword arguments: the same request, answered in one piece."""
-    return {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
 
 
 def cache_info(response: Any) -> CacheInfo | None:
@@ -193,6 +190,7 @@ class MemCache:
         self.shadow_audits = shadow_audits
         self._audits: set[Future] = set()  # shadow audits' strong calls still running (threads)
         self._audit_tasks: set[asyncio.Task] = set()  # ... and on an event loop (async `cached`)
+        self._audit_pool: ThreadPoolExecutor | None = None
         self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
         self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
         self.judge = judge if judge is not None else ExactJudge()
@@ -484,13 +482,17 @@ class MemCache:
         """The stored answer an audit may serve while the strong model checks it, else None.
 
         None unless `result` is an audit and `shadow_audits` is on (and the entry still
-        lives). A caller of `lookup` that serves it should still ask the strong model and pass
-        its answer to `write_back(result, answer)`, off the user's path: the audit costs its
-        paid call either way, but the user does not wait for it, and the audited sample is
-        exactly what users are served. The served answer counts as a hit (and as an audit).
+        lives), and while `MAX_PENDING_AUDITS` checks are unfinished (a slow model then makes
+        callers wait, instead of a queue growing). A caller of `lookup` that serves it should
+        still ask the strong model and pass its answer to `write_back(result, answer)`, off the
+        user's path: the audit costs its paid call either way, but the user does not wait for
+        it, and the audited sample is exactly what users are served. The served answer counts
+        as a hit (and as an audit).
         """
         decision = result.decision
         if not self.shadow_audits or result.hit is not None or decision.action != "audit" or decision.entry_id is None:
+            return None
+        if len(self._audits) + len(self._audit_tasks) >= MAX_PENDING_AUDITS:
             return None
         row = self._live_answer(decision.entry_id)
         if row is None:
@@ -728,8 +730,7 @@ class MemCache:
         served = result.hit or self.shadow_hit(result)
         if served is not None:
             if result.hit is None:
-                checked = _without_streaming(kwargs)
-                self._audit_later(lambda: llm.verified_text(llm.completion(model, list(messages), **checked)), result, model)
+                self._check_later(result, model, messages, kwargs)
             info = self._info(result, served=served)
             if stream:
                 return llm.CacheStream(llm.hit_chunks(model, served.answer), info)
@@ -750,8 +751,7 @@ class MemCache:
         served = result.hit or await self._run(self.shadow_hit, result)
         if served is not None:
             if result.hit is None:  # checked on a worker thread, so it outlives the caller's event loop
-                checked = _without_streaming(kwargs)
-                self._audit_later(lambda: llm.verified_text(llm.completion(model, list(messages), **checked)), result, model)
+                self._check_later(result, model, messages, kwargs)
             info = self._info(result, served=served)
             if stream:
                 return llm.AsyncCacheStream(llm.hit_chunks(model, served.answer), info)
@@ -768,8 +768,13 @@ class MemCache:
     def _write_paid(self, result: LookupResult, text: str, model: str) -> bool:
         return self.write_back(result, text, source_model=model) is not None
 
+    def _check_later(self, result: LookupResult, model: str, messages: Sequence[Mapping[str, Any]], kwargs: dict) -> None:
+        """The shadow audit of a completion: the same request, answered in one piece."""
+        checked = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
+        self._audit_later(lambda: llm.verified_text(llm.completion(model, list(messages), **checked)), result, model)
+
     def _audit_later(self, ask: Callable[[], str | None], result: LookupResult, model: str) -> None:
-        """Run a shadow audit's strong call on a worker thread; its answer is written back as usual."""
+        """Run a shadow audit's strong call on an audit thread; its answer is written back as usual."""
 
         def run() -> None:
             try:
@@ -779,10 +784,17 @@ class MemCache:
             except Exception as exc:  # the user already has an answer; a failed audit writes nothing
                 log.warning("shadow audit of entry %s failed, nothing written back: %s", result.decision.entry_id, exc)
 
-        future = self._pool().submit(run)
         with self._lock:
+            if self._audit_pool is None:
+                self._audit_pool = ThreadPoolExecutor(max_workers=AUDIT_WORKERS, thread_name_prefix="memcache-audit")
+            future = self._audit_pool.submit(run)
             self._audits.add(future)
-        future.add_done_callback(self._audits.discard)
+
+        def done(finished: Future) -> None:
+            with self._lock:
+                self._audits.discard(finished)
+
+        future.add_done_callback(done)
 
     def _aaudit_later(self, ask: Callable[[], Any], result: LookupResult, model: str) -> None:
         """Like `_audit_later`, for a coroutine strong model: a task on the caller's event loop."""
@@ -972,8 +984,9 @@ class MemCache:
             if self.snapshot is not None and self._loaded and isinstance(self._index, FaissIndex):
                 self.save_snapshot()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
+            for pool in (self._executor, self._audit_pool):
+                if pool is not None:
+                    pool.shutdown(wait=False)
             self.store.close()
 
     def __enter__(self) -> "MemCache":
@@ -982,12 +995,9 @@ class MemCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _pool(self) -> ThreadPoolExecutor:
+    async def _run(self, fn: Callable, *args: Any) -> Any:
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="memcache")
-        return self._executor
-
-    async def _run(self, fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -4,11 +4,13 @@ in the background (LiteLLM over real HTTP to the loopback stub), and its answer 
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import replace
 
 import pytest
 
 from memcache import MemCache, ThresholdPolicy, cache_info
+from memcache import cache as cache_module
 
 MODEL = "openai/stub-strong"
 STORED = "Paris is the capital of France."
@@ -130,3 +132,23 @@ def test_decorated_functions_are_asked_after_the_stored_answer_is_returned(db_ur
 
         assert asyncio.run(run()) == (f"async: {QUESTION}", f"async: {QUESTION}")
         assert asked[2:] == [QUESTION, PARAPHRASE] and cache.stats().labels == 2
+
+
+def test_too_many_unfinished_audits_make_callers_wait(db_url, embedder, monkeypatch):
+    monkeypatch.setattr(cache_module, "MAX_PENDING_AUDITS", 1)
+    release = threading.Event()
+    with MemCache(db_url, embedder=embedder, policy=AuditEveryHit(0.75)) as cache:
+
+        @cache.cached(model="slow-fn")
+        def answer(prompt: str) -> str:
+            if prompt == PARAPHRASE:  # this check hangs until released
+                release.wait(10)
+            return f"checked: {prompt}"
+
+        answer(QUESTION)
+        assert answer(PARAPHRASE) == f"checked: {QUESTION}"  # served; its check is still running
+        other = "tell me the capital of france"
+        assert answer(other) == f"checked: {other}"  # one check unfinished: this caller waits for its own
+        release.set()
+        cache.wait_for_learning()
+        assert cache.stats().labels == 2
