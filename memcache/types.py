@@ -138,7 +138,11 @@ class LookupResult:
 
 @dataclass(frozen=True)
 class Stats:
-    """Counters since this process opened the cache, plus store totals."""
+    """Counters since this process opened the cache, plus store totals.
+
+    `audits` counts every audit; an audit served while it is checked (a shadow audit) is also
+    one of the `hits`, an escalated one is neither a hit nor a miss.
+    """
 
     entries: int
     keys: int
