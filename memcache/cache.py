@@ -110,7 +110,8 @@ class MemCache:
             `acompletion`, `cached`, the proxy), an audited would-be hit is served at once and
             the strong model checks it in the background (default). False makes the caller
             wait for the strong model's answer instead. Either way an audit is one paid call
-            and one label; see `shadow_hit` for callers of `lookup`.
+            and one label; see `shadow_hit` for callers of `lookup`. `close()` waits for
+            unfinished checks (`await_learning()` for those of async `cached` functions).
         device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder and
             index: on CUDA the index is an exact `TorchIndex` in GPU memory (with faiss's GPU
             kernel when a GPU build of faiss is installed), else a `FaissIndex` on the CPU.
