@@ -52,6 +52,7 @@ class ProxyConfig:
     database_url = "sqlite:///memcache.db"
     max_false_hit_rate = 0.02
     snapshot = "memcache.index"     # optional: index snapshot loaded on start, written on exit
+    shadow_audits = true            # serve an audited hit while upstream checks it (false: wait for upstream)
     [models.gpt-4o-mini]            # the name clients send
     model = "openai/gpt-4o-mini"    # the LiteLLM model it maps to
     api_base = "https://api.openai.com/v1"
@@ -64,6 +65,7 @@ class ProxyConfig:
     max_false_hit_rate: float = 0.02
     embedding_model: str | None = None
     snapshot: str | None = None
+    shadow_audits: bool = True
     models: Mapping[str, Upstream] = field(default_factory=dict)
     keys: Mapping[str, str] = field(default_factory=dict)
 
@@ -73,9 +75,13 @@ class ProxyConfig:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
-        unknown = set(data) - {"database_url", "max_false_hit_rate", "embedding_model", "snapshot", "models", "keys"}
+        unknown = set(data) - {
+            "database_url", "max_false_hit_rate", "embedding_model", "snapshot", "shadow_audits", "models", "keys",
+        }
         if unknown:
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+        if not isinstance(data.get("shadow_audits", True), bool):
+            raise ConfigError(f"{path}: shadow_audits must be true or false")
         models = {}
         for name, spec in data.get("models", {}).items():
             if not isinstance(spec, dict) or "model" not in spec:
@@ -87,6 +93,7 @@ class ProxyConfig:
             max_false_hit_rate=float(data.get("max_false_hit_rate", 0.02)),
             embedding_model=data.get("embedding_model"),
             snapshot=data.get("snapshot"),
+            shadow_audits=data.get("shadow_audits", True),
             models=models,
             keys={str(k): str(v) for k, v in data.get("keys", {}).items()},
         )
@@ -251,6 +258,7 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         raise ConfigError.missing_extra("server", "uvicorn") from exc
     config = ProxyConfig.from_file(config_path) if config_path else ProxyConfig()
     with MemCache(config.database_url, embedding_model=config.embedding_model,
-                  max_false_hit_rate=config.max_false_hit_rate, snapshot=config.snapshot, progress=True) as cache:
+                  max_false_hit_rate=config.max_false_hit_rate, snapshot=config.snapshot,
+                  shadow_audits=config.shadow_audits, progress=True) as cache:
         cache.warm_up()  # the first request should not wait for the index
         uvicorn.run(create_app(cache, config), host=host, port=port, log_level="info")

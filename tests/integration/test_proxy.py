@@ -175,12 +175,15 @@ def test_config_file(tmp_path):
                     '[keys]\n"sk-1" = "team-1"\n')
     config = ProxyConfig.from_file(path)
     assert config.models["fast"] == Upstream("openai/gpt-4o-mini", {"api_base": "http://h/v1"})
-    assert config.keys == {"sk-1": "team-1"}
-    path.write_text("colour = 'blue'\n")
+    assert config.keys == {"sk-1": "team-1"} and config.shadow_audits
+    path.write_text("shadow_audits = false\n")
+    assert not ProxyConfig.from_file(path).shadow_audits
     from memcache import ConfigError
 
-    with pytest.raises(ConfigError):
-        ProxyConfig.from_file(path)
+    for bad in ("colour = 'blue'\n", "shadow_audits = 'no'\n"):
+        path.write_text(bad)
+        with pytest.raises(ConfigError):
+            ProxyConfig.from_file(path)
 
 
 def test_tenant_header_without_configured_keys(db_url, embedder, stub_llm):
