@@ -28,7 +28,7 @@ def summarize(records: Sequence[QueryRecord], *, max_false_hit_rate: float | Non
         "error_rate": wrong / n if n else 0.0,
         "correct_hit_rate": (hits - wrong) / n if n else 0.0,
         "reusable_rate": sum(r.reusable for r in records) / n if n else 0.0,
-        "strong_calls": (misses + audits) / n if n else 0.0,
+        "strong_calls": sum(r.paid for r in records) / n if n else 0.0,  # misses + audits
         "lookup_p50_ms": float(np.percentile(latencies, 50)),
         "lookup_p95_ms": float(np.percentile(latencies, 95)),
         "lookup_p99_ms": float(np.percentile(latencies, 99)),

@@ -501,6 +501,10 @@ class MemCache:
         self._count_hit(decision.entry_id, exact=False, new_lookup=False)  # the lookup was counted as an audit
         return CacheHit(row[0], decision.entry_id, decision.similarity, decision.confidence, payload=row[1])
 
+    async def _ashadow_hit(self, result: LookupResult) -> CacheHit | None:
+        """`shadow_hit` off the event loop; a miss (the common case) needs no thread hop."""
+        return await self._run(self.shadow_hit, result) if result.decision.action == "audit" else None
+
     def _live_answer(self, entry_id: int) -> tuple[str, str | None] | None:
         """(answer, payload) of an entry that exists and has not expired.
 
@@ -749,7 +753,7 @@ class MemCache:
         model = self._model_for(model)
         result = await self.alookup(messages, model=model, tenant=tenant, **kwargs)
         stream = bool(kwargs.get("stream"))
-        served = result.hit or await self._run(self.shadow_hit, result)
+        served = result.hit or await self._ashadow_hit(result)
         if served is not None:
             if result.hit is None:  # checked on a worker thread, so it outlives the caller's event loop
                 self._check_later(result, model, messages, kwargs)
@@ -834,7 +838,7 @@ class MemCache:
                 @functools.wraps(fn)
                 async def async_wrapper(request: Request, *args: Any, **kwargs: Any):
                     result = await self.alookup(request, model=name, tenant=tenant, **scope_params(args, kwargs))
-                    served = result.hit or await self._run(self.shadow_hit, result)
+                    served = result.hit or await self._ashadow_hit(result)
                     if served is not None:
                         if result.hit is None:
                             self._aaudit_later(lambda: fn(request, *args, **kwargs), result, name)
