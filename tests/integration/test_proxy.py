@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import threading
 import time
@@ -18,6 +17,7 @@ import uvicorn  # noqa: E402
 
 from memcache import MemCache, ThresholdPolicy  # noqa: E402
 from memcache.adapters.proxy import ProxyConfig, Upstream, create_app  # noqa: E402
+from policies import AuditEveryHit  # noqa: E402
 
 
 def free_port() -> int:
@@ -74,11 +74,6 @@ def test_miss_then_hit_with_headers(proxy):
 
 
 def test_audited_hit_is_served_and_checked_upstream(db_url, embedder, stub_llm):
-    class AuditEveryHit(ThresholdPolicy):
-        def decide(self, candidates, entries):
-            decision = super().decide(candidates, entries)
-            return dataclasses.replace(decision, action="audit") if decision.action == "hit" else decision
-
     with serving(db_url, embedder, stub_llm, AuditEveryHit(0.8)) as (base, cache):
         _, first = ask(base, "What is the capital of Portugal?")
         calls = len(stub_llm.calls)

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import replace
 
 import pytest
 
-from memcache import MemCache, ThresholdPolicy, cache_info
+from memcache import MemCache, cache_info
 from memcache import cache as cache_module
+from policies import AuditEveryHit
 
 MODEL = "openai/stub-strong"
 STORED = "Paris is the capital of France."
 QUESTION = "What is the capital of France?"
 PARAPHRASE = "which city is the capital of france"
-
-
-class AuditEveryHit(ThresholdPolicy):
-    """Turns every would-be hit into an audit, so the audit path is taken on each paraphrase."""
-
-    def decide(self, candidates, entries):
-        decision = super().decide(candidates, entries)
-        return replace(decision, action="audit") if decision.action == "hit" else decision
 
 
 @pytest.fixture
