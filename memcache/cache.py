@@ -26,6 +26,7 @@ import numpy as np
 
 from memcache import llm
 from memcache.embedding import Embedder, SentenceTransformerEmbedder, resolve_device
+from memcache.centroids import EntryCentroids
 from memcache.hindsight import HindsightWindow
 from memcache.errors import ConfigError, InvalidRequestError
 from memcache.index import FaissIndex, VectorIndex
@@ -201,6 +202,7 @@ class MemCache:
         self._exact: dict[tuple[str, str], int] = {}  # (scope key, normalized-text hash) -> key id
         self._keys: dict[int, tuple[int, str, str]] = {}  # key id -> (entry id, scope key, text hash)
         self._keys_of_entry: dict[int, tuple[int, ...]] = {}  # tuples: most entries have one key
+        self._centroids = EntryCentroids()  # key-vector sums of entries with two keys or more
         self._entry_stats: dict[int, EntryStats] = {}  # entries checked at least once (the policy's only use)
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
         self._flusher: threading.Thread | None = None
@@ -254,14 +256,35 @@ class MemCache:
             self._flush_vectors(batch)
             if snapshot is not None:
                 self._reconcile(snapshot)
+            self._load_centroids()
             for entry_id, (c, f) in checks.items():
                 keys_of = self._keys_of_entry.get(entry_id)
                 if keys_of is not None:
                     self._entry_stats[entry_id] = EntryStats(entry_id, len(keys_of), c, f)
+            if hasattr(self.policy, "load_audit_claims"):  # before the labels: their refit uses these
+                self.policy.load_audit_claims(self.store.iter_audit_claims())
             labels = list(self.store.iter_labels())
             if labels and hasattr(self.policy, "load_labels"):
                 self.policy.load_labels(labels)
             self._loaded = True
+
+    def _load_centroids(self) -> None:
+        """Sum the key vectors of every entry with two keys or more (read again from the store:
+        a snapshot start reads no vectors, and a rebuild does not know the counts until the end)."""
+        multi = [key_id for keys in self._keys_of_entry.values() if len(keys) > 1 for key_id in keys]
+        sums: dict[int, np.ndarray] = {}
+        for start in range(0, len(multi), 10_000):
+            for key in self.store.keys_by_id(multi[start : start + 10_000]):
+                if key.embedding is not None and key.key_id in self._keys:
+                    sums[key.entry_id] = sums.get(key.entry_id, 0.0) + key.embedding.astype(np.float32)
+        for entry_id, total in sums.items():
+            self._centroids.set_sum(entry_id, total)
+
+    def _earlier_keys_sum(self, entry_id: int, new_key: int) -> np.ndarray | None:
+        """Sum of an entry's key vectors other than `new_key`, read from the store."""
+        others = [k for k in self._keys_of_entry.get(entry_id, ()) if k != new_key]
+        vectors = [key.embedding for key in self.store.keys_by_id(others) if key.embedding is not None]
+        return np.sum(vectors, axis=0, dtype=np.float32) if vectors else None
 
     def warm_up(self) -> None:
         """Build the index now (from the snapshot, or the store) rather than on the first lookup."""
@@ -381,6 +404,9 @@ class MemCache:
             self._index_for(len(vector)).add(scope_key, [key_id], vector[None, :])
         self._answers.pop(entry_id, None)  # a new key may have moved the entry's expiry
         self._register_key(key_id, entry_id, scope_key, normalized_hash)
+        if vector is not None:
+            n_keys = len(self._keys_of_entry[entry_id])
+            self._centroids.add_key(entry_id, vector, n_keys, lambda: self._earlier_keys_sum(entry_id, key_id))
         stats = self._entry_stats.get(entry_id)
         if stats is not None:
             self._entry_stats[entry_id] = replace(stats, n_keys=len(self._keys_of_entry[entry_id]))
@@ -460,7 +486,7 @@ class MemCache:
             key = self._keys.get(key_id)
             if key is not None:
                 out.append(Candidate(key_id, key[0], sim))
-        return out
+        return self._centroids.annotate(out, vector)
 
     def _decide(self, query: str, scope, vector: np.ndarray) -> LookupResult:
         candidates = self._candidates(scope.key, vector)
@@ -618,9 +644,12 @@ class MemCache:
         if reference is None:
             return None
         agreed = bool(self.judge.same_answer(result.query, answer, reference[0]))
-        return Label(tuple(decision.features), agreed, decision.entry_id)
+        claimed = decision.confidence if decision.action == "audit" else None
+        return Label(tuple(decision.features), agreed, decision.entry_id, claimed)
 
     def _learn(self, label: Label, key_id: int | None) -> None:
+        if label.claimed_confidence is not None and hasattr(self.policy, "observe_audit"):
+            self.policy.observe_audit(label.claimed_confidence, label.correct)  # before the refit `observe` may run
         if self._hindsight.size:  # the key lets a later hindsight label replace this one
             self.policy.observe(label.features, label.correct, key=key_id)
         else:
@@ -666,7 +695,7 @@ class MemCache:
             key = self._keys.get(key_id)
             return None if key is None else key[0]
 
-        examples = self._hindsight.examples(index.search, entry_of, self.neighbours)
+        examples = self._hindsight.examples(index.search, entry_of, self.neighbours, self._centroids)
         with self._lock:
             entries = dict(self._entry_stats)
         self.policy.set_hindsight(examples, entries)
@@ -898,6 +927,7 @@ class MemCache:
                 self._index.remove(key_ids)
             for entry_id in entry_ids:
                 self._keys_of_entry.pop(entry_id, None)
+                self._centroids.drop(entry_id)
                 self._entry_stats.pop(entry_id, None)
                 self._answers.pop(entry_id, None)
             for key_id in key_ids:

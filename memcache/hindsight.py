@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from memcache.centroids import EntryCentroids
 from memcache.types import Candidate, HindsightExample
 
 Search = Callable[[str, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -50,11 +51,15 @@ class HindsightWindow:
                 self._since = 0
             return due
 
-    def examples(self, search: Search, entry_of: Callable[[int], int | None], k: int) -> list[HindsightExample]:
+    def examples(
+        self, search: Search, entry_of: Callable[[int], int | None], k: int, centroids: EntryCentroids | None = None
+    ) -> list[HindsightExample]:
         """Each live key of the window with its in-scope neighbours now, its own key left out.
 
         `entry_of` gives a live key's entry id (None for keys deleted since, which are
         skipped); `search` is the index's search (scope key, vectors, k) -> (similarities, ids).
+        With `centroids`, candidates carry their entry's centroid similarity, the key's own
+        vector taken out of its own entry's centroid.
         """
         with self._lock:
             keys = list(self._keys)
@@ -66,12 +71,15 @@ class HindsightWindow:
         out = []
         for scope_key, items in by_scope.items():
             sims, ids = search(scope_key, np.stack([v for _, _, v in items]), k + 1)
-            for (key_id, entry_id, _), row_sims, row_ids in zip(items, sims.tolist(), ids.tolist()):
+            for (key_id, entry_id, vector), row_sims, row_ids in zip(items, sims.tolist(), ids.tolist()):
                 candidates = []
                 for sim, other in zip(row_sims, row_ids):
                     other_entry = entry_of(other) if other != key_id else None
                     if other_entry is not None:
                         candidates.append(Candidate(other, other_entry, sim))
                 if candidates:  # alone in its scope: nothing it could have been served
-                    out.append(HindsightExample(key_id, entry_id, tuple(candidates[:k])))
+                    candidates = candidates[:k]
+                    if centroids is not None:
+                        candidates = centroids.annotate(candidates, vector, own_entry=entry_id)
+                    out.append(HindsightExample(key_id, entry_id, tuple(candidates)))
         return out

@@ -24,6 +24,7 @@ import sqlalchemy
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -47,7 +48,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from memcache.errors import StoreError
 from memcache.types import CacheEntry, Label, Scope
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -120,6 +121,8 @@ class LabelRow(Base):
     features: Mapped[str] = mapped_column(Text)
     correct: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # set on audits: the confidence the policy claimed when it served the lookup
+    claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ChangeRow(Base):
@@ -220,8 +223,15 @@ def _migrate_1_to_2(conn: Connection) -> None:
             index.create(conn)
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """v3: `labels.claimed_confidence`, so the policy's check of its served claims against
+    audits (`CalibratedPolicy.claim_ratio`) survives a restart. Older labels have none."""
+    column_type = Float().compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE memcache_labels ADD COLUMN claimed_confidence {column_type}"))
+
+
 # step from version N to N + 1; each runs inside the locked schema transaction
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -345,7 +355,8 @@ class Store:
             if label is not None:
                 conn.execute(
                     LabelRow.__table__.insert().values(
-                        features=json.dumps(list(label.features)), correct=label.correct, created_at=now
+                        features=json.dumps(list(label.features)), correct=label.correct, created_at=now,
+                        claimed_confidence=label.claimed_confidence,
                     )
                 )
                 conn.execute(
@@ -574,6 +585,16 @@ class Store:
                 select(LabelRow.features, LabelRow.correct).order_by(LabelRow.id)
             ):
                 yield json.loads(features), bool(correct)
+
+    def iter_audit_claims(self) -> Iterator[tuple[float, bool]]:
+        """(confidence claimed when served, whether the audit found it right), oldest first."""
+        with self.engine.connect() as conn:
+            for claimed, correct in conn.execute(
+                select(LabelRow.claimed_confidence, LabelRow.correct)
+                .where(LabelRow.claimed_confidence.is_not(None))
+                .order_by(LabelRow.id)
+            ):
+                yield float(claimed), bool(correct)
 
     def counts(self) -> tuple[int, int, int]:
         """(entries, keys, labels)."""

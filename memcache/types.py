@@ -30,12 +30,15 @@ class Scope:
 class Candidate:
     """One stored query key near the request, inside the request's scope.
 
-    `similarity` is cosine similarity in [-1, 1]; higher is closer.
+    `similarity` is cosine similarity in [-1, 1]; higher is closer. `entry_similarity` is
+    the request's cosine similarity to the centroid of all the entry's keys (see
+    `memcache.centroids`); None for a one-key entry, whose centroid is this key.
     """
 
     key_id: int
     entry_id: int
     similarity: float
+    entry_similarity: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +53,15 @@ class EntryStats:
 
 @dataclass(frozen=True)
 class Label:
-    """A paid answer compared with the nearest entry: the policy's training example."""
+    """A paid answer compared with the nearest entry: the policy's training example.
+
+    `claimed_confidence` is set for audits: the confidence with which the entry was served.
+    """
 
     features: tuple[float, ...]
     correct: bool
     entry_id: int
+    claimed_confidence: float | None = None
 
 
 @dataclass(frozen=True)

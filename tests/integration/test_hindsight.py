@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from memcache import CalibratedPolicy, MemCache
 
 TOPICS = {
@@ -49,6 +51,10 @@ def test_paid_queries_are_asked_again_against_todays_index(db_url, embedder):
         # again today its paraphrase is its nearest neighbour (right).
         right = [e.candidates[0].entry_id == e.entry_id for e in examples]
         assert sum(right) >= 8, right
+        # its own entry's centroid leaves the key itself out: with two keys, that is the other key
+        for example in examples:
+            own = [c for c in example.candidates if c.entry_id == example.entry_id]
+            assert len(own) == 1 and own[0].entry_similarity == pytest.approx(own[0].similarity, abs=1e-5)
         # ten arrival-time labels (the imported key was the first one's neighbour), each
         # replaced by its key's hindsight label: still ten in use, not twenty
         assert policy.labels == 10

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from memcache import MemCache, cache_info
+from memcache import CalibratedPolicy, MemCache, cache_info
 from memcache import cache as cache_module
 from policies import AuditEveryHit
 
@@ -51,6 +51,20 @@ def test_audited_hit_is_served_and_checked_in_the_background(make_cache, stub_ll
     # the strong model's answer (here another one) was written back under the audited query
     again = cache.lookup(PARAPHRASE, model=MODEL).hit
     assert again is not None and again.exact and again.answer == f"Answer to: {PARAPHRASE}"
+
+
+def test_audit_claims_are_stored_and_reloaded_by_the_calibrated_policy(make_cache, db_url, embedder, llm_kwargs):
+    """What the audit found against the confidence the hit was served with survives a restart."""
+    cache = make_cache()
+    response = ask(cache, PARAPHRASE, llm_kwargs)
+    claimed = cache_info(response).confidence
+    cache.wait_for_learning()  # the stub answers otherwise: the audit finds the hit wrong
+    cache.close()
+    policy = CalibratedPolicy(0.02, seed=0)
+    with MemCache(db_url, embedder=embedder, policy=policy, strong_model=MODEL) as reopened:
+        reopened.warm_up()
+        assert list(reopened.store.iter_audit_claims()) == [(pytest.approx(claimed), False)]
+        assert policy.claim_ratio == pytest.approx((1 + 2) / (1 - claimed + 2))
 
 
 def test_failed_audit_writes_nothing_and_the_user_keeps_the_hit(make_cache, stub_llm, llm_kwargs):

@@ -68,14 +68,16 @@ def _create_v1_store(url: str, embedder) -> None:
 
 def _check_migrated(url: str, embedder) -> None:
     with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
-        assert cache.store.schema_version() == SCHEMA_VERSION == 2
+        assert cache.store.schema_version() == SCHEMA_VERSION == 3
         assert cache.stats().entries == 1 and cache.stats().keys == 2 and cache.stats().labels == 1
         exact = cache.lookup("how do I reset my password?")
         assert exact.hit is not None and exact.hit.exact and exact.hit.answer == ANSWER
         assert cache.lookup("what are the steps to reset my password").hit.answer == ANSWER
         with cache.store.engine.connect() as conn:  # the new column was backfilled from creation time
             last_used = conn.execute(sqlalchemy.text("SELECT last_used_at FROM memcache_entries")).scalar_one()
-        assert last_used is not None
+            claimed = conn.execute(sqlalchemy.text("SELECT claimed_confidence FROM memcache_labels")).scalar_one()
+        assert last_used is not None and claimed is None  # v3: labels from before have no audit claim
+        assert len(cache._centroids) == 1  # the entry with two keys has its centroid
         entry = cache.write_back("Where is the nearest branch?", "Use the branch finder.", paid=False)
         assert cache.store.least_recently_used(1) == [1] and entry.id == 2  # the old entry is evicted first
 

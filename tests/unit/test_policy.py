@@ -15,7 +15,8 @@ def synthetic_labels(n, seed=0):
     for _ in range(n):
         s = rng.uniform(0.4, 1.0)
         p_right = 1 / (1 + np.exp(-(s - 0.75) * 40))
-        features = (s, s - rng.uniform(0, 0.3), rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0, s - 0.2, s - 0.05)
+        margin = rng.uniform(0, 0.3)
+        features = (s, s - margin, rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0, s - 0.2, s - 0.05, s - 0.02, margin)
         out.append((features, rng.random() < p_right))
     return out
 
@@ -51,13 +52,15 @@ def test_a_bound_that_the_data_cannot_meet_serves_nothing():
 
 def test_calibration_file_round_trip(tmp_path):
     policy = CalibratedPolicy(0.05, seed=0)
+    policy.load_audit_claims([(0.99, True)] * 50 + [(0.99, False)] * 3)
     policy.load_labels(synthetic_labels(1500))
     path = tmp_path / "calibration.json"
     policy.save(path)
     loaded = CalibratedPolicy.from_file(path)
     assert loaded.threshold == pytest.approx(policy.threshold)
+    assert loaded.claim_ratio == pytest.approx(policy.claim_ratio) and loaded.claim_ratio > 1
     assert loaded.labels == policy.labels and loaded.max_false_hit_rate == 0.05
-    features = (0.9, 0.3, 0.9, 0.5, 0.0, 0.7, 0.85)
+    features = (0.9, 0.3, 0.9, 0.5, 0.0, 0.7, 0.85, 0.88, 0.3)
     assert loaded.confidence(features) == pytest.approx(policy.confidence(features))
     assert CalibratedPolicy.from_file(path, max_false_hit_rate=0.01).max_false_hit_rate == 0.01
 
@@ -126,5 +129,36 @@ def test_a_calibration_file_of_another_version_asks_for_recalibration(tmp_path):
 def test_features_see_how_crowded_the_neighbourhood_is():
     _, _, crowded = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.89), Candidate(3, 9, 0.88)], {})
     _, _, sparse = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.5), Candidate(3, 9, 0.3)], {})
-    assert crowded[5:] == (0.88, 0.89) and sparse[5:] == (0.3, 0.5)
-    assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][5:] == (0.0, 0.0)
+    assert crowded[5:7] == (0.88, 0.89) and sparse[5:7] == (0.3, 0.5)
+    assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][5:7] == (0.0, 0.0)
+
+
+def test_entry_centroid_features_fall_back_to_the_key_for_one_key_entries():
+    """Entry similarity is the centroid's where the cache set it, else the key's own similarity."""
+    _, _, plain = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.8)], {})
+    assert plain[7:] == pytest.approx((0.9, 0.1))
+    _, _, centred = neighbourhood_features(
+        [Candidate(1, 7, 0.9, entry_similarity=0.95), Candidate(2, 8, 0.8), Candidate(3, 7, 0.7, entry_similarity=0.95)], {}
+    )
+    assert centred[7:] == pytest.approx((0.95, 0.15))
+    assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][7:] == pytest.approx((0.9, 0.9))
+
+
+def test_audits_that_find_more_wrong_hits_than_claimed_tighten_the_cut_off():
+    """The claim ratio scales the estimate: the same labels certify less once audits disagree."""
+    trusting = CalibratedPolicy(0.05, seed=0)
+    trusting.load_labels(synthetic_labels(1500))
+    audited = CalibratedPolicy(0.05, seed=0)
+    audited.load_audit_claims([(0.99, True)] * 200 + [(0.99, False)] * 8)  # 8 wrong where ~2 were claimed
+    audited.load_labels(synthetic_labels(1500))
+    assert trusting.claim_ratio == 1.0 and audited.claim_ratio == pytest.approx((8 + 2) / (208 * 0.01 + 2))
+    assert audited.threshold > trusting.threshold and audited.bound <= 0.05
+
+
+def test_audits_never_loosen_the_cut_off():
+    policy = CalibratedPolicy(0.05, seed=0)
+    policy.load_audit_claims([(0.9, True)] * 500)  # 50 wrong predicted, none found
+    policy.load_labels(synthetic_labels(1500))
+    plain = CalibratedPolicy(0.05, seed=0)
+    plain.load_labels(synthetic_labels(1500))
+    assert policy.claim_ratio == 1.0 and policy.threshold == pytest.approx(plain.threshold)
