@@ -1006,6 +1006,7 @@ class MemCache:
             entries=entries, keys=keys, labels=labels,
             max_false_hit_rate=self.policy.max_false_hit_rate,
             estimated_false_hit_rate=getattr(self.policy, "bound", None),
+            claim_ratio=getattr(self.policy, "claim_ratio", None),
             **c,
         )
 

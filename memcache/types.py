@@ -148,7 +148,9 @@ class Stats:
     """Counters since this process opened the cache, plus store totals.
 
     `audits` counts every audit; an audit served while it is checked (a shadow audit) is also
-    one of the `hits`, an escalated one is neither a hit nor a miss.
+    one of the `hits`, an escalated one is neither a hit nor a miss. `claim_ratio` is what the
+    audits found wrong over what the policy predicted when serving them (see
+    `CalibratedPolicy.claim_ratio`); None for policies without one.
     """
 
     entries: int
@@ -163,6 +165,7 @@ class Stats:
     labels: int
     max_false_hit_rate: float
     estimated_false_hit_rate: float | None
+    claim_ratio: float | None = None
 
     @property
     def hit_rate(self) -> float:

@@ -65,6 +65,7 @@ def test_audit_claims_are_stored_and_reloaded_by_the_calibrated_policy(make_cach
         reopened.warm_up()
         assert list(reopened.store.iter_audit_claims()) == [(pytest.approx(claimed), False)]
         assert policy.claim_ratio == pytest.approx((1 + 2) / (1 - claimed + 2))
+        assert reopened.stats().claim_ratio == policy.claim_ratio
 
 
 def test_failed_audit_writes_nothing_and_the_user_keeps_the_hit(make_cache, stub_llm, llm_kwargs):
