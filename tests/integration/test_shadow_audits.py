@@ -64,7 +64,7 @@ def test_audit_claims_are_stored_and_reloaded_by_the_calibrated_policy(make_cach
     with MemCache(db_url, embedder=embedder, policy=policy, strong_model=MODEL) as reopened:
         reopened.warm_up()
         assert list(reopened.store.iter_audit_claims()) == [(pytest.approx(claimed), False)]
-        assert policy.claim_ratio == pytest.approx((1 + 2) / (1 - claimed + 2))
+        assert policy.claim_ratio == pytest.approx((1 + policy._z + 2) / (1 - claimed + 2))
         assert reopened.stats().claim_ratio == policy.claim_ratio
 
 

@@ -151,7 +151,8 @@ def test_audits_that_find_more_wrong_hits_than_claimed_tighten_the_cut_off():
     audited = CalibratedPolicy(0.05, seed=0)
     audited.load_audit_claims([(0.99, True)] * 200 + [(0.99, False)] * 8)  # 8 wrong where ~2 were claimed
     audited.load_labels(synthetic_labels(1500))
-    assert trusting.claim_ratio == 1.0 and audited.claim_ratio == pytest.approx((8 + 2) / (208 * 0.01 + 2))
+    z = audited._z
+    assert trusting.claim_ratio == 1.0 and audited.claim_ratio == pytest.approx((8 + z * 8**0.5 + 2) / (208 * 0.01 + 2))
     assert audited.threshold > trusting.threshold and audited.bound <= 0.05
 
 
