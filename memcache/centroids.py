@@ -14,8 +14,6 @@ one-key entry the centroid is that key, whose similarity the index search alread
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-
 import numpy as np
 
 from memcache.types import Candidate
@@ -30,6 +28,7 @@ class EntryCentroids:
 
     def __init__(self) -> None:
         self._sums: dict[int, np.ndarray] = {}
+        self._norms: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -48,13 +47,16 @@ class EntryCentroids:
             total = others()
             if total is None:
                 return
-        self._sums[entry_id] = np.asarray(total, dtype=np.float32) + np.asarray(vector, dtype=np.float32)
+        self.set_sum(entry_id, np.asarray(total, dtype=np.float32) + np.asarray(vector, dtype=np.float32))
 
     def set_sum(self, entry_id: int, total: np.ndarray) -> None:
-        self._sums[entry_id] = np.asarray(total, dtype=np.float32)
+        total = np.asarray(total, dtype=np.float32)
+        self._norms[entry_id] = float(np.linalg.norm(total))  # before the sum: a reader finds the norm first
+        self._sums[entry_id] = total
 
     def drop(self, entry_id: int) -> None:
         self._sums.pop(entry_id, None)
+        self._norms.pop(entry_id, None)
 
     def similarity(self, entry_id: int, query: np.ndarray, leave_out: np.ndarray | None = None) -> float | None:
         """Cosine similarity of `query` to the entry's centroid (None for one-key entries).
@@ -65,21 +67,25 @@ class EntryCentroids:
         total = self._sums.get(entry_id)
         if total is None:
             return None
-        if leave_out is not None:
+        if leave_out is None:
+            norm = self._norms.get(entry_id, 0.0)
+        else:
             total = total - leave_out
-        norm = float(np.linalg.norm(total))
+            norm = float(np.linalg.norm(total))
         return float(total @ query) / norm if norm > 1e-6 else None
 
     def annotate(
         self, candidates: Sequence[Candidate], query: np.ndarray, *, own_entry: int | None = None
     ) -> list[Candidate]:
         """The candidates with `entry_similarity` set (the query itself left out of `own_entry`)."""
+        if not self._sums:
+            return list(candidates)
         cache: dict[int, float | None] = {}
         out = []
-        for candidate in candidates:
-            entry_id = candidate.entry_id
+        for c in candidates:
+            entry_id = c.entry_id
             if entry_id not in cache:
-                leave_out = query if entry_id == own_entry else None
-                cache[entry_id] = self.similarity(entry_id, query, leave_out)
-            out.append(candidate if cache[entry_id] is None else replace(candidate, entry_similarity=cache[entry_id]))
+                cache[entry_id] = self.similarity(entry_id, query, query if entry_id == own_entry else None)
+            sim = cache[entry_id]
+            out.append(c if sim is None else Candidate(c.key_id, entry_id, c.similarity, sim))
         return out
