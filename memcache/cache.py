@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from memcache import llm
-from memcache.embedding import Embedder, SentenceTransformerEmbedder, resolve_device
 from memcache.centroids import EntryCentroids
+from memcache.embedding import Embedder, SentenceTransformerEmbedder, resolve_device
 from memcache.hindsight import HindsightWindow
 from memcache.errors import ConfigError, InvalidRequestError
 from memcache.index import FaissIndex, VectorIndex

@@ -46,7 +46,9 @@ class Policy(Protocol):
     """Decides hit/miss/audit for one lookup and learns from paid answers.
 
     A policy that also has `set_hindsight(examples, entries)` (as `CalibratedPolicy` does)
-    is given hindsight labels, and `observe` is then called with the answer's `key=`.
+    is given hindsight labels, and `observe` is then called with the answer's `key=`. One
+    with `observe_audit(claimed_confidence, correct)` and `load_audit_claims(claims)` is told
+    what each audit found against the confidence the hit was served with.
     """
 
     max_false_hit_rate: float
