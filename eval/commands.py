@@ -13,7 +13,7 @@ from memcache.errors import ConfigError
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
 from memcache.types import Decision
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import summarize
+from memcache.eval.metrics import across_seeds, summarize
 from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs
 
 SWEEP_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
@@ -93,6 +93,8 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "correct_hit_rate",
                   "reusable_rate", "strong_calls", "lookup_p50_ms", "lookup_p99_ms", "claimed_false_hit_rate")
+ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "false_hit_rate_max", "seeds_over_bound",
+                        "correct_hit_rate_mean", "correct_hit_rate_min", "strong_calls_mean", "strong_calls_max")
 
 
 def run_eval(args: argparse.Namespace) -> dict:
@@ -129,6 +131,10 @@ def run_eval(args: argparse.Namespace) -> dict:
         "sweep": sweep,
     }
     print(_table(report["runs"], REPORT_COLUMNS))
+    if len(seeds) > 1:
+        report["across_seeds"] = across_seeds(report["runs"])
+        print("\nacross seeds (%s):" % ",".join(map(str, seeds)))
+        print(_table(report["across_seeds"], ACROSS_SEEDS_COLUMNS))
     if sweep:
         print("\nstatic cosine thresholds (same stream, seed %d):" % seeds[0])
         print(_table(sweep, ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))

@@ -134,7 +134,7 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     assert CalibratedPolicy.from_file(calibration).labels > 1000
     report_path, plot = tmp_path / "report.json", tmp_path / "report.png"
     out = subprocess.run(
-        cli + ["eval", str(data), "--splits", "test,oos", "--seed", "0", "--max-false-hit-rate", str(BOUND),
+        cli + ["eval", str(data), "--splits", "test,oos", "--seed", "0,1", "--max-false-hit-rate", str(BOUND),
                "--json", str(report_path), "--plot", str(plot), "--sweep", "--calibration", str(calibration)],
         capture_output=True, text=True, timeout=600,
     )
@@ -144,5 +144,8 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
                 "strong_calls", "lookup_p50_ms", "lookup_p95_ms", "lookup_p99_ms", "max_false_hit_rate"):
         assert key in report["runs"][0], key
     assert report["runs"][0]["queries"] == len(clinc_subset)
+    across = report["across_seeds"]
+    assert [row["seeds"] for row in across] == [2] and "across seeds (0,1)" in out.stdout
+    assert across[0]["false_hit_rate_max"] == max(run["false_hit_rate"] for run in report["runs"])
     assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

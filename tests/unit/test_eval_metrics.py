@@ -1,0 +1,23 @@
+import pytest
+
+from memcache.eval.metrics import across_seeds
+
+
+def run(bound, seed, false_hit_rate, correct, strong):
+    return {"max_false_hit_rate": bound, "seed": seed, "false_hit_rate": false_hit_rate, "correct_hit_rate": correct,
+            "strong_calls": strong}
+
+
+def test_across_seeds_groups_by_bound_and_counts_the_seeds_over_it():
+    runs = [run(0.02, 0, 0.015, 0.45, 0.60), run(0.02, 1, 0.021, 0.47, 0.58), run(0.02, 2, 0.012, 0.43, 0.62),
+            run(0.05, 0, 0.03, 0.55, 0.49)]
+    tight, loose = across_seeds(runs)
+    assert tight["max_false_hit_rate"] == 0.02 and tight["seeds"] == 3 and tight["seeds_over_bound"] == 1
+    assert tight["false_hit_rate_mean"] == pytest.approx(0.016) and tight["false_hit_rate_max"] == 0.021
+    assert tight["correct_hit_rate_mean"] == pytest.approx(0.45) and tight["correct_hit_rate_min"] == 0.43
+    assert tight["strong_calls_mean"] == pytest.approx(0.60) and tight["strong_calls_max"] == 0.62
+    assert loose["seeds"] == 1 and loose["seeds_over_bound"] == 0
+
+
+def test_a_run_exactly_at_the_bound_is_not_over_it():
+    assert across_seeds([run(0.02, 0, 0.02, 0.4, 0.6)])[0]["seeds_over_bound"] == 0
