@@ -28,12 +28,15 @@ class Stream:
     texts: list[str] = field(default_factory=list)
 
     def replay(
-        self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False, shadow_audits: bool = True
+        self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False, shadow_audits: bool = True,
+        oos_from: int | None = None,
     ) -> list[QueryRecord]:
         options = {"policy": policy, "embedder": embedder, "seed": seed, "progress": progress, "shadow_audits": shadow_audits}
         if self.kind == "pairs":
+            if oos_from is not None:
+                raise ConfigError("--oos-from needs an intent stream; pairs have no out-of-scope queries")
             return replay_pairs(self.items, **options)
-        return replay_intents(self.items, warm=warm, **options)
+        return replay_intents(self.items, warm=warm, oos_from=oos_from, **options)
 
 
 def _splits(value: str | None) -> tuple[set[str] | None, bool]:
@@ -93,6 +96,7 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "correct_hit_rate",
                   "reusable_rate", "strong_calls", "lookup_p50_ms", "lookup_p99_ms", "claimed_false_hit_rate")
+AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
 ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "false_hit_rate_max", "seeds_over_bound",
                         "correct_hit_rate_mean", "correct_hit_rate_min", "strong_calls_mean", "strong_calls_max")
 
@@ -113,15 +117,20 @@ def run_eval(args: argparse.Namespace) -> dict:
             else:
                 policy = CalibratedPolicy(bound, seed=seed)
             shadow = not args.escalate_audits
-            records = stream.replay(policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow)
+            records = stream.replay(
+                policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow, oos_from=args.oos_from
+            )
             summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
             runs.append({
                 "seed": seed, **summary, "shadow_audits": shadow, "latency_includes_encoding": not runs, "_records": records,
             })
+            if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
+                after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
+                runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     sweep = []
     if args.sweep:
         for threshold in SWEEP_THRESHOLDS:
-            records = stream.replay(ThresholdPolicy(threshold), embedder, seed=seeds[0], warm=warm)
+            records = stream.replay(ThresholdPolicy(threshold), embedder, seed=seeds[0], warm=warm, oos_from=args.oos_from)
             sweep.append({"threshold": threshold, **summarize(records)})
     report = {
         "data": str(args.data),
@@ -131,6 +140,9 @@ def run_eval(args: argparse.Namespace) -> dict:
         "sweep": sweep,
     }
     print(_table(report["runs"], REPORT_COLUMNS))
+    if args.oos_from is not None:
+        print(f"\nfrom query {args.oos_from} on (out-of-scope queries arriving):")
+        print(_table([{"seed": run["seed"], **run["after_oos_from"]} for run in report["runs"]], ("seed", *AFTER_SHIFT_KEYS)))
     if len(seeds) > 1:
         report["across_seeds"] = across_seeds(report["runs"])
         print("\nacross seeds (%s):" % ",".join(map(str, seeds)))
@@ -188,6 +200,10 @@ def add_eval_commands(sub) -> None:
     ev.add_argument("--json", default=None, help="write the report as JSON here")
     ev.add_argument("--plot", default=None, help="write a PNG plot here")
     ev.add_argument("--sweep", action="store_true", help="also replay static cosine thresholds for comparison")
+    ev.add_argument(
+        "--oos-from", type=int, default=None, metavar="N",
+        help="traffic that changes: out-of-scope queries arrive only from query N on (reported separately)",
+    )
     ev.add_argument(
         "--escalate-audits", action="store_true",
         help="an audited query gets the strong model's answer (default: the stored answer is served while it is checked)",

@@ -22,6 +22,7 @@ import numpy as np
 
 from memcache.cache import MemCache
 from memcache.embedding import Embedder
+from memcache.errors import ConfigError
 from memcache.judge import ExactJudge
 from memcache.policy import Policy
 from memcache.eval.data import OOS, LabeledPair, LabeledQuery
@@ -114,6 +115,27 @@ def _timed_lookup(cache: MemCache, text: str, tenant: str):
     return result, served, (time.perf_counter() - start) * 1000.0
 
 
+def shuffled(queries: Sequence[LabeledQuery], seed: int, oos_from: int | None = None) -> list[LabeledQuery]:
+    """The replay order: a seeded shuffle; with `oos_from`, out-of-scope queries arrive only from that position on.
+
+    Why `oos_from`: a stream whose traffic changes under the policy (out-of-scope questions
+    start arriving after it has learned on in-scope ones) tests the bound on traffic unlike
+    what it learned from; the first `oos_from` queries are in scope, then the remaining
+    in-scope and all out-of-scope queries arrive shuffled together.
+    """
+    rng = random.Random(seed)
+    stream = list(queries)
+    rng.shuffle(stream)
+    if oos_from is None:
+        return stream
+    if oos_from < 0:
+        raise ConfigError("oos_from is a position in the stream and must be >= 0")
+    in_scope = [q for q in stream if q.label != OOS]
+    tail = in_scope[oos_from:] + [q for q in stream if q.label == OOS]
+    rng.shuffle(tail)
+    return in_scope[:oos_from] + tail
+
+
 def replay_intents(
     queries: Sequence[LabeledQuery],
     *,
@@ -124,10 +146,10 @@ def replay_intents(
     progress: bool = False,
     on_query: Callable[[int, QueryRecord], None] | None = None,
     shadow_audits: bool = True,
+    oos_from: int | None = None,
 ) -> list[QueryRecord]:
-    """Replay intent-labeled queries in a seeded shuffle, starting from an empty (or warmed) cache."""
-    stream = list(queries)
-    random.Random(seed).shuffle(stream)
+    """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed) cache."""
+    stream = shuffled(queries, seed, oos_from)
     records = []
     with tempfile.TemporaryDirectory() as directory:
         cache = _cache(policy, embedder, directory, shadow_audits)

@@ -1,0 +1,31 @@
+import pytest
+
+from memcache.errors import ConfigError
+from memcache.eval.data import OOS, LabeledQuery
+from memcache.eval.replay import shuffled
+
+QUERIES = [LabeledQuery(f"q{i}", OOS if i % 4 == 0 else f"intent{i % 7}") for i in range(200)]
+
+
+def test_the_same_seed_gives_the_same_order_and_another_seed_another():
+    assert shuffled(QUERIES, 3) == shuffled(QUERIES, 3) != shuffled(QUERIES, 4)
+    assert sorted(q.text for q in shuffled(QUERIES, 3)) == sorted(q.text for q in QUERIES)
+
+
+def test_out_of_scope_queries_arrive_only_from_oos_from_on():
+    order = shuffled(QUERIES, 0, oos_from=100)
+    assert sorted(q.text for q in order) == sorted(q.text for q in QUERIES)  # nothing lost, nothing twice
+    assert all(q.label != OOS for q in order[:100])
+    tail = order[100:]
+    assert sum(q.label == OOS for q in tail) == 50
+    assert any(q.label == OOS for q in tail[:25]) and any(q.label != OOS for q in tail[-25:])  # mixed, not appended
+
+
+def test_oos_from_past_the_in_scope_queries_puts_every_out_of_scope_query_last():
+    order = shuffled(QUERIES, 0, oos_from=10_000)
+    assert [q.label == OOS for q in order] == [False] * 150 + [True] * 50
+
+
+def test_a_negative_position_is_refused():
+    with pytest.raises(ConfigError):
+        shuffled(QUERIES, 0, oos_from=-1)
