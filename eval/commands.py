@@ -102,6 +102,8 @@ ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "f
 
 
 def run_eval(args: argparse.Namespace) -> dict:
+    if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
+        raise ConfigError("--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)")
     stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit)
     warm = load_stream(args.data, args.format, args.warm, args.text_col, args.label_col).items if args.warm else ()
     # The first replay encodes each query online (its latencies include the model); later

@@ -29,3 +29,11 @@ def test_oos_from_past_the_in_scope_queries_puts_every_out_of_scope_query_last()
 def test_a_negative_position_is_refused():
     with pytest.raises(ConfigError):
         shuffled(QUERIES, 0, oos_from=-1)
+
+
+@pytest.mark.parametrize("options", [["--oos-from", "-1"], ["--format", "pairs", "--oos-from", "10"]])
+def test_the_cli_refuses_an_oos_from_it_cannot_apply_before_loading_anything(tmp_path, capsys, options):
+    from memcache.cli import main
+
+    assert main(["eval", str(tmp_path / "not-read.jsonl"), *options]) == 2
+    assert "--oos-from" in capsys.readouterr().err
