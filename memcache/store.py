@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -236,11 +238,31 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _m
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _switch_to_wal(cursor, wait_s: float = 10.0) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while the file is locked.
+
+    Why: leaving rollback-journal mode needs an exclusive lock that SQLite does not wait for
+    (busy_timeout does not apply), so four threads opening a store still in that mode (one
+    written by memcache 0.1) at once failed with "database is locked" on about 6% of tries.
+    Once a file is in WAL mode the pragma is a no-op and succeeds at once.
+    """
+    delay, deadline = 0.005, time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 class Store:
