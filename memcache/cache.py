@@ -508,18 +508,18 @@ class MemCache:
     def shadow_hit(self, result: LookupResult) -> CacheHit | None:
         """The stored answer an audit may serve while the strong model checks it, else None.
 
-        None unless `result` is an audit and `shadow_audits` is on (and the entry still
-        lives), and while `MAX_PENDING_AUDITS` checks are unfinished (a slow model then makes
-        callers wait, instead of a queue growing). A caller of `lookup` that serves it should
-        still ask the strong model and pass its answer to `write_back(result, answer)`, off the
-        user's path: the audit costs its paid call either way, but the user does not wait for
-        it, and the audited sample is exactly what users are served. The served answer counts
-        as a hit (and as an audit).
+        None unless `result` is an audit that is not held (`Decision.held`) and `shadow_audits`
+        is on (and the entry still lives), and while `MAX_PENDING_AUDITS` checks are unfinished
+        (a slow model then makes callers wait, instead of a queue growing). A caller of `lookup`
+        that serves it should still ask the strong model and pass its answer to
+        `write_back(result, answer)`, off the user's path: the audit costs its paid call either
+        way, but the user does not wait for it, and the audited sample is exactly what users
+        are served. The served answer counts as a hit (and as an audit).
         """
         decision = result.decision
-        if not self.shadow_audits or result.hit is not None or decision.action != "audit" or decision.entry_id is None:
+        if not self.shadow_audits or result.hit is not None or decision.action != "audit" or decision.held:
             return None
-        if len(self._audits) + len(self._audit_tasks) >= MAX_PENDING_AUDITS:
+        if decision.entry_id is None or len(self._audits) + len(self._audit_tasks) >= MAX_PENDING_AUDITS:
             return None
         row = self._live_answer(decision.entry_id)
         if row is None:
@@ -1002,11 +1002,13 @@ class MemCache:
         entries, keys, labels = self.store.counts()
         with self._lock:
             c = dict(self._counters)
+        shifts = getattr(self.policy, "shifts_detected", None)
         return Stats(
             entries=entries, keys=keys, labels=labels,
             max_false_hit_rate=self.policy.max_false_hit_rate,
             estimated_false_hit_rate=getattr(self.policy, "bound", None),
             claim_ratio=getattr(self.policy, "claim_ratio", None),
+            shifts_detected=None if shifts is None else len(shifts),
             **c,
         )
 

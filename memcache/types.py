@@ -89,6 +89,8 @@ class Decision:
         confidence: estimated probability in [0, 1] that the entry's answer is right.
         features: the numbers the confidence was computed from, kept so a paid answer
             can later be turned into a training label.
+        held: an audit that must not serve the stored answer while it is checked (the policy
+            is re-checking the bound after a traffic shift), even with shadow audits on.
     """
 
     action: Outcome
@@ -96,6 +98,7 @@ class Decision:
     similarity: float
     confidence: float
     features: tuple[float, ...] = ()
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,9 @@ class Stats:
     `audits` counts every audit; an audit served while it is checked (a shadow audit) is also
     one of the `hits`, an escalated one is neither a hit nor a miss. `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
-    `CalibratedPolicy.claim_ratio`); None for policies without one.
+    `CalibratedPolicy.claim_ratio`); None for policies without one. `shifts_detected` counts the
+    abrupt traffic changes the policy saw in this process (see `memcache.shift`); None for
+    policies that do not watch for them.
     """
 
     entries: int
@@ -166,6 +171,7 @@ class Stats:
     max_false_hit_rate: float
     estimated_false_hit_rate: float | None
     claim_ratio: float | None = None
+    shifts_detected: int | None = None
 
     @property
     def hit_rate(self) -> float:

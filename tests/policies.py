@@ -13,3 +13,11 @@ class AuditEveryHit(ThresholdPolicy):
     def decide(self, candidates, entries):
         decision = super().decide(candidates, entries)
         return replace(decision, action="audit") if decision.action == "hit" else decision
+
+
+class HoldEveryHit(ThresholdPolicy):
+    """Turns every would-be hit into a held audit, as `CalibratedPolicy` does after a traffic shift."""
+
+    def decide(self, candidates, entries):
+        decision = super().decide(candidates, entries)
+        return replace(decision, action="audit", held=True) if decision.action == "hit" else decision

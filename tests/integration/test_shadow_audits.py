@@ -10,7 +10,7 @@ import pytest
 
 from memcache import CalibratedPolicy, MemCache, cache_info
 from memcache import cache as cache_module
-from policies import AuditEveryHit
+from policies import AuditEveryHit, HoldEveryHit
 
 MODEL = "openai/stub-strong"
 STORED = "Paris is the capital of France."
@@ -22,8 +22,9 @@ PARAPHRASE = "which city is the capital of france"
 def make_cache(db_url, embedder):
     opened = []
 
-    def make(**kwargs):
-        cache = MemCache(db_url, embedder=embedder, policy=AuditEveryHit(0.75), strong_model=MODEL, **kwargs)
+    def make(policy=None, **kwargs):
+        policy = policy or AuditEveryHit(0.75)
+        cache = MemCache(db_url, embedder=embedder, policy=policy, strong_model=MODEL, **kwargs)
         cache.write_back(QUESTION, STORED, model=MODEL)
         opened.append(cache)
         return cache
@@ -53,6 +54,20 @@ def test_audited_hit_is_served_and_checked_in_the_background(make_cache, stub_ll
     assert again is not None and again.exact and again.answer == f"Answer to: {PARAPHRASE}"
 
 
+def test_a_held_audit_is_not_served_but_answered_by_the_strong_model(make_cache, stub_llm, llm_kwargs):
+    """After a traffic shift the policy holds would-be hits: checked first, never served stale."""
+    cache = make_cache(HoldEveryHit(0.75))
+    calls, before = len(stub_llm.calls), cache.stats()
+    response = ask(cache, PARAPHRASE, llm_kwargs)
+    info = cache_info(response)
+    assert response.choices[0].message.content == f"Answer to: {PARAPHRASE}"
+    assert info.outcome == "audit" and not info.audited and info.stored
+    assert len(stub_llm.calls) == calls + 1
+    after = cache.stats()
+    assert after.hits == before.hits and after.audits == before.audits + 1 and after.labels == before.labels + 1
+    assert list(cache.store.iter_audit_claims())[-1] == (pytest.approx(info.confidence), False)
+
+
 def test_audit_claims_are_stored_and_reloaded_by_the_calibrated_policy(make_cache, db_url, embedder, llm_kwargs):
     """What the audit found against the confidence the hit was served with survives a restart."""
     cache = make_cache()
@@ -65,7 +80,8 @@ def test_audit_claims_are_stored_and_reloaded_by_the_calibrated_policy(make_cach
         reopened.warm_up()
         assert list(reopened.store.iter_audit_claims()) == [(pytest.approx(claimed), False)]
         assert policy.claim_ratio == pytest.approx((1 + policy._z + 2) / (1 - claimed + 2))
-        assert reopened.stats().claim_ratio == policy.claim_ratio
+        stats = reopened.stats()
+        assert stats.claim_ratio == policy.claim_ratio and stats.shifts_detected == 0
 
 
 def test_failed_audit_writes_nothing_and_the_user_keeps_the_hit(make_cache, stub_llm, llm_kwargs):

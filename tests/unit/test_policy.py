@@ -5,6 +5,7 @@ import pytest
 
 from memcache.errors import ConfigError
 from memcache.policy import CalibratedPolicy, ThresholdPolicy, neighbourhood_features, wilson_upper
+from memcache.shift import ShiftDetector
 from memcache.types import Candidate, HindsightExample
 
 
@@ -163,3 +164,47 @@ def test_audits_never_loosen_the_cut_off():
     plain = CalibratedPolicy(0.05, seed=0)
     plain.load_labels(synthetic_labels(1500))
     assert policy.claim_ratio == 1.0 and policy.threshold == pytest.approx(plain.threshold)
+
+
+def would_be_hit(policy):
+    """Candidates whose confidence clears the fitted cut-off (a lookup the policy would serve)."""
+    for s in np.linspace(0.99, 0.8, 40):
+        candidates = [Candidate(1, 1, s), Candidate(2, 1, s - 0.01), Candidate(3, 2, s - 0.25)]
+        _, _, features = neighbourhood_features(candidates, {})
+        if policy.confidence(features) >= policy.threshold:
+            return candidates
+    raise AssertionError("no would-be hit found")
+
+
+def test_a_detected_shift_holds_would_be_hits_until_audited():
+    policy = CalibratedPolicy(0.05, seed=0, shift_hold_audits=3, min_audit_rate=0.0, max_audit_rate=0.0)
+    policy.shift_detector = ShiftDetector(recent=10, reference=20, cooldown=10_000)
+    policy.load_audit_claims([(0.99, True)] * 100)
+    policy.load_labels(synthetic_labels(1500))
+    hit = would_be_hit(policy)
+    for _ in range(40):  # close traffic: served as usual
+        assert policy.decide(hit, {}).action == "hit"
+    far = [Candidate(9, 9, 0.2)]  # then traffic far from the memory
+    for _ in range(20):
+        if policy.shifts_detected:
+            break
+        assert policy.decide(far, {}).action == "miss"
+    assert len(policy.shifts_detected) == 1 and policy.shifts_detected[0] > 40
+    assert policy.holding and len(policy._claims) == 100  # earlier claims are kept
+    for _ in range(3):
+        decision = policy.decide(hit, {})
+        assert decision.action == "audit" and decision.held
+        policy.observe_audit(decision.confidence, True)
+    assert not policy.holding
+    assert policy.decide(hit, {}).action == "hit"
+
+
+def test_shift_settings_survive_the_calibration_file(tmp_path):
+    policy = CalibratedPolicy(0.05, seed=0, detect_shifts=False, shift_hold_audits=50)
+    policy.load_labels(synthetic_labels(500))
+    policy.save(tmp_path / "c.json")
+    loaded = CalibratedPolicy.from_file(tmp_path / "c.json")
+    assert loaded.shift_detector is None and loaded.shift_hold_audits == 50
+    assert CalibratedPolicy(0.05).shift_detector is not None
+    with pytest.raises(ConfigError):
+        CalibratedPolicy(0.05, shift_hold_audits=-1)

@@ -1,0 +1,48 @@
+"""The label-free shift alarm on synthetic similarity streams (the real-stack test is in test_eval)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memcache.errors import ConfigError
+from memcache.shift import ShiftDetector
+
+
+def alarms(detector, similarities):
+    return [i for i, s in enumerate(similarities) if detector.update(s)]
+
+
+def test_false_alarms_on_stationary_traffic_are_rare():
+    """A false alarm costs one hold (270 would-be hits escalated); z=4 keeps it to ~1 per 100k lookups."""
+    rng = np.random.default_rng(0)
+    found = sum(len(alarms(ShiftDetector(), rng.normal(0.7, 0.1, 20_000))) for _ in range(5))
+    assert found <= 3
+
+
+def test_a_filling_memory_raises_no_alarm():
+    """Lookups get closer to the memory as it grows: the share of far ones only falls."""
+    rng = np.random.default_rng(1)
+    trend = np.linspace(0.5, 0.85, 10_000)
+    assert alarms(ShiftDetector(), trend + rng.normal(0, 0.1, 10_000)) == []
+
+
+def test_an_abrupt_change_raises_one_alarm_soon_after_it():
+    rng = np.random.default_rng(2)
+    before = rng.normal(0.75, 0.08, 3000)
+    after = np.where(rng.random(1500) < 0.4, rng.normal(0.5, 0.08, 1500), rng.normal(0.75, 0.08, 1500))
+    found = alarms(ShiftDetector(), np.concatenate([before, after]))
+    assert len(found) == 1 and 3000 < found[0] < 3100
+
+
+def test_the_cooldown_lets_a_second_change_raise_a_second_alarm():
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(0.8, 0.05, 2000), rng.normal(0.6, 0.05, 2000), rng.normal(0.4, 0.05, 2000)]
+    found = alarms(ShiftDetector(), np.concatenate(parts))
+    assert len(found) == 2 and 2000 < found[0] < 2100 and 4000 < found[1] < 4100
+
+
+@pytest.mark.parametrize("kwargs", [{"recent": 5}, {"reference": 0}, {"quantile": 1.0}, {"z": 0}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        ShiftDetector(**kwargs)
