@@ -122,7 +122,8 @@ def run_eval(args: argparse.Namespace) -> dict:
             )
             summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
             runs.append({
-                "seed": seed, **summary, "shadow_audits": shadow, "latency_includes_encoding": not runs, "_records": records,
+                "seed": seed, **summary, "shadow_audits": shadow, "latency_includes_encoding": not runs,
+                "shifts_detected": list(policy.shifts_detected), "_records": records,
             })
             if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
                 after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
@@ -142,7 +143,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     print(_table(report["runs"], REPORT_COLUMNS))
     if args.oos_from is not None:
         print(f"\nfrom query {args.oos_from} on (out-of-scope queries arriving):")
-        print(_table([{"seed": run["seed"], **run["after_oos_from"]} for run in report["runs"]], ("seed", *AFTER_SHIFT_KEYS)))
+        rows = [{"seed": run["seed"], **run["after_oos_from"], "shifts_detected": run["shifts_detected"]} for run in report["runs"]]
+        print(_table(rows, ("seed", *AFTER_SHIFT_KEYS, "shifts_detected")))
     if len(seeds) > 1:
         report["across_seeds"] = across_seeds(report["runs"])
         print("\nacross seeds (%s):" % ",".join(map(str, seeds)))

@@ -75,6 +75,19 @@ def test_bound_held_on_clinc_over_seeds(clinc_subset, memo, seed):
     assert report["hits"] >= 150, report
     assert report["false_hit_rate"] <= BOUND, report
     assert report["correct_hit_rate"] < report["reusable_rate"]
+    assert policy.shifts_detected == []  # shuffled traffic does not change: no false alarm
+
+
+def test_a_late_out_of_scope_shift_is_detected_and_would_be_hits_are_held(clinc_subset, memo):
+    """Out-of-scope queries from query 700 on: the alarm comes soon after, and the next 100
+    would-be hits are checked by the strong model without being served, shadow audits or not."""
+    policy = CalibratedPolicy(BOUND, seed=0, shift_hold_audits=100)
+    records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=0, oos_from=700)
+    assert len(policy.shifts_detected) == 1 and 700 < policy.shifts_detected[0] < 900
+    held = [i for i, r in enumerate(records) if r.outcome == "audit" and not r.audited]  # escalated, not served
+    assert len(held) == 100 and held[0] > 700
+    assert not any(r.outcome == "hit" for r in records[held[0] : held[-1]])
+    assert any(r.outcome == "hit" for r in records[held[-1] :]) and not policy.holding
 
 
 def test_policy_learns_only_from_paid_answers(clinc_subset, memo):
@@ -150,5 +163,6 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     assert across[0]["false_hit_rate_max"] == max(run["false_hit_rate"] for run in report["runs"])
     after = report["runs"][0]["after_oos_from"]  # the traffic once out-of-scope queries arrive
     assert after["queries"] == len(clinc_subset) - 500 and "from query 500 on" in out.stdout
+    assert all(isinstance(run["shifts_detected"], list) for run in report["runs"])  # lookups at which a shift was seen
     assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
