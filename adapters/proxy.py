@@ -124,7 +124,8 @@ class Metrics:
             self.buckets[outcome][index] += 1
             self.sums[outcome] += seconds
 
-    def render(self, false_hit_estimate: float | None, bound: float) -> str:
+    def render(self, false_hit_estimate: float | None, bound: float, shifts_detected: int | None = None) -> str:
+        """Prometheus text; `shifts_detected` (traffic shifts the policy saw) only where it watches for them."""
         with self._lock:
             lines = [
                 "# TYPE memcache_requests_total counter", f"memcache_requests_total {self.requests}",
@@ -137,8 +138,10 @@ class Metrics:
                 "# TYPE memcache_false_hit_rate_estimate gauge",
                 f"memcache_false_hit_rate_estimate {'NaN' if false_hit_estimate is None else false_hit_estimate}",
                 "# TYPE memcache_false_hit_rate_bound gauge", f"memcache_false_hit_rate_bound {bound}",
-                "# TYPE memcache_request_seconds histogram",
             ]
+            if shifts_detected is not None:
+                lines += ["# TYPE memcache_shifts_detected_total counter", f"memcache_shifts_detected_total {shifts_detected}"]
+            lines.append("# TYPE memcache_request_seconds histogram")
             for outcome, counts in self.buckets.items():
                 running = 0
                 for edge, count in zip((*LATENCY_BUCKETS, "+Inf"), counts):
@@ -194,8 +197,11 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        bound = cache.policy.max_false_hit_rate
-        return PlainTextResponse(metrics.render(getattr(cache.policy, "bound", None), bound))
+        policy = cache.policy  # policy attributes only: a scrape does not touch the store
+        shifts = getattr(policy, "shifts_detected", None)
+        return PlainTextResponse(
+            metrics.render(getattr(policy, "bound", None), policy.max_false_hit_rate, None if shifts is None else len(shifts))
+        )
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):

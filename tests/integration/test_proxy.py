@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 import uvicorn  # noqa: E402
 
-from memcache import MemCache, ThresholdPolicy  # noqa: E402
+from memcache import CalibratedPolicy, MemCache, ThresholdPolicy  # noqa: E402
 from memcache.adapters.proxy import ProxyConfig, Upstream, create_app  # noqa: E402
 from policies import AuditEveryHit  # noqa: E402
 
@@ -162,6 +162,14 @@ def test_models_health_metrics_and_errors(proxy):
     assert "memcache_hits_total 1" in text and "memcache_misses_total 1" in text
     assert 'memcache_request_seconds_bucket{outcome="hit",le="+Inf"} 1' in text
     assert "memcache_false_hit_rate_bound" in text
+
+
+def test_metrics_report_the_traffic_shifts_a_calibrated_policy_detected(db_url, embedder, stub_llm):
+    with serving(db_url, embedder, stub_llm, CalibratedPolicy(0.02)) as (base, cache):
+        text = httpx.get(f"{base}/metrics").text
+        assert "memcache_shifts_detected_total 0" in text
+        cache.policy.shifts_detected.append(812)  # as `CalibratedPolicy._on_shift` records one
+        assert "memcache_shifts_detected_total 1" in httpx.get(f"{base}/metrics").text
 
 
 def test_config_file(tmp_path):
