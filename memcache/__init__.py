@@ -13,6 +13,7 @@ from memcache.errors import (
 from memcache.index import FaissIndex, VectorIndex
 from memcache.judge import EmbeddingJudge, ExactJudge, Judge, LLMJudge
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy
+from memcache.shift import ShiftDetector
 from memcache.store import Store
 from memcache.types import CacheEntry, CacheHit, CacheInfo, Decision, LookupResult, Scope, Stats
 
@@ -38,6 +39,7 @@ __all__ = [
     "Policy",
     "Scope",
     "SentenceTransformerEmbedder",
+    "ShiftDetector",
     "Stats",
     "Store",
     "StoreError",

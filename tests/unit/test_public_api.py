@@ -4,7 +4,7 @@ EXPECTED_ALL = {
     "CacheEntry", "CacheHit", "CacheInfo", "CalibratedPolicy", "ConfigError", "Decision", "Embedder",
     "EmbeddingError", "EmbeddingJudge", "EscalationError", "ExactJudge", "FaissIndex", "InvalidRequestError",
     "Judge", "LLMJudge", "LookupResult", "MemCache", "MemcacheError", "Policy", "Scope",
-    "SentenceTransformerEmbedder", "Stats", "Store", "StoreError", "ThresholdPolicy", "VectorIndex", "cache_info",
+    "SentenceTransformerEmbedder", "ShiftDetector", "Stats", "Store", "StoreError", "ThresholdPolicy", "VectorIndex", "cache_info",
 }
 
 
