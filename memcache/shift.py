@@ -59,7 +59,6 @@ class ShiftDetector:
         self._since_alarm = cooldown
         self._rank = int(quantile * (reference - 1))
         self._spread = math.sqrt(quantile * (1 - quantile) * (1 / recent + 1 / reference))
-        self.alarms = 0
 
     def update(self, similarity: float) -> bool:
         """Add one lookup's top similarity; True when this lookup raises the alarm."""
@@ -76,5 +75,4 @@ class ShiftDetector:
         if (share - self.quantile) / self._spread <= self.z:
             return False
         self._since_alarm = 0
-        self.alarms += 1
         return True
