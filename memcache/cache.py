@@ -199,6 +199,7 @@ class MemCache:
         self._index = index
         self._lock = threading.RLock()
         self._loaded = False
+        self._shifts_recorded = 0  # the policy's traffic-shift alarms whose hold the store knows of
         self._exact: dict[tuple[str, str], int] = {}  # (scope key, normalized-text hash) -> key id
         self._keys: dict[int, tuple[int, str, str]] = {}  # key id -> (entry id, scope key, text hash)
         self._keys_of_entry: dict[int, tuple[int, ...]] = {}  # tuples: most entries have one key
@@ -266,6 +267,9 @@ class MemCache:
             labels = list(self.store.iter_labels())
             if labels and hasattr(self.policy, "load_labels"):
                 self.policy.load_labels(labels)
+            if hasattr(self.policy, "resume_hold"):
+                self.policy.resume_hold(self.store.shift_hold_left())
+            self._shifts_recorded = len(getattr(self.policy, "shifts_detected", ()))
             self._loaded = True
 
     def _load_centroids(self) -> None:
@@ -491,6 +495,7 @@ class MemCache:
     def _decide(self, query: str, scope, vector: np.ndarray) -> LookupResult:
         candidates = self._candidates(scope.key, vector)
         decision = self.policy.decide(candidates, self._entry_stats)
+        self._record_shift_hold()
         hit = None
         if decision.action == "hit":
             row = self._live_answer(decision.entry_id)
@@ -504,6 +509,20 @@ class MemCache:
             self._counters["misses"] += decision.action == "miss"
             self._counters["audits"] += decision.action == "audit"
         return LookupResult(hit, decision, scope, query, embedding=vector)
+
+    def _record_shift_hold(self) -> None:
+        """Store the hold the policy started at a traffic shift, so a restart resumes it.
+
+        One store write per alarm (alarms are at least `ShiftDetector.cooldown` lookups apart).
+        """
+        shifts = len(getattr(self.policy, "shifts_detected", ()))
+        if shifts == self._shifts_recorded:
+            return
+        with self._lock:
+            if shifts == self._shifts_recorded:
+                return
+            self._shifts_recorded = shifts
+        self.store.start_shift_hold(getattr(self.policy, "shift_hold_audits", 0))
 
     def shadow_hit(self, result: LookupResult) -> CacheHit | None:
         """The stored answer an audit may serve while the strong model checks it, else None.

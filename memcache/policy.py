@@ -267,6 +267,17 @@ class CalibratedPolicy:
         """True while would-be hits are escalated unserved after a detected traffic shift."""
         return self._hold_left > 0
 
+    def resume_hold(self, audits: int) -> None:
+        """Continue a hold that a restart interrupted: the next `audits` would-be hits are held.
+
+        `MemCache` calls it at start-up with what its store says the last hold still owes, so
+        a restart during a hold does not resume serving on the unchecked certificate.
+        """
+        if audits < 0:
+            raise ConfigError("audits is a number of audits and must be >= 0")
+        with self._lock:
+            self._hold_left = max(self._hold_left, int(audits))
+
     def _on_shift(self) -> None:
         """Check the new traffic before serving it: the next would-be hits are audits, unserved.
 

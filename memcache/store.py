@@ -618,6 +618,29 @@ class Store:
             ):
                 yield float(claimed), bool(correct)
 
+    def start_shift_hold(self, audits: int) -> None:
+        """Record that a hold of `audits` audits starts now (after a detected traffic shift).
+
+        Kept as the newest label id at the alarm: the audits stored after it are the ones the
+        hold has had, so `shift_hold_left` needs no write per audit.
+        """
+        with self.engine.begin() as conn:
+            after = conn.execute(select(func.max(LabelRow.id))).scalar() or 0
+            _set_meta(conn, "shift_hold", json.dumps({"after_label_id": after, "audits": int(audits)}))
+
+    def shift_hold_left(self) -> int:
+        """Audits still owed by the last recorded hold (0 if none): what a restart resumes."""
+        with self.engine.connect() as conn:
+            value = _get_meta(conn, "shift_hold")
+            if value is None:
+                return 0
+            hold = json.loads(value)
+            done = conn.execute(
+                select(func.count()).select_from(LabelRow)
+                .where(LabelRow.id > hold["after_label_id"], LabelRow.claimed_confidence.is_not(None))
+            ).scalar_one()
+        return max(0, int(hold["audits"]) - done)
+
     def counts(self) -> tuple[int, int, int]:
         """(entries, keys, labels)."""
         with self.engine.connect() as conn:

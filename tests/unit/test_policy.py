@@ -208,3 +208,19 @@ def test_shift_settings_survive_the_calibration_file(tmp_path):
     assert CalibratedPolicy(0.05).shift_detector is not None
     with pytest.raises(ConfigError):
         CalibratedPolicy(0.05, shift_hold_audits=-1)
+
+
+def test_a_resumed_hold_holds_would_be_hits_until_audited():
+    policy = CalibratedPolicy(0.05, seed=0, min_audit_rate=0.0, max_audit_rate=0.0)
+    policy.load_audit_claims([(0.99, True)] * 100)
+    policy.load_labels(synthetic_labels(1500))
+    hit = would_be_hit(policy)
+    policy.resume_hold(2)
+    assert policy.holding and policy.shifts_detected == []
+    for _ in range(2):
+        decision = policy.decide(hit, {})
+        assert decision.action == "audit" and decision.held
+        policy.observe_audit(decision.confidence, True)
+    assert policy.decide(hit, {}).action == "hit"
+    with pytest.raises(ConfigError):
+        policy.resume_hold(-1)
