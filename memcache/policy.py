@@ -271,12 +271,16 @@ class CalibratedPolicy:
         """Continue a hold that a restart interrupted: the next `audits` would-be hits are held.
 
         `MemCache` calls it at start-up with what its store says the last hold still owes, so
-        a restart during a hold does not resume serving on the unchecked certificate.
+        a restart during a hold does not resume serving on the unchecked certificate. Capped at
+        `shift_hold_audits`, and nothing is held with `detect_shifts=False`: restarting with
+        other settings is how an operator ends a hold early.
         """
         if audits < 0:
             raise ConfigError("audits is a number of audits and must be >= 0")
+        if self.shift_detector is None:
+            return
         with self._lock:
-            self._hold_left = max(self._hold_left, int(audits))
+            self._hold_left = max(self._hold_left, min(int(audits), self.shift_hold_audits))
 
     def _on_shift(self) -> None:
         """Check the new traffic before serving it: the next would-be hits are audits, unserved.
