@@ -29,12 +29,12 @@ class Stream:
 
     def replay(
         self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False, shadow_audits: bool = True,
-        oos_from: int | None = None,
+        oos_from: int | None = None, oos_ramp: bool = False,
     ) -> list[QueryRecord]:
         options = {"policy": policy, "embedder": embedder, "seed": seed, "progress": progress, "shadow_audits": shadow_audits}
         if self.kind == "pairs":  # no out-of-scope queries: run_eval refuses --oos-from here
             return replay_pairs(self.items, **options)
-        return replay_intents(self.items, warm=warm, oos_from=oos_from, **options)
+        return replay_intents(self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, **options)
 
 
 def _splits(value: str | None) -> tuple[set[str] | None, bool]:
@@ -102,6 +102,8 @@ ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "f
 def run_eval(args: argparse.Namespace) -> dict:
     if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
         raise ConfigError("--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)")
+    if args.oos_ramp and args.oos_from is None:
+        raise ConfigError("--oos-ramp needs --oos-from N, where the out-of-scope share starts rising")
     stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit)
     warm = load_stream(args.data, args.format, args.warm, args.text_col, args.label_col).items if args.warm else ()
     # The first replay encodes each query online (its latencies include the model); later
@@ -118,7 +120,8 @@ def run_eval(args: argparse.Namespace) -> dict:
                 policy = CalibratedPolicy(bound, seed=seed)
             shadow = not args.escalate_audits
             records = stream.replay(
-                policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow, oos_from=args.oos_from
+                policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow,
+                oos_from=args.oos_from, oos_ramp=args.oos_ramp,
             )
             summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
             runs.append({
@@ -131,18 +134,23 @@ def run_eval(args: argparse.Namespace) -> dict:
     sweep = []
     if args.sweep:
         for threshold in SWEEP_THRESHOLDS:
-            records = stream.replay(ThresholdPolicy(threshold), embedder, seed=seeds[0], warm=warm, oos_from=args.oos_from)
+            records = stream.replay(
+                ThresholdPolicy(threshold), embedder, seed=seeds[0], warm=warm, oos_from=args.oos_from, oos_ramp=args.oos_ramp
+            )
             sweep.append({"threshold": threshold, **summarize(records)})
     report = {
         "data": str(args.data),
         "format": args.format,
         "splits": args.splits,
+        "oos_from": args.oos_from,
+        "oos_ramp": args.oos_ramp,
         "runs": [{k: v for k, v in run.items() if k != "_records"} for run in runs],
         "sweep": sweep,
     }
     print(_table(report["runs"], REPORT_COLUMNS))
     if args.oos_from is not None:
-        print(f"\nfrom query {args.oos_from} on (out-of-scope queries arriving):")
+        arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
+        print(f"\nfrom query {args.oos_from} on ({arriving}):")
         rows = [{"seed": run["seed"], **run["after_oos_from"], "shifts_detected": run["shifts_detected"]} for run in report["runs"]]
         print(_table(rows, ("seed", *AFTER_SHIFT_KEYS, "shifts_detected")))
     if len(seeds) > 1:
@@ -205,6 +213,10 @@ def add_eval_commands(sub) -> None:
     ev.add_argument(
         "--oos-from", type=int, default=None, metavar="N",
         help="traffic that changes: out-of-scope queries arrive only from query N on (reported separately)",
+    )
+    ev.add_argument(
+        "--oos-ramp", action="store_true",
+        help="with --oos-from N: a gradual change, the out-of-scope share rising linearly from none at N to the end",
     )
     ev.add_argument(
         "--escalate-audits", action="store_true",

@@ -11,6 +11,7 @@ policy: it learns only from answers the replay paid for. An audit serves the sto
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 import time
@@ -115,23 +116,34 @@ def _timed_lookup(cache: MemCache, text: str, tenant: str):
     return result, served, (time.perf_counter() - start) * 1000.0
 
 
-def shuffled(queries: Sequence[LabeledQuery], seed: int, oos_from: int | None = None) -> list[LabeledQuery]:
+def shuffled(
+    queries: Sequence[LabeledQuery], seed: int, oos_from: int | None = None, oos_ramp: bool = False
+) -> list[LabeledQuery]:
     """The replay order: a seeded shuffle; with `oos_from`, out-of-scope queries arrive only from that position on.
 
     Why `oos_from`: a stream whose traffic changes under the policy (out-of-scope questions
     start arriving after it has learned on in-scope ones) tests the bound on traffic unlike
     what it learned from; the first `oos_from` queries are in scope, then the remaining
-    in-scope and all out-of-scope queries arrive shuffled together.
+    in-scope and all out-of-scope queries arrive shuffled together. With `oos_ramp` the change
+    is gradual instead: the out-of-scope share rises linearly from none at `oos_from` to its
+    highest at the end of the stream.
     """
     rng = random.Random(seed)
     stream = list(queries)
     rng.shuffle(stream)
     if oos_from is None:
+        if oos_ramp:
+            raise ConfigError("oos_ramp needs oos_from, the position where the out-of-scope share starts rising")
         return stream
     if oos_from < 0:
         raise ConfigError("oos_from is a position in the stream and must be >= 0")
     in_scope = [q for q in stream if q.label != OOS]
-    tail = in_scope[oos_from:] + [q for q in stream if q.label == OOS]
+    out_of_scope = [q for q in stream if q.label == OOS]
+    if oos_ramp:  # positions drawn with density rising linearly (sqrt of a uniform) for out-of-scope queries
+        keyed = [(rng.random(), q) for q in in_scope[oos_from:]] + [(math.sqrt(rng.random()), q) for q in out_of_scope]
+        keyed.sort(key=lambda pair: pair[0])
+        return in_scope[:oos_from] + [q for _, q in keyed]
+    tail = in_scope[oos_from:] + out_of_scope
     rng.shuffle(tail)
     return in_scope[:oos_from] + tail
 
@@ -147,9 +159,10 @@ def replay_intents(
     on_query: Callable[[int, QueryRecord], None] | None = None,
     shadow_audits: bool = True,
     oos_from: int | None = None,
+    oos_ramp: bool = False,
 ) -> list[QueryRecord]:
     """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed) cache."""
-    stream = shuffled(queries, seed, oos_from)
+    stream = shuffled(queries, seed, oos_from, oos_ramp)
     records = []
     with tempfile.TemporaryDirectory() as directory:
         cache = _cache(policy, embedder, directory, shadow_audits)

@@ -149,7 +149,7 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     out = subprocess.run(
         cli + ["eval", str(data), "--splits", "test,oos", "--seed", "0,1", "--max-false-hit-rate", str(BOUND),
                "--json", str(report_path), "--plot", str(plot), "--sweep", "--calibration", str(calibration),
-               "--oos-from", "500"],
+               "--oos-from", "500", "--oos-ramp"],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr
@@ -162,7 +162,8 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     assert [row["seeds"] for row in across] == [2] and "across seeds (0,1)" in out.stdout
     assert across[0]["false_hit_rate_max"] == max(run["false_hit_rate"] for run in report["runs"])
     after = report["runs"][0]["after_oos_from"]  # the traffic once out-of-scope queries arrive
-    assert after["queries"] == len(clinc_subset) - 500 and "from query 500 on" in out.stdout
+    assert after["queries"] == len(clinc_subset) - 500 and "from query 500 on (out-of-scope share rising)" in out.stdout
+    assert report["oos_from"] == 500 and report["oos_ramp"] is True
     assert all(isinstance(run["shifts_detected"], list) for run in report["runs"])  # lookups at which a shift was seen
     assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
