@@ -23,56 +23,65 @@ from memcache.errors import ConfigError
 class ShiftDetector:
     """Alarms when recent lookups are much further from the memory than the reference traffic.
 
-    Each lookup's top similarity goes in. The reference is the `reference` lookups before the
-    last `recent` ones; the alarm fires when the share of recent lookups below the reference's
-    `quantile` exceeds that quantile by `z` standard deviations (binomial, with the reference's
-    own sampling noise). After an alarm it stays quiet for `cooldown` lookups, so one change
-    raises one alarm. A short reference follows the slow drift of a filling memory; with 1,000
-    lookups it lagged so far behind that a shift at query 1,500 of CLINC150 went unseen.
-    `CalibratedPolicy` makes one with these defaults; set `policy.shift_detector` to change them.
+    Each lookup's top similarity goes in. For each `(recent, reference)` pair in `scales`, the
+    reference is the `reference` lookups before the last `recent` ones; the alarm fires when
+    the share of recent lookups below the reference's `quantile` exceeds that quantile by `z`
+    standard deviations (binomial, with the reference's own sampling noise). After an alarm it
+    stays quiet for `cooldown` lookups, so one change raises one alarm.
+
+    Two scales by default. (100, 300) sees an abrupt change within ~60-80 lookups; a short
+    reference follows the slow drift of a filling memory (with 1,000 lookups it lagged so far
+    behind that a shift at query 1,500 of CLINC150 went unseen). (300, 900) sees a change that
+    builds up over a few thousand lookups, which the short window follows along without
+    alarming: out-of-scope questions rising from none to over half of the traffic over 2,500
+    queries went unseen by the short scale alone. `CalibratedPolicy` makes one with these
+    defaults; set `policy.shift_detector` to change them.
 
     Measured in docs/EVAL.md: no alarm on stationary CLINC150 streams; with out-of-scope
-    questions arriving from query 3,000 on, alarms 59-80 queries after the change.
+    questions arriving from query 3,000 on, alarms 59-80 queries after the change; with their
+    share rising gradually from there, 200-460 queries in; slower ramps raise none.
     """
 
     def __init__(
         self,
         *,
-        recent: int = 100,
-        reference: int = 300,
+        scales: tuple[tuple[int, int], ...] = ((100, 300), (300, 900)),
         quantile: float = 0.25,
         z: float = 4.0,
         cooldown: int = 1000,
     ) -> None:
-        if recent < 10 or reference < 10:
-            raise ConfigError("recent and reference are numbers of lookups and must be >= 10")
+        if not scales or any(recent < 10 or reference < 10 for recent, reference in scales):
+            raise ConfigError("scales are (recent, reference) numbers of lookups, each >= 10")
         if not 0.0 < quantile < 1.0 or z <= 0:
             raise ConfigError("quantile must lie in (0, 1) and z must be > 0")
-        self.recent = recent
-        self.reference = reference
+        self.scales = tuple((int(recent), int(reference)) for recent, reference in scales)
         self.quantile = quantile
         self.z = z
         self.cooldown = cooldown
-        size = recent + reference
-        self._window = np.zeros(2 * size)  # each value twice, so the last `size` are one slice
+        self._size = max(recent + reference for recent, reference in self.scales)
+        self._window = np.zeros(2 * self._size)  # each value twice, so the last `size` are one slice
         self._seen = 0
         self._since_alarm = cooldown
-        self._rank = int(quantile * (reference - 1))
-        self._spread = math.sqrt(quantile * (1 - quantile) * (1 / recent + 1 / reference))
+        self._ranks = [int(quantile * (reference - 1)) for _, reference in self.scales]
+        self._spreads = [math.sqrt(quantile * (1 - quantile) * (1 / r + 1 / ref)) for r, ref in self.scales]
 
     def update(self, similarity: float) -> bool:
         """Add one lookup's top similarity; True when this lookup raises the alarm."""
-        size = self.recent + self.reference
+        size = self._size
         slot = self._seen % size
         self._window[slot] = self._window[slot + size] = similarity
         self._seen += 1
         self._since_alarm += 1
-        if self._seen < size or self._since_alarm < self.cooldown:
+        if self._since_alarm < self.cooldown:
             return False
         values = self._window[slot + 1 : slot + 1 + size]  # oldest first
-        cut = np.partition(values[: self.reference], self._rank)[self._rank]
-        share = np.count_nonzero(values[self.reference :] < cut) / self.recent
-        if (share - self.quantile) / self._spread <= self.z:
-            return False
-        self._since_alarm = 0
-        return True
+        for (recent, reference), rank, spread in zip(self.scales, self._ranks, self._spreads):
+            if self._seen < recent + reference:
+                continue
+            span = values[size - recent - reference :]
+            cut = np.partition(span[:reference], rank)[rank]
+            share = np.count_nonzero(span[reference:] < cut) / recent
+            if (share - self.quantile) / spread > self.z:
+                self._since_alarm = 0
+                return True
+        return False

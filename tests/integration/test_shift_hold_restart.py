@@ -26,7 +26,7 @@ HOLD = 4
 
 def small_policy() -> CalibratedPolicy:
     policy = CalibratedPolicy(0.05, seed=0, shift_hold_audits=HOLD)
-    policy.shift_detector = ShiftDetector(recent=10, reference=20, cooldown=10_000)
+    policy.shift_detector = ShiftDetector(scales=((10, 20),), cooldown=10_000)
     return policy
 
 

@@ -178,7 +178,7 @@ def would_be_hit(policy):
 
 def test_a_detected_shift_holds_would_be_hits_until_audited():
     policy = CalibratedPolicy(0.05, seed=0, shift_hold_audits=3, min_audit_rate=0.0, max_audit_rate=0.0)
-    policy.shift_detector = ShiftDetector(recent=10, reference=20, cooldown=10_000)
+    policy.shift_detector = ShiftDetector(scales=((10, 20),), cooldown=10_000)
     policy.load_audit_claims([(0.99, True)] * 100)
     policy.load_labels(synthetic_labels(1500))
     hit = would_be_hit(policy)
