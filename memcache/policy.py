@@ -160,7 +160,7 @@ class CalibratedPolicy:
         min_audit_rate / max_audit_rate: share of would-be hits re-asked of the strong model;
             starts near the maximum and falls as labels in the served region accumulate.
         seed: seed of the audit coin, for reproducible replays.
-        detect_shifts: watch the traffic for abrupt changes (`memcache.shift.ShiftDetector`).
+        detect_shifts: watch the traffic for changes, abrupt or building up (`memcache.shift.ShiftDetector`).
         shift_hold_audits: after a change, how many would-be hits are escalated (checked, not
             served) before serving resumes; 0 only records the change. docs/EVAL.md has what
             270 does on CLINC150 with a late out-of-scope shift, and what 103-536 did.

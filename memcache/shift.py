@@ -1,4 +1,4 @@
-"""A label-free alarm for traffic that changes abruptly under the policy.
+"""A label-free alarm for traffic that changes under the policy, at once or over thousands of queries.
 
 The policy's certificate is built from labels and audits of earlier traffic. When the mix of
 questions changes at once (a new product, a new tenant, out-of-scope questions starting to
@@ -8,7 +8,8 @@ out-of-scope questions arriving from query 3,000 on, the served false-hit rate a
 went to 2.7-5.4% at a 2% bound. Such a change shows before any label does, in how far each
 query is from the memory: the share of lookups whose nearest key is further away than for a
 quarter of the lookups just before jumps (past 45% at the alarm; 25% when nothing changes),
-while in stationary traffic it drifts down (the memory fills up).
+while in stationary traffic it drifts down (the memory fills up). A change that builds up
+slowly is compared over a longer window (the second scale of `ShiftDetector`).
 """
 
 from __future__ import annotations
