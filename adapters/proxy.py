@@ -124,8 +124,12 @@ class Metrics:
             self.buckets[outcome][index] += 1
             self.sums[outcome] += seconds
 
-    def render(self, false_hit_estimate: float | None, bound: float, shifts_detected: int | None = None) -> str:
-        """Prometheus text; `shifts_detected` (traffic shifts the policy saw) only where it watches for them."""
+    def render(
+        self, false_hit_estimate: float | None, bound: float, shifts_detected: int | None = None,
+        shift_hold_remaining: int | None = None,
+    ) -> str:
+        """Prometheus text; the shift figures (changes the policy saw, would-be hits it still holds)
+        only where it watches for changes."""
         with self._lock:
             lines = [
                 "# TYPE memcache_requests_total counter", f"memcache_requests_total {self.requests}",
@@ -141,6 +145,8 @@ class Metrics:
             ]
             if shifts_detected is not None:
                 lines += ["# TYPE memcache_shifts_detected_total counter", f"memcache_shifts_detected_total {shifts_detected}"]
+            if shift_hold_remaining is not None:
+                lines += ["# TYPE memcache_shift_hold_remaining gauge", f"memcache_shift_hold_remaining {shift_hold_remaining}"]
             lines.append("# TYPE memcache_request_seconds histogram")
             for outcome, counts in self.buckets.items():
                 running = 0
@@ -199,9 +205,10 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         policy = cache.policy  # policy attributes only: a scrape does not touch the store
         shifts = getattr(policy, "shifts_detected", None)
-        return PlainTextResponse(
-            metrics.render(getattr(policy, "bound", None), policy.max_false_hit_rate, None if shifts is None else len(shifts))
-        )
+        return PlainTextResponse(metrics.render(
+            getattr(policy, "bound", None), policy.max_false_hit_rate, None if shifts is None else len(shifts),
+            getattr(policy, "hold_remaining", None),
+        ))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):

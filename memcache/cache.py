@@ -1028,6 +1028,7 @@ class MemCache:
             estimated_false_hit_rate=getattr(self.policy, "bound", None),
             claim_ratio=getattr(self.policy, "claim_ratio", None),
             shifts_detected=None if shifts is None else len(shifts),
+            shift_hold_remaining=getattr(self.policy, "hold_remaining", None),
             **c,
         )
 

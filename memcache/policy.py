@@ -267,6 +267,11 @@ class CalibratedPolicy:
         """True while would-be hits are escalated unserved after a detected traffic shift."""
         return self._hold_left > 0
 
+    @property
+    def hold_remaining(self) -> int:
+        """Would-be hits still to be escalated unserved before serving resumes (0 when serving)."""
+        return self._hold_left
+
     def resume_hold(self, audits: int) -> None:
         """Continue a hold that a restart interrupted: the next `audits` would-be hits are held.
 

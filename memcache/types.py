@@ -154,8 +154,10 @@ class Stats:
     one of the `hits`, an escalated one is neither a hit nor a miss. `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
     `CalibratedPolicy.claim_ratio`); None for policies without one. `shifts_detected` counts the
-    abrupt traffic changes the policy saw in this process (see `memcache.shift`); None for
-    policies that do not watch for them.
+    traffic changes the policy saw in this process (see `memcache.shift`), and
+    `shift_hold_remaining` the would-be hits it will still escalate unserved before serving
+    again (0 when serving; a hold resumed after a restart counts); both None for policies that
+    do not watch for changes.
     """
 
     entries: int
@@ -172,6 +174,7 @@ class Stats:
     estimated_false_hit_rate: float | None
     claim_ratio: float | None = None
     shifts_detected: int | None = None
+    shift_hold_remaining: int | None = None
 
     @property
     def hit_rate(self) -> float:

@@ -167,9 +167,11 @@ def test_models_health_metrics_and_errors(proxy):
 def test_metrics_report_the_traffic_shifts_a_calibrated_policy_detected(db_url, embedder, stub_llm):
     with serving(db_url, embedder, stub_llm, CalibratedPolicy(0.02)) as (base, cache):
         text = httpx.get(f"{base}/metrics").text
-        assert "memcache_shifts_detected_total 0" in text
+        assert "memcache_shifts_detected_total 0" in text and "memcache_shift_hold_remaining 0" in text
         cache.policy.shifts_detected.append(812)  # as `CalibratedPolicy._on_shift` records one
-        assert "memcache_shifts_detected_total 1" in httpx.get(f"{base}/metrics").text
+        cache.policy.resume_hold(270)  # ... and starts a hold
+        text = httpx.get(f"{base}/metrics").text
+        assert "memcache_shifts_detected_total 1" in text and "memcache_shift_hold_remaining 270" in text
 
 
 def test_config_file(tmp_path):

@@ -226,7 +226,7 @@ def test_a_resumed_hold_holds_would_be_hits_until_audited():
         policy.resume_hold(-1)
     capped = CalibratedPolicy(0.05, shift_hold_audits=5)
     capped.resume_hold(270)
-    assert capped._hold_left == 5
+    assert capped.hold_remaining == 5
     off = CalibratedPolicy(0.05, detect_shifts=False)
     off.resume_hold(270)
     assert not off.holding
