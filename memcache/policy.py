@@ -92,6 +92,20 @@ def neighbourhood_features(
     return best.entry_id, s1, (s1, s1 - other, agreement, support, failure_rate, kth, second, to_entry, to_entry - to_other_entry)
 
 
+def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Standardized features and all their pairwise products (squares included).
+
+    The products let the model say "high similarity counts only where the neighbours
+    agree": on CLINC150 at a 2% bound they lifted correct hits by ~3 points over
+    linear terms plus two products (seeds 0-4: 34.8-37.7% vs 32.1-33.1%), with the
+    Quora pairs still served nothing. 55 weights (nine features), kept small by the L2
+    penalty.
+    """
+    z = (x - mean) / scale
+    rows, cols = _PAIRS
+    return np.hstack([np.ones((len(z), 1)), z, z[:, rows] * z[:, cols]])
+
+
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     """Probabilities kept off exact 0 and 1, so error ratios stay defined."""
     return np.clip(1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50))), 1e-6, 1 - 1e-6)
@@ -117,6 +131,47 @@ def _z_for(confidence_level: float) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+class LabelBuffer:
+    """Arrival-time labels (features, right, key id) in numpy arrays, oldest first.
+
+    A ring of `capacity` rows that drops the oldest, or a growing buffer when capacity is None.
+    Why arrays rather than tuples of floats: a refit copies the labels, which from arrays takes
+    ~1 ms per 50,000, where turning 50,000 tuples into an array took ~18 ms holding the GIL
+    (lookups in other threads waited); and a label takes 81 bytes here against ~350 as a tuple.
+    """
+
+    _NO_KEY = -1  # key ids are positive
+
+    def __init__(self, width: int, capacity: int | None) -> None:
+        self.capacity = capacity
+        size = capacity if capacity is not None else 1024
+        self._x = np.empty((size, width))
+        self._y = np.empty(size, dtype=bool)
+        self._key = np.empty(size, dtype=np.int64)
+        self._start = 0
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, features: Sequence[float], correct: bool, key: int | None) -> None:
+        size = len(self._y)
+        if self._len == size and self.capacity is None:  # grow, oldest first again
+            self._x, self._y, self._key = (np.concatenate([a, np.empty_like(a)]) for a in self.arrays())
+            self._start, size = 0, 2 * size
+        i = (self._start + self._len) % size
+        if self._len == size:  # full ring: the new label takes the oldest one's row
+            self._start = (self._start + 1) % size
+        else:
+            self._len += 1
+        self._x[i], self._y[i], self._key[i] = features, correct, self._NO_KEY if key is None else key
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (features, right, key ids; -1 where none), oldest first."""
+        order = (self._start + np.arange(self._len)) % len(self._y)
+        return self._x[order], self._y[order], self._key[order]
 
 
 class ThresholdPolicy:
@@ -164,6 +219,11 @@ class CalibratedPolicy:
         shift_hold_audits: after a change, how many would-be hits are escalated (checked, not
             served) before serving resumes; 0 only records the change. docs/EVAL.md has what
             270 does on CLINC150 with a late out-of-scope shift, and what 103-536 did.
+        max_labels: arrival-time labels kept for fitting, newest first (None: all). Bounds the
+            policy's memory and each refit's time (about 0.1 s at 50,000 on one core, run
+            outside the lock that `decide` takes); 55 weights gain nothing from millions of
+            labels, and the newest describe today's traffic. `python -m memcache.eval.policy_bench`
+            measures both.
     """
 
     def __init__(
@@ -178,6 +238,7 @@ class CalibratedPolicy:
         seed: int | None = None,
         detect_shifts: bool = True,
         shift_hold_audits: int = 270,
+        max_labels: int | None = 50_000,
     ) -> None:
         if not 0.0 < max_false_hit_rate < 1.0:
             raise ConfigError("max_false_hit_rate must lie in (0, 1), e.g. 0.02 for at most 2% wrong hits")
@@ -187,6 +248,8 @@ class CalibratedPolicy:
             raise ConfigError("need 0 <= min_audit_rate <= max_audit_rate <= 1")
         if shift_hold_audits < 0:
             raise ConfigError("shift_hold_audits is a number of audits and must be >= 0")
+        if max_labels is not None and max_labels < 1:
+            raise ConfigError("max_labels is a number of labels and must be >= 1 (None keeps all)")
         self.max_false_hit_rate = max_false_hit_rate
         self.confidence_level = confidence_level
         self.min_audit_rate = min_audit_rate
@@ -194,13 +257,15 @@ class CalibratedPolicy:
         self.l2 = l2
         self._z = _z_for(confidence_level)
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self._x: list[tuple[float, ...]] = []  # labels taken when the paid query arrived
-        self._y: list[bool] = []
-        self._key: list[int | None] = []  # the key each was stored under, if any
+        self._lock = threading.Lock()  # held briefly: decide, observe, and installing a fit
+        self._fit_lock = threading.Lock()  # one fit at a time, outside `_lock`
+        self.max_labels = max_labels
+        self.recent_window = recent_window
+        self._arrival = LabelBuffer(len(FEATURE_NAMES), max_labels)  # labels taken when the paid query arrived
+        self._observed = 0  # arrival-time labels ever observed (`_arrival` keeps the newest)
         self._hx: list[tuple[float, ...]] = []  # hindsight labels of recent paid keys
         self._hy: list[bool] = []
-        self._hkeys: frozenset[int] = frozenset()
+        self._hkeys = np.empty(0, dtype=np.int64)  # the keys whose arrival labels they replace
         self._fitted_at = 0
         self._weights: np.ndarray | None = None
         self._mean = np.zeros(len(FEATURE_NAMES))
@@ -220,24 +285,12 @@ class CalibratedPolicy:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def _design(self, x: np.ndarray) -> np.ndarray:
-        """Standardized features and all their pairwise products (squares included).
-
-        The products let the model say "high similarity counts only where the neighbours
-        agree": on CLINC150 at a 2% bound they lifted correct hits by ~3 points over
-        linear terms plus two products (seeds 0-4: 34.8-37.7% vs 32.1-33.1%), with the
-        Quora pairs still served nothing. 55 weights (nine features), kept small by the L2
-        penalty.
-        """
-        z = (x - self._mean) / self._scale
-        rows, cols = _PAIRS
-        return np.hstack([np.ones((len(z), 1)), z, z[:, rows] * z[:, cols]])
-
     def confidence(self, features: Sequence[float]) -> float:
         """Estimated probability that the nearest entry's answer is right (0 before any fit)."""
         if self._weights is None:
             return 0.0
-        return float(_sigmoid(self._design(np.asarray([features], dtype=float)) @ self._weights)[0])
+        x = np.asarray([features], dtype=float)
+        return float(_sigmoid(_design(x, self._mean, self._scale) @ self._weights)[0])
 
     @property
     def audit_rate(self) -> float:
@@ -314,12 +367,9 @@ class CalibratedPolicy:
         if len(features) != len(FEATURE_NAMES):
             raise ConfigError(f"expected {len(FEATURE_NAMES)} features {FEATURE_NAMES}, got {len(features)}")
         with self._lock:
-            self._x.append(tuple(float(f) for f in features))
-            self._y.append(bool(correct))
-            self._key.append(key)
-            n = len(self._y)
-            if n - self._fitted_at >= max(10, self._fitted_at // 10):
-                self._fit()
+            self._arrival.append(features, bool(correct), key)
+            self._observed += 1
+        self._refit_if_due()
 
     def observe_audit(self, claimed_confidence: float, correct: bool) -> None:
         """Record one audit: the confidence the hit was served with, and whether it was right.
@@ -369,13 +419,14 @@ class CalibratedPolicy:
             hy.append(entry_id == example.entry_id)
         with self._lock:
             self._hx, self._hy = hx, hy
-            self._hkeys = frozenset(e.key_id for e in examples)
-            self._fit()
+            self._hkeys = np.array([e.key_id for e in examples], dtype=np.int64)
+        self.refit()
 
     @property
     def labels(self) -> int:
-        """Paid answers observed (each one label, whether taken on arrival or in hindsight)."""
-        return len(self._y)
+        """Paid answers observed (each one label, whether taken on arrival or in hindsight),
+        including those older than the `max_labels` kept."""
+        return self._observed
 
     @property
     def hindsight_labels(self) -> int:
@@ -383,34 +434,67 @@ class CalibratedPolicy:
 
     @property
     def labels_in_use(self) -> int:
-        """Labels the model is fitted on: arrival-time labels not replaced, plus hindsight labels."""
+        """Labels the model is fitted on: arrival-time labels kept and not replaced, plus hindsight labels."""
         with self._lock:
             return len(self._training_set()[1])
 
-    def _training_set(self) -> tuple[list[tuple[float, ...]], list[bool]]:
-        """Arrival-time labels not replaced by a hindsight label, then the hindsight labels."""
-        if not self._hkeys:
-            return self._x, self._y
-        kept = [i for i, key in enumerate(self._key) if key is None or key not in self._hkeys]
-        return [self._x[i] for i in kept] + self._hx, [self._y[i] for i in kept] + self._hy
+    def _training_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features, right) of the arrival-time labels not replaced by a hindsight label, then the hindsight labels."""
+        x, y, keys = self._arrival.arrays()
+        if not len(self._hkeys):
+            return x, y
+        kept = ~np.isin(keys, self._hkeys)
+        hx = np.asarray(self._hx, dtype=float).reshape(-1, len(FEATURE_NAMES))
+        return np.vstack([x[kept], hx]), np.concatenate([y[kept], np.asarray(self._hy, dtype=bool)])
+
+    def _refit_if_due(self) -> None:
+        """Refit after every 10% more labels (at least 10): refits cost O(labels), so their total stays linear."""
+        def due() -> bool:
+            return self._observed - self._fitted_at >= max(10, self._fitted_at // 10)
+
+        if not due():
+            return
+        with self._fit_lock:
+            if due():  # another thread may have fitted while this one waited
+                self._refit_locked()
 
     def refit(self) -> None:
-        with self._lock:
-            self._fit()
+        """Fit on a copy of the labels, then install the model and its cut-off.
 
-    def _fit(self) -> None:
-        self._fitted_at = len(self._y)
-        features, labels = self._training_set()
+        Why a copy: the fit takes O(labels) time (see `max_labels`), and `decide` must not wait
+        for it; lookups keep the previous model until the new one is installed.
+        """
+        with self._fit_lock:
+            self._refit_locked()
+
+    def _refit_locked(self) -> None:
+        with self._lock:
+            self._fitted_at = self._observed
+            features, labels = self._training_set()
+            traffic = np.asarray(self._recent, dtype=float) if self._recent else None
+            claim_ratio = self.claim_ratio
+            warm = self._weights
         x = np.asarray(features, dtype=float).reshape(-1, len(FEATURE_NAMES))
         y = np.asarray(labels, dtype=float)
         if len(y) == 0 or y.min() == y.max():
             # one class only: nothing to rank with yet; all-correct still cannot certify a bound here
-            self._weights, self.threshold = None, None
+            with self._lock:
+                self._weights = None
+                self._set_cut_off(None)
             return
-        self._mean = x.mean(axis=0)
-        self._scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
-        design = self._design(x)
-        w = np.zeros(design.shape[1]) if self._weights is None else self._weights.copy()
+        mean = x.mean(axis=0)
+        scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
+        design = _design(x, mean, scale)
+        weights = self._fit_weights(design, y, warm)
+        p_traffic = None if traffic is None else _sigmoid(_design(traffic, mean, scale) @ weights)
+        chosen = self._choose_threshold(design @ weights, y, p_traffic, claim_ratio)
+        with self._lock:
+            self._mean, self._scale, self._weights = mean, scale, weights
+            self._set_cut_off(chosen)
+
+    def _fit_weights(self, design: np.ndarray, y: np.ndarray, warm: np.ndarray | None) -> np.ndarray:
+        """L2-penalized logistic regression by Newton's method, started from the previous weights."""
+        w = np.zeros(design.shape[1]) if warm is None else warm.copy()
         penalty = self.l2 * np.eye(design.shape[1])
         penalty[0, 0] = 1e-6  # keeps the Hessian invertible when all labels sit at one extreme
         def loss(weights: np.ndarray) -> float:
@@ -430,10 +514,11 @@ class CalibratedPolicy:
             previous, current = current, loss(w)
             if previous - current < 1e-8:
                 break
-        self._weights = w
-        self._choose_threshold(design @ w, y)
+        return w
 
-    def _choose_threshold(self, logits: np.ndarray, y: np.ndarray) -> None:
+    def _choose_threshold(
+        self, logits: np.ndarray, y: np.ndarray, p_traffic: np.ndarray | None, claim_ratio: float
+    ) -> tuple[float, int, int, float] | None:
         """Lowest confidence cut-off whose estimated served false-hit rate stays under the bound.
 
         The estimate is the model's predicted error over recent traffic above the cut-off,
@@ -442,11 +527,11 @@ class CalibratedPolicy:
         corrected by its own labels, and `claim_ratio`, what the audits of served hits found
         against what was claimed when they were served. On CLINC150 (ten seeds at 2%) the first
         alone let the realized rate reach 2.8%; with both, every seed of the test and the val
-        stream stayed under 2%.
+        stream stayed under 2%. Returns (cut-off, labels above it, their errors, estimate), or
+        None where no cut-off passes.
         """
         p_lab = _sigmoid(logits)
-        traffic = np.asarray(self._recent, dtype=float) if self._recent else None
-        p_tr = p_lab if traffic is None else _sigmoid(self._design(traffic) @ self._weights)
+        p_tr = p_lab if p_traffic is None else p_traffic
         order = np.argsort(-p_lab, kind="stable")
         tau = p_lab[order]
         n = np.arange(1, len(tau) + 1, dtype=float)
@@ -456,14 +541,16 @@ class CalibratedPolicy:
         served_desc = np.sort(p_tr)[::-1]
         served = np.searchsorted(-served_desc, -tau, side="right")  # traffic at or above each cut-off
         served_error = np.cumsum(1.0 - served_desc)[np.maximum(served, 1) - 1] / np.maximum(served, 1)
-        estimate = served_error * np.maximum(kappa, self.claim_ratio)
+        estimate = served_error * np.maximum(kappa, claim_ratio)
         n_min = self._z**2 * (1 - self.max_false_hit_rate) / self.max_false_hit_rate
         distinct = np.append(tau[1:] < tau[:-1], True)  # cut only between distinct scores
         feasible = np.flatnonzero(distinct & (n >= n_min) & (served > 0) & (estimate <= self.max_false_hit_rate))
-        chosen = None
-        if len(feasible):
-            i = int(feasible[-1])  # the lowest cut-off that passes: the most hits
-            chosen = (float(tau[i]), int(n[i]), int(observed[i]), float(estimate[i]))
+        if not len(feasible):
+            return None
+        i = int(feasible[-1])  # the lowest cut-off that passes: the most hits
+        return float(tau[i]), int(n[i]), int(observed[i]), float(estimate[i])
+
+    def _set_cut_off(self, chosen: tuple[float, int, int, float] | None) -> None:
         if chosen is None:
             self.threshold = None
             self.region_labels = self.region_errors = 0
@@ -488,8 +575,9 @@ class CalibratedPolicy:
             "l2": self.l2,
             "detect_shifts": self.shift_detector is not None,
             "shift_hold_audits": self.shift_hold_audits,
+            "max_labels": self.max_labels,
             "feature_names": list(FEATURE_NAMES),
-            "labels": [[*x, int(y)] for x, y in zip(features, labels)],
+            "labels": [[*x, int(y)] for x, y in zip(features.tolist(), labels.tolist())],
             "audit_claims": [[claimed, int(right)] for claimed, right in claims],
             "threshold": self.threshold,
             "estimated_false_hit_rate": self.estimated_false_hit_rate,
@@ -523,6 +611,7 @@ class CalibratedPolicy:
             seed=seed,
             detect_shifts=data.get("detect_shifts", True),  # files written before shift detection lack both keys
             shift_hold_audits=data.get("shift_hold_audits", 270),
+            max_labels=data.get("max_labels", 50_000),  # files written before the cap lack it
         )
         policy.load_audit_claims((claimed, bool(right)) for claimed, right in data.get("audit_claims", []))
         policy.load_labels((row[:-1], bool(row[-1])) for row in data["labels"])
@@ -534,16 +623,18 @@ class CalibratedPolicy:
         Labels with another number of features (kept by an older version) are skipped and
         logged: after an upgrade the policy relearns from new paid answers.
         """
-        skipped = 0
+        rows, skipped = [], 0
+        for features, correct in labels:
+            if len(features) != len(FEATURE_NAMES):
+                skipped += 1
+                continue
+            rows.append((tuple(float(f) for f in features), bool(correct)))
         with self._lock:
-            for features, correct in labels:
-                if len(features) != len(FEATURE_NAMES):
-                    skipped += 1
-                    continue
-                self._x.append(tuple(float(f) for f in features))
-                self._y.append(bool(correct))
-                self._key.append(None)
-            if self._y:
-                self._fit()
+            for features, correct in rows:
+                self._arrival.append(features, correct, None)
+            self._observed += len(rows)
+            any_labels = len(self._arrival) > 0
+        if any_labels:
+            self.refit()
         if skipped:
             log.warning("skipped %d stored labels with another feature set (written by an older version)", skipped)

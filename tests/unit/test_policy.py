@@ -230,3 +230,78 @@ def test_a_resumed_hold_holds_would_be_hits_until_audited():
     off = CalibratedPolicy(0.05, detect_shifts=False)
     off.resume_hold(270)
     assert not off.holding
+
+
+def test_max_labels_keeps_the_newest_labels_and_counts_them_all():
+    labels = synthetic_labels(300)
+    policy = CalibratedPolicy(0.05, seed=0, max_labels=100)
+    for features, correct in labels:
+        policy.observe(features, correct)
+    assert policy.labels == 300 and policy.labels_in_use == 100
+    kept = [tuple(row[:-1]) for row in policy.to_dict()["labels"]]
+    assert kept == [tuple(float(f) for f in features) for features, _ in labels[-100:]]
+    assert CalibratedPolicy(0.05, max_labels=None).max_labels is None
+    with pytest.raises(ConfigError):
+        CalibratedPolicy(0.05, max_labels=0)
+
+
+def test_max_labels_survives_the_calibration_file(tmp_path):
+    policy = CalibratedPolicy(0.05, seed=0, max_labels=1200)
+    policy.load_labels(synthetic_labels(1500))
+    assert policy.labels == 1500 and policy.labels_in_use == 1200
+    policy.save(tmp_path / "calibration.json")
+    loaded = CalibratedPolicy.from_file(tmp_path / "calibration.json")
+    assert loaded.max_labels == 1200 and loaded.labels_in_use == 1200
+
+
+def test_decide_does_not_wait_for_a_refit(monkeypatch):
+    """A lookup during a refit is answered by the model already installed."""
+    import threading
+
+    policy = CalibratedPolicy(0.05, seed=0)
+    policy.load_labels(synthetic_labels(2000))
+    features = synthetic_labels(1, seed=5)[0][0]
+    before = policy.confidence(features)
+    fitting, release = threading.Event(), threading.Event()
+    fit_weights = policy._fit_weights
+
+    def held_fit(*args):
+        fitting.set()
+        assert release.wait(30), "the test did not release the fit"
+        return fit_weights(*args)
+
+    monkeypatch.setattr(policy, "_fit_weights", held_fit)
+    worker = threading.Thread(target=policy.observe, args=(features, False))  # a label, then a refit? not yet due
+    worker.start()
+    worker.join(30)
+    assert not fitting.is_set()  # one label is not 10% more: no refit
+    worker = threading.Thread(target=policy.refit)
+    worker.start()
+    try:
+        assert fitting.wait(30)
+        decided = []
+        probe = threading.Thread(target=lambda: decided.append(policy.decide([Candidate(1, 1, 0.97)], {})))
+        probe.start()
+        probe.join(10)
+        assert decided, "decide waited for the refit"
+        assert policy.confidence(features) == before  # the installed model answered
+    finally:
+        release.set()
+        worker.join(30)
+    assert not worker.is_alive() and policy.threshold is not None
+
+
+def test_label_buffer_keeps_order_when_it_wraps_and_when_it_grows():
+    from memcache.policy import LabelBuffer
+
+    ring = LabelBuffer(2, capacity=3)
+    for i in range(5):
+        ring.append((i, -i), i % 2 == 0, None if i == 3 else 100 + i)
+    x, y, keys = ring.arrays()
+    assert len(ring) == 3 and x.tolist() == [[2, -2], [3, -3], [4, -4]]
+    assert y.tolist() == [True, False, True] and keys.tolist() == [102, -1, 104]
+    growing = LabelBuffer(1, capacity=None)
+    for i in range(3000):
+        growing.append((i,), True, i + 1)
+    x, _, keys = growing.arrays()
+    assert len(growing) == 3000 and x[:, 0].tolist() == list(range(3000)) and keys[-1] == 3000
