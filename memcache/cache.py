@@ -263,8 +263,8 @@ class MemCache:
                 if keys_of is not None:
                     self._entry_stats[entry_id] = EntryStats(entry_id, len(keys_of), c, f)
             if hasattr(self.policy, "load_audit_claims"):  # before the labels: their refit uses these
-                self.policy.load_audit_claims(self.store.iter_audit_claims())
-            labels = list(self.store.iter_labels())
+                self.policy.load_audit_claims(self.store.iter_audit_claims(limit=getattr(self.policy, "recent_window", None)))
+            labels = list(self.store.iter_labels(limit=getattr(self.policy, "max_labels", None)))
             if labels and hasattr(self.policy, "load_labels"):
                 self.policy.load_labels(labels)
             if hasattr(self.policy, "resume_hold"):

@@ -601,22 +601,30 @@ class Store:
         with self.engine.connect() as conn:
             yield from conn.execute(select(EntryRow.id, EntryRow.checks, EntryRow.failures).where(EntryRow.checks > 0))
 
-    def iter_labels(self) -> Iterator[tuple[list[float], bool]]:
-        with self.engine.connect() as conn:
-            for features, correct in conn.execute(
-                select(LabelRow.features, LabelRow.correct).order_by(LabelRow.id)
-            ):
-                yield json.loads(features), bool(correct)
+    def iter_labels(self, limit: int | None = None) -> Iterator[tuple[list[float], bool]]:
+        """(features, correct) of stored labels, oldest first; with `limit`, only the newest `limit`."""
+        query = select(LabelRow.id, LabelRow.features, LabelRow.correct)
+        for _, features, correct in self._oldest_first(query, limit):
+            yield json.loads(features), bool(correct)
 
-    def iter_audit_claims(self) -> Iterator[tuple[float, bool]]:
-        """(confidence claimed when served, whether the audit found it right), oldest first."""
+    def iter_audit_claims(self, limit: int | None = None) -> Iterator[tuple[float, bool]]:
+        """(confidence claimed when served, whether the audit found it right), oldest first;
+        with `limit`, only the newest `limit`."""
+        query = select(LabelRow.id, LabelRow.claimed_confidence, LabelRow.correct).where(
+            LabelRow.claimed_confidence.is_not(None)
+        )
+        for _, claimed, correct in self._oldest_first(query, limit):
+            yield float(claimed), bool(correct)
+
+    def _oldest_first(self, query, limit: int | None) -> Iterator[tuple]:
+        """Rows of a label query in id order; with `limit`, the newest `limit` of them (read newest
+        first, so a start-up reads only what the policy keeps, then reversed)."""
         with self.engine.connect() as conn:
-            for claimed, correct in conn.execute(
-                select(LabelRow.claimed_confidence, LabelRow.correct)
-                .where(LabelRow.claimed_confidence.is_not(None))
-                .order_by(LabelRow.id)
-            ):
-                yield float(claimed), bool(correct)
+            if limit is None:
+                yield from conn.execute(query.order_by(LabelRow.id))
+                return
+            rows = conn.execute(query.order_by(LabelRow.id.desc()).limit(limit)).all()
+        yield from reversed(rows)
 
     def start_shift_hold(self, audits: int) -> None:
         """Record that a hold of `audits` audits starts now (after a detected traffic shift).
