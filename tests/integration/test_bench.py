@@ -47,3 +47,19 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, data_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
     assert result["index"] == "FaissIndex" and result["entries"] == 3000 and result["hit_p50_ms"] > 0
+
+
+def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
+    figures = tmp_path / "policy.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "memcache.eval.policy_bench", "--sizes", "20000", "--max-labels", "1000",
+         "--refits", "1", "--json", str(figures)],
+        capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    capped, every = json.loads(figures.read_text())["rows"]
+    assert (capped["max_labels"], capped["labels_in_use"]) == (1000, 1000)
+    assert (every["max_labels"], every["labels_in_use"]) == (None, 20000)
+    assert 0 < capped["labels_mib"] < every["labels_mib"] and capped["refit_s_median"] > 0
+    assert every["decide_ms_max_outside_lock"] > 0 and every["decide_ms_max_inside_lock"] > 0
+    assert "| 20,000 | 1,000 |" in done.stdout and "| 20,000 | all |" in done.stdout
