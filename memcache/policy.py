@@ -287,6 +287,10 @@ class CalibratedPolicy:
 
     def confidence(self, features: Sequence[float]) -> float:
         """Estimated probability that the nearest entry's answer is right (0 before any fit)."""
+        with self._lock:  # a refit in another thread installs weights, mean and scale together
+            return self._confidence(features)
+
+    def _confidence(self, features: Sequence[float]) -> float:
         if self._weights is None:
             return 0.0
         x = np.asarray([features], dtype=float)
@@ -307,7 +311,7 @@ class CalibratedPolicy:
             if self.shift_detector is not None and self.shift_detector.update(s1):
                 self._on_shift()
             self._recent.append(features)
-            confidence = self.confidence(features)
+            confidence = self._confidence(features)
             if self.threshold is None or confidence < self.threshold:
                 return Decision("miss", entry_id, s1, confidence, features)
             if self._hold_left:
