@@ -183,7 +183,8 @@ def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
     policy.load_labels(collector.labels)
     policy.save(args.out)
     threshold = "none (bound not reachable on this data)" if policy.threshold is None else f"{policy.threshold:.4f}"
-    print(f"{len(collector.labels)} labels; confidence cut-off {threshold}; wrote {args.out}")
+    kept = "" if policy.labels_in_use == len(collector.labels) else f" (the newest {policy.labels_in_use:,} kept: max_labels)"
+    print(f"{len(collector.labels)} labels{kept}; confidence cut-off {threshold}; wrote {args.out}")
     return policy
 
 
