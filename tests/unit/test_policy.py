@@ -305,3 +305,41 @@ def test_label_buffer_keeps_order_when_it_wraps_and_when_it_grows():
         growing.append((i,), True, i + 1)
     x, _, keys = growing.arrays()
     assert len(growing) == 3000 and x[:, 0].tolist() == list(range(3000)) and keys[-1] == 3000
+
+
+def test_concurrent_observe_decide_and_refit_lose_no_label():
+    """Threads learning, deciding and refitting at once: no deadlock, every label counted."""
+    import threading
+
+    policy = CalibratedPolicy(0.05, seed=0, max_labels=1500)
+    labels = synthetic_labels(2000, seed=7)
+    errors = []
+
+    def run(fn):
+        try:
+            fn()
+        except Exception as exc:  # the test reports whatever a thread raised
+            errors.append(exc)
+
+    def learn(part):
+        for features, correct in part:
+            policy.observe(features, correct)
+
+    def decide():
+        for _ in range(500):
+            policy.decide([Candidate(1, 1, 0.97), Candidate(2, 2, 0.9)], {})
+            policy.confidence(labels[0][0])
+
+    def refit():
+        for _ in range(5):
+            policy.refit()
+
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in
+               (lambda: learn(labels[:1000]), lambda: learn(labels[1000:]), decide, refit)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads) and not errors
+    assert policy.labels == 2000 and policy.labels_in_use == 1500
+    assert policy.threshold is not None
