@@ -42,7 +42,8 @@ def synthetic_labels(n: int, seed: int = 0) -> list[tuple[list[float], bool]]:
 
 
 class FitInsideLock(CalibratedPolicy):
-    """The release before: the fit ran while holding the lock that `decide` takes."""
+    """The release before, approximately: it held the lock that `decide` takes for the whole
+    refit; this holds it for the Newton steps only, so it understates the wait."""
 
     def _fit_weights(self, *args):
         with self._lock:
