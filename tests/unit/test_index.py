@@ -99,3 +99,76 @@ def test_switch_to_hnsw_builds_in_the_background_and_catches_up():
     assert not set(ids[:, 0].tolist()) & set(range(0, 3000, 10))  # removed keys never come back
     live = [i for i in range(3000) if i % 10]
     assert np.mean(ids[live, 0] == np.asarray(live)) >= 0.99  # and the others are found
+
+
+def test_searches_share_the_index_and_a_change_waits_for_them():
+    """A long search (the hindsight relabel) must not hold up lookups; a change waits for both."""
+    import threading
+
+    from memcache.index import _SharedLock
+
+    lock = _SharedLock()
+    long_search_in, release = threading.Event(), threading.Event()
+    order = []
+
+    def long_search():
+        with lock.shared():
+            long_search_in.set()
+            assert release.wait(30)
+            order.append("long search done")
+
+    def change():
+        with lock.exclusive():
+            order.append("change")
+
+    def lookup():
+        with lock.shared():
+            order.append("lookup")
+
+    searcher = threading.Thread(target=long_search)
+    searcher.start()
+    assert long_search_in.wait(30)
+    writer = threading.Thread(target=change)
+    writer.start()
+    writer.join(0.2)
+    assert writer.is_alive()  # the change waits for the search under way
+    reader = threading.Thread(target=lookup)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive()  # a lookup does not wait behind the waiting change
+    release.set()
+    for thread in (searcher, writer):
+        thread.join(30)
+    assert order == ["lookup", "long search done", "change"]
+
+
+def test_concurrent_searches_and_adds_stay_consistent():
+    import threading
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(2000, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(8)
+    index.add("s", list(range(1, 1001)), vectors[:1000])
+    errors = []
+
+    def search():
+        try:
+            for i in range(300):
+                _, ids = index.search("s", vectors[i % 1000][None, :], 1)
+                assert ids[0, 0] == i % 1000 + 1
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    def add():
+        for i in range(1000, 2000, 10):
+            index.add("s", list(range(i + 1, i + 11)), vectors[i : i + 10])
+
+    threads = [threading.Thread(target=search) for _ in range(4)] + [threading.Thread(target=add)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    _, ids = index.search("s", vectors[1500:1510], 1)
+    assert ids[:, 0].tolist() == list(range(1501, 1511))
