@@ -63,3 +63,17 @@ def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
     assert 0 < capped["labels_mib"] < every["labels_mib"] and capped["refit_s_median"] > 0
     assert every["decide_ms_max_outside_lock"] > 0 and every["decide_ms_max_inside_lock"] > 0
     assert "| 20,000 | 1,000 |" in done.stdout and "| 20,000 | all |" in done.stdout
+
+
+def test_relabel_bench_reports_both_locks(tmp_path):
+    figures = tmp_path / "relabel.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "memcache.eval.relabel_bench", "--keys", "3000", "--window", "500", "--json", str(figures)],
+        capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shared, plain = json.loads(figures.read_text())["rows"]
+    assert (shared["lock"], plain["lock"]) == ("shared lock", "plain lock")
+    for row in (shared, plain):
+        assert row["keys"] == 3000 and row["relabel_s"] > 0 and row["lookups"] >= 1 and row["lookup_ms_max"] > 0
+    assert "| 3,000 | shared lock |" in done.stdout
