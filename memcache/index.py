@@ -66,8 +66,8 @@ class _SharedLock:
 
     Why: FAISS indexes may be searched from several threads at once (the search releases the
     GIL) but not changed while searched. With one plain lock, a batch search (the hindsight
-    relabel asks 4,000 queries again) held every lookup for its whole length: 6.3 s at 40,000
-    keys (flat), 3.6 s at 200,000 (HNSW), one FAISS thread. Changes come from write-backs,
+    relabel asks 4,000 queries again) held every lookup for its whole length: 7.6 s at 40,000
+    keys (flat), 3.6 s at 200,000 (HNSW), one FAISS thread (`memcache.eval.relabel_bench`). Changes come from write-backs,
     after a paid model call; they waited for such a search before as well. Not reentrant.
     """
 
