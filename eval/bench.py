@@ -171,6 +171,18 @@ def paired(fn: Callable, items: Sequence, floor_fn: Callable, block: int = 25) -
     return measured, floor
 
 
+def timed_until(done: threading.Event, call: Callable[[], object], pause: float) -> list[float]:
+    """Milliseconds of `call()`, repeated (at least once) until `done` is set, `pause` seconds
+    apart: what a caller on the hot path waits while other threads do background work."""
+    samples: list[float] = []
+    while not samples or not done.is_set():
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000.0)
+        time.sleep(pause)
+    return samples
+
+
 def throughput(lookup: Callable[[str], object], queries: Sequence[str], callers: int, seconds: float) -> float:
     """Lookups per second with `callers` threads, each asking distinct questions for `seconds`."""
     counts = [0] * callers

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memcache.eval.bench import machine
+from memcache.eval.bench import machine, timed_until
 from memcache.policy import FEATURE_NAMES, CalibratedPolicy
 from memcache.types import Candidate
 
@@ -62,12 +62,8 @@ def decide_latencies_during_refits(policy: CalibratedPolicy, refits: int) -> lis
 
     worker = threading.Thread(target=refit)
     worker.start()
-    samples = []
-    while not samples or not done.is_set():  # at least one, however short the refits
-        start = time.perf_counter()
-        policy.decide(candidates, {})
-        samples.append((time.perf_counter() - start) * 1000.0)
-        time.sleep(0.001)  # a lookup also embeds and searches; this leaves the fit the CPU between decisions
+    # a lookup also embeds and searches: the pause leaves the fit the CPU between decisions
+    samples = timed_until(done, lambda: policy.decide(candidates, {}), pause=0.001)
     worker.join()
     return samples
 

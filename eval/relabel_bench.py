@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memcache.eval.bench import machine
+from memcache.eval.bench import NOISE, machine, timed_until
 from memcache.index import FaissIndex
 
 
@@ -48,7 +48,7 @@ class PlainLockIndex(FaissIndex):
 def vectors(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(20_000, 384)).astype(np.float32)
-    out = centres[rng.integers(0, len(centres), n)] + rng.normal(scale=0.045, size=(n, 384)).astype(np.float32)
+    out = centres[rng.integers(0, len(centres), n)] + rng.normal(scale=NOISE, size=(n, 384)).astype(np.float32)
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -76,12 +76,7 @@ def measure(index: FaissIndex, keys: np.ndarray, window: int) -> dict:
     threads = [threading.Thread(target=relabel), threading.Thread(target=write_backs)]
     for thread in threads:
         thread.start()
-    lookups = []
-    while not lookups or not done.is_set():
-        start = time.perf_counter()
-        index.search("s", keys[rng.integers(0, len(keys))][None, :], 10)
-        lookups.append((time.perf_counter() - start) * 1000.0)
-        time.sleep(0.002)
+    lookups = timed_until(done, lambda: index.search("s", keys[rng.integers(0, len(keys))][None, :], 10), pause=0.002)
     for thread in threads:
         thread.join()
     return {
