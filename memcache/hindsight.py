@@ -21,6 +21,12 @@ from memcache.centroids import EntryCentroids
 from memcache.types import Candidate, HindsightExample
 
 Search = Callable[[str, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# Queries per index search when the window is asked again. The index lets a waiting write-back
+# in between two pieces, so a write-back waits for one piece, not for the whole window. Not
+# smaller: FAISS (1.15) computes a flat search of fewer than ~128,000 / dimension queries
+# without BLAS, and at 384 dimensions pieces of 256 made the relabel 8x slower (8.4 s instead of
+# 1.0 s at 40,000 keys); 512 costs nothing (`memcache.eval.relabel_bench`).
+SEARCH_PIECE = 512
 
 
 class HindsightWindow:
@@ -52,12 +58,14 @@ class HindsightWindow:
             return due
 
     def examples(
-        self, search: Search, entry_of: Callable[[int], int | None], k: int, centroids: EntryCentroids | None = None
+        self, search: Search, entry_of: Callable[[int], int | None], k: int, centroids: EntryCentroids | None = None,
+        *, piece: int = SEARCH_PIECE,
     ) -> list[HindsightExample]:
         """Each live key of the window with its in-scope neighbours now, its own key left out.
 
         `entry_of` gives a live key's entry id (None for keys deleted since, which are
-        skipped); `search` is the index's search (scope key, vectors, k) -> (similarities, ids).
+        skipped); `search` is the index's search (scope key, vectors, k) -> (similarities, ids),
+        called with at most `piece` vectors at a time.
         With `centroids`, candidates carry their entry's centroid similarity, the key's own
         vector taken out of its own entry's centroid.
         """
@@ -70,7 +78,11 @@ class HindsightWindow:
                 by_scope.setdefault(scope_key, []).append((key_id, entry_id, vector))
         out = []
         for scope_key, items in by_scope.items():
-            sims, ids = search(scope_key, np.stack([v for _, _, v in items]), k + 1)
+            pieces = [
+                search(scope_key, np.stack([v for _, _, v in items[start : start + piece]]), k + 1)
+                for start in range(0, len(items), piece)
+            ]
+            sims, ids = np.vstack([p[0] for p in pieces]), np.vstack([p[1] for p in pieces])
             for (key_id, entry_id, vector), row_sims, row_ids in zip(items, sims.tolist(), ids.tolist()):
                 candidates = []
                 for sim, other in zip(row_sims, row_ids):

@@ -59,3 +59,24 @@ def test_the_window_keeps_the_latest_keys_and_says_when_it_is_due():
     assert due.index(True) == 9  # the first refresh after 10 paid keys
     assert sum(due) == 10
     assert not HindsightWindow(0).add(1, "a", unit(1, 0))  # size 0: off
+
+
+def test_the_window_is_searched_in_pieces_with_the_same_result():
+    """Pieces let a write-back into the index between two searches; the labels must not change."""
+    rng = np.random.default_rng(5)
+    search, window = ExactSearch(), HindsightWindow(100)
+    for key in range(1, 31):
+        vector = unit(*rng.normal(size=4))
+        search.add("a", key, vector)
+        window.add(key, "a", vector)
+    entry_of = {key: key % 7 for key in range(1, 31)}
+    sizes = []
+
+    def counted(scope, vectors, k):
+        sizes.append(len(vectors))
+        return search.search(scope, vectors, k)
+
+    whole = window.examples(search.search, entry_of.get, k=5, piece=1000)
+    in_pieces = window.examples(counted, entry_of.get, k=5, piece=8)
+    assert sizes == [8, 8, 8, 6]
+    assert in_pieces == whole

@@ -142,6 +142,85 @@ def test_searches_share_the_index_and_a_change_waits_for_them():
     assert order == ["lookup", "long search done", "change"]
 
 
+def test_a_batch_search_lets_a_waiting_change_go_first():
+    """The relabel searches in pieces with `yield_to_changes`: a write-back waits for one piece,
+    not for the whole window, while a lookup still never waits behind a change."""
+    import threading
+
+    from memcache.index import _SharedLock
+
+    lock = _SharedLock()
+    piece_in, release = threading.Event(), threading.Event()
+    order = []
+
+    def first_piece():
+        with lock.shared(yield_to_changes=True):
+            piece_in.set()
+            assert release.wait(30)
+            order.append("piece 1")
+
+    def change():
+        with lock.exclusive():
+            order.append("change")
+
+    def next_piece():
+        with lock.shared(yield_to_changes=True):
+            order.append("piece 2")
+
+    def lookup():
+        with lock.shared():
+            order.append("lookup")
+
+    searcher = threading.Thread(target=first_piece)
+    searcher.start()
+    assert piece_in.wait(30)
+    writer = threading.Thread(target=change)
+    writer.start()
+    writer.join(0.2)
+    assert writer.is_alive()  # the change waits for the piece under way
+    follower = threading.Thread(target=next_piece)
+    follower.start()
+    follower.join(0.2)
+    assert follower.is_alive()  # the next piece waits for the waiting change
+    reader = threading.Thread(target=lookup)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive()  # a lookup does not
+    release.set()
+    for thread in (searcher, writer, follower):
+        thread.join(30)
+    assert order == ["lookup", "piece 1", "change", "piece 2"]
+
+
+def test_a_search_of_several_vectors_yields_to_a_waiting_change():
+    """`FaissIndex.search` with more than one vector is the relabel's: it must not overtake an add."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(8)
+    index.add("s", list(range(1, 11)), vectors[:10])
+    results = {}
+    with index._lock.shared():  # a lookup's search under way
+        writer = threading.Thread(target=lambda: index.add("s", [11], vectors[10:11]))
+        writer.start()
+        while not index._lock._changes_waiting:
+            writer.join(0.01)
+        batch = threading.Thread(target=lambda: results.setdefault("batch", index.search("s", vectors[10:12], 1)))
+        single = threading.Thread(target=lambda: results.setdefault("single", index.search("s", vectors[10:11], 1)))
+        batch.start()
+        single.start()
+        single.join(10)
+        assert not single.is_alive()  # a lookup passes the waiting add
+        batch.join(0.2)
+        assert batch.is_alive()  # the batch waits behind it
+    for thread in (writer, batch):
+        thread.join(30)
+    assert results["single"][1][0, 0] != 11  # searched before the add
+    assert results["batch"][1][0, 0] == 11  # searched after it
+
+
 def test_concurrent_searches_and_adds_stay_consistent():
     import threading
 
