@@ -101,50 +101,10 @@ def test_switch_to_hnsw_builds_in_the_background_and_catches_up():
     assert np.mean(ids[live, 0] == np.asarray(live)) >= 0.99  # and the others are found
 
 
-def test_searches_share_the_index_and_a_change_waits_for_them():
-    """A long search (the hindsight relabel) must not hold up lookups; a change waits for both."""
-    import threading
-
-    from memcache.index import _SharedLock
-
-    lock = _SharedLock()
-    long_search_in, release = threading.Event(), threading.Event()
-    order = []
-
-    def long_search():
-        with lock.shared():
-            long_search_in.set()
-            assert release.wait(30)
-            order.append("long search done")
-
-    def change():
-        with lock.exclusive():
-            order.append("change")
-
-    def lookup():
-        with lock.shared():
-            order.append("lookup")
-
-    searcher = threading.Thread(target=long_search)
-    searcher.start()
-    assert long_search_in.wait(30)
-    writer = threading.Thread(target=change)
-    writer.start()
-    writer.join(0.2)
-    assert writer.is_alive()  # the change waits for the search under way
-    reader = threading.Thread(target=lookup)
-    reader.start()
-    reader.join(10)
-    assert not reader.is_alive()  # a lookup does not wait behind the waiting change
-    release.set()
-    for thread in (searcher, writer):
-        thread.join(30)
-    assert order == ["lookup", "long search done", "change"]
-
-
-def test_a_batch_search_lets_a_waiting_change_go_first():
-    """The relabel searches in pieces with `yield_to_changes`: a write-back waits for one piece,
-    not for the whole window, while a lookup still never waits behind a change."""
+def test_searches_share_the_index_a_change_waits_and_the_next_piece_lets_it_go_first():
+    """A long search (a piece of the hindsight relabel) must not hold up lookups, and a change
+    waits for it; the relabel's next piece (`yield_to_changes`) lets the waiting change go
+    first, so a write-back waits for one piece, not for the whole window."""
     import threading
 
     from memcache.index import _SharedLock
@@ -196,9 +156,7 @@ def test_a_search_of_several_vectors_yields_to_a_waiting_change():
     """`FaissIndex.search` with more than one vector is the relabel's: it must not overtake an add."""
     import threading
 
-    rng = np.random.default_rng(4)
-    vectors = rng.normal(size=(20, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit(np.random.default_rng(4).normal(size=(20, 8)))
     index = FaissIndex(8)
     index.add("s", list(range(1, 11)), vectors[:10])
     results = {}
@@ -224,9 +182,7 @@ def test_a_search_of_several_vectors_yields_to_a_waiting_change():
 def test_concurrent_searches_and_adds_stay_consistent():
     import threading
 
-    rng = np.random.default_rng(3)
-    vectors = rng.normal(size=(2000, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit(np.random.default_rng(3).normal(size=(2000, 8)))
     index = FaissIndex(8)
     index.add("s", list(range(1, 1001)), vectors[:1000])
     errors = []
