@@ -111,26 +111,29 @@ def run_eval(args: argparse.Namespace) -> dict:
     embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
     bounds = [float(b) for b in str(args.max_false_hit_rate).split(",")]
     seeds = [int(s) for s in str(args.seed).split(",")]
+    audit_seeds = [int(s) for s in str(args.audit_seed).split(",")] if args.audit_seed is not None else None
     runs = []
     for bound in bounds:
         for seed in seeds:
-            if args.calibration:
-                policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=seed)
-            else:
-                policy = CalibratedPolicy(bound, seed=seed)
-            shadow = not args.escalate_audits
-            records = stream.replay(
-                policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow,
-                oos_from=args.oos_from, oos_ramp=args.oos_ramp,
-            )
-            summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
-            runs.append({
-                "seed": seed, **summary, "shadow_audits": shadow, "latency_includes_encoding": not runs,
-                "shifts_detected": list(policy.shifts_detected), "_records": records,
-            })
-            if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
-                after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
-                runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
+            for audit_seed in audit_seeds or [seed]:
+                if args.calibration:
+                    policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=audit_seed)
+                else:
+                    policy = CalibratedPolicy(bound, seed=audit_seed)
+                shadow = not args.escalate_audits
+                records = stream.replay(
+                    policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow,
+                    oos_from=args.oos_from, oos_ramp=args.oos_ramp,
+                )
+                summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+                runs.append({
+                    "seed": seed, "audit_seed": audit_seed, **summary, "shadow_audits": shadow,
+                    "latency_includes_encoding": not runs, "shifts_detected": list(policy.shifts_detected),
+                    "_records": records,
+                })
+                if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
+                    after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
+                    runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     sweep = []
     if args.sweep:
         for threshold in SWEEP_THRESHOLDS:
@@ -147,15 +150,18 @@ def run_eval(args: argparse.Namespace) -> dict:
         "runs": [{k: v for k, v in run.items() if k != "_records"} for run in runs],
         "sweep": sweep,
     }
-    print(_table(report["runs"], REPORT_COLUMNS))
+    print(_table(report["runs"], REPORT_COLUMNS if audit_seeds is None else ("seed", "audit_seed", *REPORT_COLUMNS[1:])))
     if args.oos_from is not None:
         arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
         print(f"\nfrom query {args.oos_from} on ({arriving}):")
         rows = [{"seed": run["seed"], **run["after_oos_from"], "shifts_detected": run["shifts_detected"]} for run in report["runs"]]
         print(_table(rows, ("seed", *AFTER_SHIFT_KEYS, "shifts_detected")))
-    if len(seeds) > 1:
+    if len(runs) > len(bounds):  # several runs per bound: their spread is what to read
         report["across_seeds"] = across_seeds(report["runs"])
-        print("\nacross seeds (%s):" % ",".join(map(str, seeds)))
+        which = ",".join(map(str, seeds))
+        if audit_seeds is not None:
+            which += "; audit seeds " + ",".join(map(str, audit_seeds))
+        print("\nacross seeds (%s):" % which)
         print(_table(report["across_seeds"], ACROSS_SEEDS_COLUMNS))
     if sweep:
         print("\nstatic cosine thresholds (same stream, seed %d):" % seeds[0])
@@ -205,7 +211,12 @@ def add_eval_commands(sub) -> None:
     ev = sub.add_parser("eval", help="replay a labeled stream and report hits and false hits")
     _add_data_args(ev)
     ev.add_argument("--warm", default=None, help="splits written to the cache before the replay")
-    ev.add_argument("--seed", default="0", help="shuffle seed, or several: 0,1,2")
+    ev.add_argument("--seed", default="0", help="shuffle seed, or several: 0,1,2 (also the audit coin's seed)")
+    ev.add_argument(
+        "--audit-seed", default=None,
+        help="the policy's audit-coin seed, or several, replayed on each shuffle (default: the shuffle seed); "
+        "one shuffle with many coins shows how much of a run is the coin",
+    )
     ev.add_argument("--max-false-hit-rate", default="0.02", help="the bound, or several: 0.01,0.02,0.05")
     ev.add_argument("--calibration", default=None, help="start the policy from this calibration file")
     ev.add_argument("--json", default=None, help="write the report as JSON here")

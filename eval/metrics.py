@@ -38,7 +38,8 @@ def summarize(records: Sequence[QueryRecord], *, max_false_hit_rate: float | Non
 
 
 def across_seeds(runs: Sequence[dict]) -> list[dict]:
-    """One row per bound over its seeds: the spread of the realized false-hit rate, and how often it went over.
+    """One row per bound over its runs (seeds, and audit seeds where given): the spread of the
+    realized false-hit rate, and how often it went over.
 
     Why: the bound is promised with high probability, not on every stream, and one seed's
     figures move by a few points with the shuffle alone (docs/EVAL.md); the spread over seeds

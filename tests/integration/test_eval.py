@@ -167,3 +167,21 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     assert all(isinstance(run["shifts_detected"], list) for run in report["runs"])  # lookups at which a shift was seen
     assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, clinc_subset):
+    """`--audit-seed` separates the audit coin from the shuffle: same stream, one run per coin."""
+    data = tmp_path / "subset.jsonl"
+    data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
+    report_path = tmp_path / "coins.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "memcache.cli", "eval", str(data), "--seed", "3", "--audit-seed", "5,6",
+         "--max-false-hit-rate", str(BOUND), "--json", str(report_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(report_path.read_text())
+    runs = report["runs"]
+    assert [(run["seed"], run["audit_seed"]) for run in runs] == [(3, 5), (3, 6)]
+    assert runs[0]["reusable_rate"] == runs[1]["reusable_rate"]  # the same shuffle
+    assert report["across_seeds"][0]["seeds"] == 2 and "across seeds (3; audit seeds 5,6)" in out.stdout
