@@ -69,11 +69,11 @@ class _SharedLock:
     relabel asks 4,000 queries again) held every lookup for its whole length: 7.6 s at 40,000
     keys (flat) and 3.6 s at 200,000 (HNSW) on a 2-core Xeon, 0.6 s and 1.0 s on a 2-core EPYC,
     one FAISS thread (`memcache.eval.relabel_bench`).
-    Changes come from write-backs, after a paid model call. A search that asks in several
-    pieces (the relabel does, see `memcache.hindsight`) takes the lock with
-    `yield_to_changes=True` for each piece, so a waiting change gets in between two pieces
-    instead of waiting for the whole batch (reacquiring at once would otherwise win every
-    race against the woken change). Not reentrant.
+    Changes come from write-backs, after a paid model call. `FaissIndex.search` of several
+    vectors (the relabel's pieces, see `memcache.hindsight`) takes the lock with
+    `yield_to_changes=True`, so a waiting change gets in between two pieces instead of waiting
+    for the whole window (reacquiring at once would otherwise win every race against the
+    woken change). Not reentrant.
     """
 
     def __init__(self) -> None:
@@ -105,6 +105,8 @@ class _SharedLock:
                     self._cond.wait()
             finally:
                 self._changes_waiting -= 1
+                if not self._changes_waiting:  # searches that yield to changes may go on,
+                    self._cond.notify_all()  # also when this wait was interrupted
             self._writing = True
         try:
             yield
