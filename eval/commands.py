@@ -113,27 +113,26 @@ def run_eval(args: argparse.Namespace) -> dict:
     seeds = [int(s) for s in str(args.seed).split(",")]
     audit_seeds = [int(s) for s in str(args.audit_seed).split(",")] if args.audit_seed is not None else None
     runs = []
-    for bound in bounds:
-        for seed in seeds:
-            for audit_seed in audit_seeds or [seed]:
-                if args.calibration:
-                    policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=audit_seed)
-                else:
-                    policy = CalibratedPolicy(bound, seed=audit_seed)
-                shadow = not args.escalate_audits
-                records = stream.replay(
-                    policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow,
-                    oos_from=args.oos_from, oos_ramp=args.oos_ramp,
-                )
-                summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
-                runs.append({
-                    "seed": seed, "audit_seed": audit_seed, **summary, "shadow_audits": shadow,
-                    "latency_includes_encoding": not runs, "shifts_detected": list(policy.shifts_detected),
-                    "_records": records,
-                })
-                if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
-                    after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
-                    runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
+    plan = [(bound, seed, coin) for bound in bounds for seed in seeds for coin in (audit_seeds or [seed])]
+    for bound, seed, audit_seed in plan:
+        if args.calibration:
+            policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=audit_seed)
+        else:
+            policy = CalibratedPolicy(bound, seed=audit_seed)
+        shadow = not args.escalate_audits
+        records = stream.replay(
+            policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow,
+            oos_from=args.oos_from, oos_ramp=args.oos_ramp,
+        )
+        summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+        runs.append({
+            "seed": seed, "audit_seed": audit_seed, **summary, "shadow_audits": shadow,
+            "latency_includes_encoding": not runs, "shifts_detected": list(policy.shifts_detected),
+            "_records": records,
+        })
+        if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
+            after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
+            runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     sweep = []
     if args.sweep:
         for threshold in SWEEP_THRESHOLDS:
@@ -150,12 +149,16 @@ def run_eval(args: argparse.Namespace) -> dict:
         "runs": [{k: v for k, v in run.items() if k != "_records"} for run in runs],
         "sweep": sweep,
     }
-    print(_table(report["runs"], REPORT_COLUMNS if audit_seeds is None else ("seed", "audit_seed", *REPORT_COLUMNS[1:])))
+    run_ids = ("seed",) if audit_seeds is None else ("seed", "audit_seed")
+    print(_table(report["runs"], (*run_ids, *REPORT_COLUMNS[1:])))
     if args.oos_from is not None:
         arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
         print(f"\nfrom query {args.oos_from} on ({arriving}):")
-        rows = [{"seed": run["seed"], **run["after_oos_from"], "shifts_detected": run["shifts_detected"]} for run in report["runs"]]
-        print(_table(rows, ("seed", *AFTER_SHIFT_KEYS, "shifts_detected")))
+        rows = [
+            {**{key: run[key] for key in run_ids}, **run["after_oos_from"], "shifts_detected": run["shifts_detected"]}
+            for run in report["runs"]
+        ]
+        print(_table(rows, (*run_ids, *AFTER_SHIFT_KEYS, "shifts_detected")))
     if len(runs) > len(bounds):  # several runs per bound: their spread is what to read
         report["across_seeds"] = across_seeds(report["runs"])
         which = ",".join(map(str, seeds))

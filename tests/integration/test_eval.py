@@ -176,7 +176,7 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
     report_path = tmp_path / "coins.json"
     out = subprocess.run(
         [sys.executable, "-m", "memcache.cli", "eval", str(data), "--seed", "3", "--audit-seed", "5,6",
-         "--max-false-hit-rate", str(BOUND), "--json", str(report_path)],
+         "--max-false-hit-rate", str(BOUND), "--json", str(report_path), "--oos-from", "500"],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr
@@ -185,3 +185,5 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
     assert [(run["seed"], run["audit_seed"]) for run in runs] == [(3, 5), (3, 6)]
     assert runs[0]["reusable_rate"] == runs[1]["reusable_rate"]  # the same shuffle
     assert report["across_seeds"][0]["seeds"] == 2 and "across seeds (3; audit seeds 5,6)" in out.stdout
+    after = out.stdout.split("from query 500 on")[1].splitlines()
+    assert after[1].split()[:2] == ["seed", "audit_seed"] and after[2].split()[:2] == ["3", "5"]
