@@ -136,8 +136,9 @@ def test_searches_share_the_index_a_change_waits_and_the_next_piece_lets_it_go_f
     assert piece_in.wait(30)
     writer = threading.Thread(target=change)
     writer.start()
-    writer.join(0.2)
-    assert writer.is_alive()  # the change waits for the piece under way
+    while not lock._changes_waiting:  # the change is waiting for the piece under way
+        writer.join(0.01)
+    assert writer.is_alive()
     follower = threading.Thread(target=next_piece)
     follower.start()
     follower.join(0.2)
