@@ -61,8 +61,9 @@ def _faiss():
 
 
 class _SharedLock:
-    """Many searches at once, or one change (add, remove, swap) alone. Searches go first: a
-    change waits until no search runs, and a search never waits for a change that is waiting.
+    """Many searches at once, or one change (add, remove, swap) alone. Lookups go first: a
+    change waits until no search runs, and a plain `shared()` search never waits for a change
+    that is waiting (one with `yield_to_changes=True` does, see below).
 
     Why: FAISS indexes may be searched from several threads at once (the search releases the
     GIL) but not changed while searched. With one plain lock, a batch search (the hindsight
