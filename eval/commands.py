@@ -93,7 +93,8 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "correct_hit_rate",
-                  "reusable_rate", "strong_calls", "lookup_p50_ms", "lookup_p99_ms", "claimed_false_hit_rate")
+                  "reusable_rate", "strong_calls", "lookup_p50_ms", "lookup_p99_ms", "claimed_false_hit_rate",
+                  "claim_shortfall", "policy_claim_ratio")
 AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
 ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "false_hit_rate_max", "seeds_over_bound",
                         "correct_hit_rate_mean", "correct_hit_rate_min", "strong_calls_mean", "strong_calls_max")
@@ -128,6 +129,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         runs.append({
             "seed": seed, "audit_seed": audit_seed, **summary, "shadow_audits": shadow,
             "latency_includes_encoding": not runs, "shifts_detected": list(policy.shifts_detected),
+            "policy_claim_ratio": policy.claim_ratio,
             "_records": records,
         })
         if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving

@@ -10,10 +10,17 @@ from memcache.eval.replay import QueryRecord
 
 
 def summarize(records: Sequence[QueryRecord], *, max_false_hit_rate: float | None = None, claimed: float | None = None) -> dict:
-    """Rates are shares in [0, 1]; latencies are milliseconds of `MemCache.lookup`."""
+    """Rates are shares in [0, 1]; latencies are milliseconds of `MemCache.lookup`.
+
+    `claimed_wrong_hits` is what the served confidences predicted (the sum of 1 - confidence
+    over hits) and `claim_shortfall` is wrong hits over it: how honest the confidence that
+    every hit carries was. The calibrated policy estimates that factor from its audits
+    (`CalibratedPolicy.claim_ratio`); docs/EVAL.md compares the two.
+    """
     n = len(records)
     hits = sum(r.outcome == "hit" for r in records)
     wrong = sum(r.outcome == "hit" and not r.correct for r in records)
+    claimed_wrong = float(sum(1.0 - r.confidence for r in records if r.outcome == "hit"))
     audits = sum(r.outcome == "audit" or r.audited for r in records)  # escalated, or served and checked
     misses = sum(r.outcome == "miss" for r in records)
     latencies = np.array([r.latency_ms for r in records]) if records else np.zeros(1)
@@ -34,6 +41,8 @@ def summarize(records: Sequence[QueryRecord], *, max_false_hit_rate: float | Non
         "lookup_p99_ms": float(np.percentile(latencies, 99)),
         "max_false_hit_rate": max_false_hit_rate,
         "claimed_false_hit_rate": claimed,
+        "claimed_wrong_hits": claimed_wrong,
+        "claim_shortfall": wrong / claimed_wrong if claimed_wrong > 0 else None,
     }
 
 

@@ -158,6 +158,11 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
                 "strong_calls", "lookup_p50_ms", "lookup_p95_ms", "lookup_p99_ms", "max_false_hit_rate"):
         assert key in report["runs"][0], key
     assert report["runs"][0]["queries"] == len(clinc_subset)
+    for run in report["runs"]:  # how honest the served confidences were, beside the policy's audit estimate
+        if run["claim_shortfall"] is not None:
+            assert run["claim_shortfall"] * run["claimed_wrong_hits"] == pytest.approx(run["wrong_hits"])
+        assert run["policy_claim_ratio"] >= 1.0
+    assert "claim_shortfall" in out.stdout and "policy_claim_ratio" in out.stdout
     across = report["across_seeds"]
     assert [row["seeds"] for row in across] == [2] and "across seeds (0,1)" in out.stdout
     assert across[0]["false_hit_rate_max"] == max(run["false_hit_rate"] for run in report["runs"])

@@ -1,6 +1,7 @@
 import pytest
 
-from memcache.eval.metrics import across_seeds
+from memcache.eval.metrics import across_seeds, summarize
+from memcache.eval.replay import QueryRecord
 
 
 def run(bound, seed, false_hit_rate, correct, strong):
@@ -21,3 +22,19 @@ def test_across_seeds_groups_by_bound_and_counts_the_seeds_over_it():
 
 def test_a_run_exactly_at_the_bound_is_not_over_it():
     assert across_seeds([run(0.02, 0, 0.02, 0.4, 0.6)])[0]["seeds_over_bound"] == 0
+
+
+def test_summary_compares_wrong_hits_with_what_the_served_confidences_claimed():
+    records = [
+        QueryRecord("hit", True, True, 0.9, 0.99, 1.0),
+        QueryRecord("hit", False, True, 0.9, 0.97, 1.0),
+        QueryRecord("hit", True, True, 0.9, 0.99, 1.0, audited=True),
+        QueryRecord("miss", None, False, 0.5, 0.2, 1.0),  # not served: claims nothing
+    ]
+    summary = summarize(records)
+    assert summary["claimed_wrong_hits"] == pytest.approx(0.05)
+    assert summary["claim_shortfall"] == pytest.approx(1 / 0.05)  # one wrong hit where 0.05 were claimed
+
+
+def test_no_hits_no_claim_shortfall():
+    assert summarize([QueryRecord("miss", None, False, 0.5, 0.0, 1.0)])["claim_shortfall"] is None
