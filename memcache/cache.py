@@ -277,18 +277,20 @@ class MemCache:
         a snapshot start reads no vectors, and a rebuild does not know the counts until the end)."""
         multi = [key_id for keys in self._keys_of_entry.values() if len(keys) > 1 for key_id in keys]
         sums: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
         for start in range(0, len(multi), 10_000):
             for key in self.store.keys_by_id(multi[start : start + 10_000]):
                 if key.embedding is not None and key.key_id in self._keys:
                     sums[key.entry_id] = sums.get(key.entry_id, 0.0) + key.embedding.astype(np.float32)
+                    counts[key.entry_id] = counts.get(key.entry_id, 0) + 1
         for entry_id, total in sums.items():
-            self._centroids.set_sum(entry_id, total)
+            self._centroids.set_sum(entry_id, total, counts[entry_id])
 
-    def _earlier_keys_sum(self, entry_id: int, new_key: int) -> np.ndarray | None:
-        """Sum of an entry's key vectors other than `new_key`, read from the store."""
+    def _earlier_keys_sum(self, entry_id: int, new_key: int) -> tuple[np.ndarray, int] | None:
+        """(sum, number) of an entry's key vectors other than `new_key`, read from the store."""
         others = [k for k in self._keys_of_entry.get(entry_id, ()) if k != new_key]
         vectors = [key.embedding for key in self.store.keys_by_id(others) if key.embedding is not None]
-        return np.sum(vectors, axis=0, dtype=np.float32) if vectors else None
+        return (np.sum(vectors, axis=0, dtype=np.float32), len(vectors)) if vectors else None
 
     def warm_up(self) -> None:
         """Build the index now (from the snapshot, or the store) rather than on the first lookup."""

@@ -8,8 +8,18 @@ centroid and its margin over the other nearby entries' centroids lifted correct 
 43.5% to 49.0% (ten seeds; docs/EVAL.md), which is what made the audits' claim check
 (`CalibratedPolicy.claim_ratio`) necessary.
 
-Only entries with two keys or more keep a vector (the sum of their unit key vectors): for a
-one-key entry the centroid is that key, whose similarity the index search already returned.
+The same sum says how tight the entry is. With n unit keys summing to S, the keys' mean
+similarity to one another is (|S|^2 - n) / (n (n - 1)) and the request's mean similarity to them
+is q.S / n; their difference (`gap`) is near 0 for a request that sits among the entry's
+paraphrases as they sit among themselves, and negative for one further out. A cosine of 0.8 is
+close for an intent that people word in many ways and far for one they word alike; the gap tells
+the two apart where the similarities alone cannot. On CLINC150 at a 2% bound (test + oos, twenty
+seeds) it lifted correct hits from 46.0% to 47.3% at a lower false-hit rate (1.33% against 1.44%
+mean), and the gradual-drift streams went over the bound less often (docs/EVAL.md).
+
+Only entries with two keys or more keep a vector (the sum of their unit key vectors) and a key
+count: for a one-key entry the centroid is that key, whose similarity the index search already
+returned.
 """
 
 from __future__ import annotations
@@ -22,39 +32,43 @@ from memcache.types import Candidate
 
 
 class EntryCentroids:
-    """Sums of key vectors per multi-key entry, kept up to date as keys arrive and entries go.
+    """Sums and counts of key vectors per multi-key entry, kept up to date as keys arrive and entries go.
 
     Sums are replaced, never changed in place, so a reader on another thread sees either the
     old or the new vector.
     """
 
     def __init__(self) -> None:
-        self._sums: dict[int, np.ndarray] = {}
+        self._sums: dict[int, tuple[np.ndarray, int]] = {}  # (sum of key vectors, how many), set together
         self._norms: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self._sums)
 
-    def add_key(self, entry_id: int, vector: np.ndarray, n_keys: int, others: Callable[[], np.ndarray | None]) -> None:
+    def add_key(
+        self, entry_id: int, vector: np.ndarray, n_keys: int, others: Callable[[], tuple[np.ndarray, int] | None]
+    ) -> None:
         """Count one new key of `entry_id`, which now has `n_keys` keys.
 
-        `others` returns the sum of the entry's earlier keys' vectors; it is called only when
-        the entry gets its second key (the first key's vector is kept by the index and the
-        store, not here).
+        `others` returns the sum of the entry's earlier keys' vectors and how many there are;
+        it is called only when the entry gets its second key (the first key's vector is kept by
+        the index and the store, not here).
         """
         if n_keys < 2:
             return
-        total = self._sums.get(entry_id)
-        if total is None:
-            total = others()
-            if total is None:
+        known = self._sums.get(entry_id)
+        if known is None:
+            known = others()
+            if known is None:
                 return
-        self.set_sum(entry_id, np.asarray(total, dtype=np.float32) + np.asarray(vector, dtype=np.float32))
+        total, count = known
+        self.set_sum(entry_id, np.asarray(total, dtype=np.float32) + np.asarray(vector, dtype=np.float32), count + 1)
 
-    def set_sum(self, entry_id: int, total: np.ndarray) -> None:
+    def set_sum(self, entry_id: int, total: np.ndarray, count: int) -> None:
+        """Set an entry's sum of `count` key vectors."""
         total = np.asarray(total, dtype=np.float32)
         self._norms[entry_id] = float(np.linalg.norm(total))  # before the sum: a reader finds the norm first
-        self._sums[entry_id] = total
+        self._sums[entry_id] = (total, int(count))
 
     def drop(self, entry_id: int) -> None:
         self._sums.pop(entry_id, None)
@@ -66,9 +80,10 @@ class EntryCentroids:
         `leave_out` is a key vector to take out of the centroid first: a hindsight label asks
         a stored key again without itself.
         """
-        total = self._sums.get(entry_id)
-        if total is None:
+        known = self._sums.get(entry_id)
+        if known is None:
             return None
+        total = known[0]
         if leave_out is None:
             norm = self._norms.get(entry_id, 0.0)
         else:
@@ -76,18 +91,32 @@ class EntryCentroids:
             norm = float(np.linalg.norm(total))
         return float(total @ query) / norm if norm > 1e-6 else None
 
+    def gap(self, entry_id: int, query: np.ndarray, leave_out: np.ndarray | None = None) -> float | None:
+        """The query's mean similarity to the entry's keys minus the keys' mean similarity to one
+        another (None while the entry has fewer than two keys, `leave_out` taken out first)."""
+        known = self._sums.get(entry_id)
+        if known is None:
+            return None
+        total, count = known
+        if leave_out is not None:
+            total, count = total - leave_out, count - 1
+        if count < 2:
+            return None
+        return float(total @ query) / count - (float(total @ total) - count) / (count * (count - 1))
+
     def annotate(
         self, candidates: Sequence[Candidate], query: np.ndarray, *, own_entry: int | None = None
     ) -> list[Candidate]:
-        """The candidates with `entry_similarity` set (the query itself left out of `own_entry`)."""
+        """The candidates with `entry_similarity` and `entry_gap` set (the query itself left out of `own_entry`)."""
         if not self._sums:
             return list(candidates)
-        cache: dict[int, float | None] = {}
+        cache: dict[int, tuple[float | None, float | None]] = {}
         out = []
         for c in candidates:
             entry_id = c.entry_id
             if entry_id not in cache:
-                cache[entry_id] = self.similarity(entry_id, query, query if entry_id == own_entry else None)
-            sim = cache[entry_id]
-            out.append(c if sim is None else Candidate(c.key_id, entry_id, c.similarity, sim))
+                leave_out = query if entry_id == own_entry else None
+                cache[entry_id] = self.similarity(entry_id, query, leave_out), self.gap(entry_id, query, leave_out)
+            sim, gap = cache[entry_id]
+            out.append(c if sim is None else Candidate(c.key_id, entry_id, c.similarity, sim, gap))
         return out

@@ -32,11 +32,12 @@ from memcache.types import Candidate, Decision, EntryStats, HindsightExample
 
 FEATURE_NAMES = (
     "similarity", "margin", "agreement", "support", "entry_failure_rate", "kth_similarity", "second_similarity",
-    "entry_similarity", "entry_margin",
+    "entry_similarity", "entry_margin", "entry_gap",
 )
 _PAIRS = np.triu_indices(len(FEATURE_NAMES))
-# 2: kth and second similarity added (version 1 files had five features); 3: entry centroid similarity and margin
-CALIBRATION_VERSION = 3
+# 2: kth and second similarity added (version 1 files had five features); 3: entry centroid similarity and margin;
+# 4: entry gap
+CALIBRATION_VERSION = 4
 _VOTE_TEMPERATURE = 0.05
 _CLAIM_PSEUDO_ERRORS = 2.0
 log = logging.getLogger("memcache")
@@ -71,7 +72,10 @@ def neighbourhood_features(
     on CLINC150 these two lifted correct hits at a 2% bound by 2-3 points); the similarity to
     the best entry's centroid and its margin over the best other candidate entry's centroid
     (`Candidate.entry_similarity`, see `memcache.centroids`; a one-key entry's centroid is
-    its key).
+    its key); the best entry's gap (`Candidate.entry_gap`: how much further the request is
+    from the entry's keys than they are from one another), for a one-key entry the top
+    similarity minus 1, as if its keys were identical (an entry seen once is not yet known to
+    be worded in many ways).
     """
     best = candidates[0]
     s1 = best.similarity
@@ -89,7 +93,9 @@ def neighbourhood_features(
         centroid.setdefault(c.entry_id, c.similarity if c.entry_similarity is None else c.entry_similarity)
     to_entry = centroid[best.entry_id]
     to_other_entry = max((s for e, s in centroid.items() if e != best.entry_id), default=0.0)
-    return best.entry_id, s1, (s1, s1 - other, agreement, support, failure_rate, kth, second, to_entry, to_entry - to_other_entry)
+    gap = s1 - 1.0 if best.entry_gap is None else best.entry_gap
+    features = (s1, s1 - other, agreement, support, failure_rate, kth, second, to_entry, to_entry - to_other_entry, gap)
+    return best.entry_id, s1, features
 
 
 def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -98,7 +104,7 @@ def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     The products let the model say "high similarity counts only where the neighbours
     agree": on CLINC150 at a 2% bound they lifted correct hits by ~3 points over
     linear terms plus two products (seeds 0-4: 34.8-37.7% vs 32.1-33.1%), with the
-    Quora pairs still served nothing. 55 weights (nine features), kept small by the L2
+    Quora pairs still served nothing. 66 weights (ten features), kept small by the L2
     penalty.
     """
     z = (x - mean) / scale
@@ -221,7 +227,7 @@ class CalibratedPolicy:
             270 does on CLINC150 with a late out-of-scope shift, and what 103-536 did.
         max_labels: arrival-time labels kept for fitting, newest first (None: all). Bounds the
             policy's memory and each refit's time (about 0.1 s at 50,000 on one core, run
-            outside the lock that `decide` takes); 55 weights gain nothing from millions of
+            outside the lock that `decide` takes); 66 weights gain nothing from millions of
             labels, and the newest describe today's traffic. `python -m memcache.eval.policy_bench`
             measures both.
     """

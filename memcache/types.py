@@ -31,14 +31,16 @@ class Candidate:
     """One stored query key near the request, inside the request's scope.
 
     `similarity` is cosine similarity in [-1, 1]; higher is closer. `entry_similarity` is
-    the request's cosine similarity to the centroid of all the entry's keys (see
-    `memcache.centroids`); None for a one-key entry, whose centroid is this key.
+    the request's cosine similarity to the centroid of all the entry's keys, and `entry_gap`
+    its mean similarity to those keys minus theirs to one another (see `memcache.centroids`);
+    both None for a one-key entry, whose centroid is this key.
     """
 
     key_id: int
     entry_id: int
     similarity: float
     entry_similarity: float | None = None
+    entry_gap: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

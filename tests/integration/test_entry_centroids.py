@@ -1,8 +1,9 @@
 """Entry centroids on the real stack: packaged MiniLM, FAISS, SQLite and PostgreSQL.
 
 Each candidate carries the request's similarity to its entry's centroid (the mean direction of
-the entry's keys); this must match the vectors actually stored, survive a restart (with and
-without an index snapshot), follow keys written by another process, and go with the entry.
+the entry's keys) and its gap (mean similarity to the keys minus theirs to one another); both
+must match the vectors actually stored, survive a restart (with and without an index
+snapshot), follow keys written by another process, and go with the entry.
 """
 
 from __future__ import annotations
@@ -41,9 +42,21 @@ def centroid_similarity(embedder, questions, query) -> float:
     return float(total @ embedder.embed([query])[0] / np.linalg.norm(total))
 
 
+def gap(embedder, questions, query) -> float:
+    """Mean similarity of the query to the questions minus theirs to one another, computed pair by pair."""
+    keys, q = embedder.embed(list(questions)), embedder.embed([query])[0]
+    among = [float(a @ b) for i, a in enumerate(keys) for j, b in enumerate(keys) if i != j]
+    return float(np.mean(keys @ q) - np.mean(among))
+
+
 def entry_similarities(cache: MemCache, policy: RecordingPolicy, query: str = QUERY) -> dict[int, float | None]:
     cache.lookup(query)
     return {c.entry_id: c.entry_similarity for c in policy.seen[-1]}
+
+
+def entry_gaps(cache: MemCache, policy: RecordingPolicy, query: str = QUERY) -> dict[int, float | None]:
+    cache.lookup(query)
+    return {c.entry_id: c.entry_gap for c in policy.seen[-1]}
 
 
 def test_candidates_carry_their_entry_centroid_similarity(db_url, embedder):
@@ -56,6 +69,9 @@ def test_candidates_carry_their_entry_centroid_similarity(db_url, embedder):
     assert sims[password_entry] == pytest.approx(expected, abs=1e-5)
     refund = [entry for entry in sims if entry != password_entry]
     assert refund and sims[refund[0]] is None  # one key: its similarity is the key's own
+    gaps = entry_gaps(cache, policy)
+    assert gaps[password_entry] == pytest.approx(gap(embedder, PASSWORD_QUESTIONS, QUERY), abs=1e-5)
+    assert gaps[refund[0]] is None
     # the centroid is closer than the average key, and not simply the nearest key's similarity
     nearest = max(c.similarity for c in policy.seen[-1] if c.entry_id == password_entry)
     assert sims[password_entry] != pytest.approx(nearest, abs=1e-4)
@@ -67,12 +83,13 @@ def test_entry_centroids_survive_a_restart(db_url, embedder, tmp_path, snapshot)
     first = RecordingPolicy()
     with MemCache(db_url, embedder=embedder, policy=first, snapshot=path) as cache:
         fill(cache)
-        before = entry_similarities(cache, first)
+        before = entry_similarities(cache, first), entry_gaps(cache, first)
         if snapshot:
             cache.save_snapshot()
     again = RecordingPolicy()
     with MemCache(db_url, embedder=embedder, policy=again, snapshot=path) as cache:
-        assert entry_similarities(cache, again) == pytest.approx(before, abs=1e-5)
+        assert entry_similarities(cache, again) == pytest.approx(before[0], abs=1e-5)
+        assert entry_gaps(cache, again) == pytest.approx(before[1], abs=1e-5)
 
 
 def test_invalidated_entry_takes_its_centroid_along(db_url, embedder):
@@ -98,3 +115,4 @@ def test_keys_written_by_another_process_move_the_centroid(pg_url, embedder):
         reader.sync()
         expected = centroid_similarity(embedder, PASSWORD_QUESTIONS, QUERY)
         assert entry_similarities(reader, policy)[entry] == pytest.approx(expected, abs=1e-5)
+        assert entry_gaps(reader, policy)[entry] == pytest.approx(gap(embedder, PASSWORD_QUESTIONS, QUERY), abs=1e-5)

@@ -55,6 +55,7 @@ def test_paid_queries_are_asked_again_against_todays_index(db_url, embedder):
         for example in examples:
             own = [c for c in example.candidates if c.entry_id == example.entry_id]
             assert len(own) == 1 and own[0].entry_similarity == pytest.approx(own[0].similarity, abs=1e-5)
+            assert own[0].entry_gap is None  # one key left: no similarity among its keys to compare with
         # ten arrival-time labels (the imported key was the first one's neighbour), each
         # replaced by its key's hindsight label: still ten in use, not twenty
         assert policy.labels == 10

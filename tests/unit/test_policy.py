@@ -17,7 +17,7 @@ def synthetic_labels(n, seed=0):
         s = rng.uniform(0.4, 1.0)
         p_right = 1 / (1 + np.exp(-(s - 0.75) * 40))
         margin = rng.uniform(0, 0.3)
-        features = (s, s - margin, rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0, s - 0.2, s - 0.05, s - 0.02, margin)
+        features = (s, s - margin, rng.uniform(0.5, 1), rng.uniform(0.1, 1), 0.0, s - 0.2, s - 0.05, s - 0.02, margin, rng.uniform(-0.2, 0.05))
         out.append((features, rng.random() < p_right))
     return out
 
@@ -61,7 +61,7 @@ def test_calibration_file_round_trip(tmp_path):
     assert loaded.threshold == pytest.approx(policy.threshold)
     assert loaded.claim_ratio == pytest.approx(policy.claim_ratio) and loaded.claim_ratio > 1
     assert loaded.labels == policy.labels and loaded.max_false_hit_rate == 0.05
-    features = (0.9, 0.3, 0.9, 0.5, 0.0, 0.7, 0.85, 0.88, 0.3)
+    features = (0.9, 0.3, 0.9, 0.5, 0.0, 0.7, 0.85, 0.88, 0.3, -0.05)
     assert loaded.confidence(features) == pytest.approx(policy.confidence(features))
     assert CalibratedPolicy.from_file(path, max_false_hit_rate=0.01).max_false_hit_rate == 0.01
 
@@ -135,14 +135,15 @@ def test_features_see_how_crowded_the_neighbourhood_is():
 
 
 def test_entry_centroid_features_fall_back_to_the_key_for_one_key_entries():
-    """Entry similarity is the centroid's where the cache set it, else the key's own similarity."""
+    """Entry similarity and gap are the centroid's where the cache set them; for a one-key
+    entry, the key's own similarity and that similarity minus 1 (its keys as if identical)."""
     _, _, plain = neighbourhood_features([Candidate(1, 7, 0.9), Candidate(2, 8, 0.8)], {})
-    assert plain[7:] == pytest.approx((0.9, 0.1))
+    assert plain[7:] == pytest.approx((0.9, 0.1, -0.1))
     _, _, centred = neighbourhood_features(
-        [Candidate(1, 7, 0.9, entry_similarity=0.95), Candidate(2, 8, 0.8), Candidate(3, 7, 0.7, entry_similarity=0.95)], {}
+        [Candidate(1, 7, 0.9, 0.95, -0.02), Candidate(2, 8, 0.8), Candidate(3, 7, 0.7, 0.95, -0.02)], {}
     )
-    assert centred[7:] == pytest.approx((0.95, 0.15))
-    assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][7:] == pytest.approx((0.9, 0.9))
+    assert centred[7:] == pytest.approx((0.95, 0.15, -0.02))
+    assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][7:] == pytest.approx((0.9, 0.9, -0.1))
 
 
 def test_audits_that_find_more_wrong_hits_than_claimed_tighten_the_cut_off():
