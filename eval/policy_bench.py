@@ -31,11 +31,12 @@ from memcache.types import Candidate
 
 
 def synthetic_labels(n: int, seed: int = 0) -> list[tuple[list[float], bool]]:
-    """Nine features in the ranges real lookups have; right more often at higher similarity."""
+    """Ten features in the ranges real lookups have; right more often at higher similarity."""
     rng = np.random.default_rng(seed)
     s = rng.uniform(0.4, 1.0, n)
     x = np.column_stack([s, rng.uniform(0, 0.3, n), rng.uniform(0.5, 1, n), rng.uniform(0.1, 1, n),
-                         rng.uniform(0, 0.2, n), s - 0.2, s - 0.05, s - 0.02, rng.uniform(-0.1, 0.3, n)])
+                         rng.uniform(0, 0.2, n), s - 0.2, s - 0.05, s - 0.02, rng.uniform(-0.1, 0.3, n),
+                         rng.uniform(-0.2, 0.05, n)])
     right = rng.random(n) < 1 / (1 + np.exp(-(s - 0.75) * 40))
     assert x.shape[1] == len(FEATURE_NAMES)
     return list(zip(x.tolist(), right.tolist()))

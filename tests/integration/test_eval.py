@@ -188,7 +188,10 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
     report = json.loads(report_path.read_text())
     runs = report["runs"]
     assert [(run["seed"], run["audit_seed"]) for run in runs] == [(3, 5), (3, 6)]
-    assert runs[0]["reusable_rate"] == runs[1]["reusable_rate"]  # the same shuffle
+    # The same shuffle (its determinism is tested in tests/unit/test_replay_order.py). Not checked
+    # through reusable_rate: a coin changes which queries are served, and a wrong hit on the first
+    # query of an intent stores nothing for it, so the rate can differ between coins.
+    assert runs[0]["queries"] == runs[1]["queries"]
     assert report["across_seeds"][0]["seeds"] == 2 and "across seeds (3; audit seeds 5,6)" in out.stdout
     after = out.stdout.split("from query 500 on")[1].splitlines()
     assert after[1].split()[:2] == ["seed", "audit_seed"] and after[2].split()[:2] == ["3", "5"]
