@@ -80,29 +80,30 @@ class EntryCentroids:
         `leave_out` is a key vector to take out of the centroid first: a hindsight label asks
         a stored key again without itself.
         """
-        known = self._sums.get(entry_id)
-        if known is None:
-            return None
-        total = known[0]
-        if leave_out is None:
-            norm = self._norms.get(entry_id, 0.0)
-        else:
-            total = total - leave_out
-            norm = float(np.linalg.norm(total))
-        return float(total @ query) / norm if norm > 1e-6 else None
+        return self.measure(entry_id, query, leave_out)[0]
 
     def gap(self, entry_id: int, query: np.ndarray, leave_out: np.ndarray | None = None) -> float | None:
         """The query's mean similarity to the entry's keys minus the keys' mean similarity to one
         another (None while the entry has fewer than two keys, `leave_out` taken out first)."""
+        return self.measure(entry_id, query, leave_out)[1]
+
+    def measure(
+        self, entry_id: int, query: np.ndarray, leave_out: np.ndarray | None = None
+    ) -> tuple[float | None, float | None]:
+        """(`similarity`, `gap`) of `query` for one entry, from one read of its sum."""
         known = self._sums.get(entry_id)
         if known is None:
-            return None
+            return None, None
         total, count = known
-        if leave_out is not None:
+        if leave_out is None:
+            norm = self._norms.get(entry_id, 0.0)
+        else:
             total, count = total - leave_out, count - 1
-        if count < 2:
-            return None
-        return float(total @ query) / count - (float(total @ total) - count) / (count * (count - 1))
+            norm = float(np.linalg.norm(total))
+        dot = float(total @ query)
+        similarity = dot / norm if norm > 1e-6 else None
+        gap = dot / count - (float(total @ total) - count) / (count * (count - 1)) if count >= 2 else None
+        return similarity, gap
 
     def annotate(
         self, candidates: Sequence[Candidate], query: np.ndarray, *, own_entry: int | None = None
@@ -115,8 +116,7 @@ class EntryCentroids:
         for c in candidates:
             entry_id = c.entry_id
             if entry_id not in cache:
-                leave_out = query if entry_id == own_entry else None
-                cache[entry_id] = self.similarity(entry_id, query, leave_out), self.gap(entry_id, query, leave_out)
+                cache[entry_id] = self.measure(entry_id, query, query if entry_id == own_entry else None)
             sim, gap = cache[entry_id]
             out.append(c if sim is None else Candidate(c.key_id, entry_id, c.similarity, sim, gap))
         return out
