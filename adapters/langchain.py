@@ -16,7 +16,6 @@ from typing import Any
 from memcache.adapters._pending import PendingLookups
 from memcache.cache import MemCache
 from memcache.errors import ConfigError
-from memcache.scope import DEFAULT_TENANT
 from memcache.types import CacheHit
 
 try:
@@ -134,7 +133,7 @@ class MemCacheSemanticCache(BaseCache):
 
     def clear(self, **kwargs: Any) -> None:
         """Forget everything stored under this adapter's tenant."""
-        self.cache.forget(tenant=self.tenant or DEFAULT_TENANT)
+        self.cache.forget(tenant=self.tenant)
 
     async def aclear(self, **kwargs: Any) -> None:
-        await self.cache.aforget(tenant=self.tenant or DEFAULT_TENANT)
+        await self.cache.aforget(tenant=self.tenant)

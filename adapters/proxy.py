@@ -4,17 +4,28 @@
 
 `POST /v1/chat/completions` (JSON or SSE stream) answers from memory or through LiteLLM,
 `GET /v1/models`, `GET /healthz`, `GET /metrics` (Prometheus text). The tenant is the API key
-(each key its own scope); with keys configured, unknown keys are refused. Without configured
-keys, an `X-Memcache-Tenant` header names the tenant instead (for proxies behind your own auth). Every response says
-what the cache did in `X-Memcache-Cache` (hit/miss/audit), `X-Memcache-Similarity`,
-`X-Memcache-Confidence` and `X-Memcache-Entry`; `X-Memcache-Audited: true` marks a hit that
-the upstream model checks in the background (a shadow audit).
+(each key its own scope); with keys configured, unknown keys are refused, on every route but
+`/healthz`. Without configured keys, an `X-Memcache-Tenant` header names the tenant instead
+(for proxies behind your own auth). Every response says what the cache did in
+`X-Memcache-Cache` (hit/miss/audit), `X-Memcache-Similarity`, `X-Memcache-Confidence` and
+`X-Memcache-Entry` (an opaque token, stable per entry); `X-Memcache-Audited: true` marks a hit
+that the upstream model checks in the background (a shadow audit).
+
+A client chooses the model name and the answer-changing parameters (`FORWARDED_PARAMS`), nothing
+else: where the call goes, with which key, and any test or transport field are the operator's.
+A body field outside that list is refused with a 400 that names it (`allow_params` in the
+config lets more through). Bodies are bounded in size and nesting before they are parsed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import json
+import logging
+import os
+import re
 import threading
 import time
 import tomllib
@@ -23,8 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from memcache.cache import MemCache, cache_info
-from memcache.errors import ConfigError, EscalationError, InvalidRequestError
+from memcache.errors import ConfigError, EscalationError, InvalidRequestError, MemcacheError
+from memcache.scope import build_scope
 from memcache.types import CacheInfo
 
 try:
@@ -34,6 +48,32 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ConfigError.missing_extra("server", "fastapi") from exc
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_BODY_BYTES = 8 * 1024 * 1024  # default bound on a request body (images as data URLs fit)
+MAX_BODY_NESTING = 64  # deepest nesting of lists and objects in a body (memcache.scope.MAX_NESTING)
+log = logging.getLogger("memcache.proxy")
+
+_JSON_TYPES = {
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+# Body fields a client may send besides `model` and `messages`: the OpenAI parameters that shape
+# the answer (or how it is delivered: stream), each with the JSON types it may take.
+FORWARDED_PARAMS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("temperature", "top_p", "presence_penalty", "frequency_penalty"), ("number",)),
+    **dict.fromkeys(("n", "max_tokens", "max_completion_tokens", "seed", "top_logprobs"), ("integer",)),
+    **dict.fromkeys(("logprobs", "parallel_tool_calls", "stream"), ("boolean",)),
+    **dict.fromkeys(("tools", "functions", "modalities"), ("array",)),
+    **dict.fromkeys(("logit_bias", "response_format", "stream_options", "prediction", "audio", "web_search_options"),
+                    ("object",)),
+    **dict.fromkeys(("user", "reasoning_effort", "service_tier"), ("string",)),
+    "stop": ("string", "array"),
+    **dict.fromkeys(("tool_choice", "function_call"), ("string", "object")),
+}
+_STRING_LITERAL = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -53,9 +93,13 @@ class ProxyConfig:
     max_false_hit_rate = 0.02
     snapshot = "memcache.index"     # optional: index snapshot loaded on start, written on exit
     shadow_audits = true            # serve an audited hit while upstream checks it (false: wait for upstream)
+    metrics_key = "sk-metrics"      # optional: the key GET /metrics takes (default: any client key)
+    allow_params = []               # body fields clients may send beyond FORWARDED_PARAMS (off by default)
+    max_body_bytes = 8388608        # larger request bodies get 413
     [models.gpt-4o-mini]            # the name clients send
-    model = "openai/gpt-4o-mini"    # the LiteLLM model it maps to
+    model = "openai/gpt-4o-mini"    # the LiteLLM model it maps to; other keys are LiteLLM arguments:
     api_base = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"  # the upstream key, read from this variable (or api_key = "...")
     [keys]                          # API key -> tenant; when present, other keys are refused
     "sk-team-a" = "team-a"
     ```
@@ -68,6 +112,9 @@ class ProxyConfig:
     shadow_audits: bool = True
     models: Mapping[str, Upstream] = field(default_factory=dict)
     keys: Mapping[str, str] = field(default_factory=dict)
+    metrics_key: str | None = None
+    allow_params: frozenset[str] = frozenset()
+    max_body_bytes: int = MAX_BODY_BYTES
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ProxyConfig":
@@ -77,17 +124,19 @@ class ProxyConfig:
             raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
         unknown = set(data) - {
             "database_url", "max_false_hit_rate", "embedding_model", "snapshot", "shadow_audits", "models", "keys",
+            "metrics_key", "allow_params", "max_body_bytes",
         }
         if unknown:
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
         if not isinstance(data.get("shadow_audits", True), bool):
             raise ConfigError(f"{path}: shadow_audits must be true or false")
-        models = {}
-        for name, spec in data.get("models", {}).items():
-            if not isinstance(spec, dict) or "model" not in spec:
-                raise ConfigError(f"{path}: [models.{name}] needs model = \"provider/name\"")
-            spec = dict(spec)
-            models[name] = Upstream(spec.pop("model"), spec)
+        allow = data.get("allow_params", [])
+        if not isinstance(allow, list) or not all(isinstance(name, str) for name in allow):
+            raise ConfigError(f"{path}: allow_params must be a list of body field names")
+        max_body = data.get("max_body_bytes", MAX_BODY_BYTES)
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
+            raise ConfigError(f"{path}: max_body_bytes must be a whole number of bytes, at least 1024")
+        models = {name: _upstream(path, name, spec) for name, spec in data.get("models", {}).items()}
         return cls(
             database_url=data.get("database_url"),
             max_false_hit_rate=float(data.get("max_false_hit_rate", 0.02)),
@@ -96,7 +145,55 @@ class ProxyConfig:
             shadow_audits=data.get("shadow_audits", True),
             models=models,
             keys={str(k): str(v) for k, v in data.get("keys", {}).items()},
+            metrics_key=data.get("metrics_key"),
+            allow_params=frozenset(allow),
+            max_body_bytes=max_body,
         )
+
+
+def _upstream(path: str | Path, name: str, spec: Any) -> Upstream:
+    """One `[models.NAME]` table: `model`, an optional `api_key_env`, and LiteLLM arguments."""
+    if not isinstance(spec, dict) or "model" not in spec:
+        raise ConfigError(f"{path}: [models.{name}] needs model = \"provider/name\"")
+    spec = dict(spec)
+    variable = spec.pop("api_key_env", None)
+    if variable is not None:
+        if "api_key" in spec:
+            raise ConfigError(f"{path}: [models.{name}] sets both api_key and api_key_env; keep one")
+        if not os.environ.get(str(variable)):
+            raise ConfigError(f"{path}: [models.{name}] reads its key from ${variable}, which is not set")
+        spec["api_key"] = os.environ[str(variable)]
+    return Upstream(spec.pop("model"), spec)
+
+
+def entry_token(cache: MemCache, entry_id: int | None) -> str | None:
+    """An opaque, stable name of an entry for clients: store ids are sequential and say how
+    much others have stored; this keyed hash says nothing."""
+    if entry_id is None:
+        return None
+    return hmac.new(cache.store.store_id.encode(), str(entry_id).encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _nesting(raw: bytes) -> int:
+    """How deeply a JSON text nests lists and objects, read without parsing it."""
+    structure = _STRING_LITERAL.sub(b"", raw).translate(None, b" \t\r\n0123456789.eE+-truefalsn,:")
+    steps = np.frombuffer(structure, dtype=np.uint8)
+    depth = np.cumsum(np.isin(steps, (ord("["), ord("{"))).astype(np.int64) - np.isin(steps, (ord("]"), ord("}"))))
+    return int(depth.max()) if len(depth) else 0
+
+
+def _check_params(body: Mapping[str, Any], allowed: frozenset[str]) -> str | None:
+    """Why a body's fields cannot be forwarded, or None when they can."""
+    for name, value in body.items():
+        if name in allowed:
+            continue
+        kinds = FORWARDED_PARAMS.get(name)
+        if kinds is None:
+            return (f"{name!r} is not a field this proxy forwards; routing, credentials and test fields are set "
+                    "by the operator (allow_params in the proxy config lets more through)")
+        if value is not None and not any(_JSON_TYPES[kind](value) for kind in kinds):
+            return f"{name!r} must be {' or '.join(kinds)}, got {type(value).__name__}"
+    return None
 
 
 class Metrics:
@@ -158,51 +255,118 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+    """An OpenAI-style error object."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
 
 
-def _headers(info: CacheInfo | None) -> dict[str, str]:
+class _Refused(Exception):
+    """A client error found while reading a request: becomes `response`, nothing else happens."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _headers(cache: MemCache, info: CacheInfo | None) -> dict[str, str]:
     if info is None:
         return {}
     headers = {"X-Memcache-Cache": info.outcome, "X-Memcache-Confidence": f"{info.confidence:.4f}"}
     if info.similarity is not None:
         headers["X-Memcache-Similarity"] = f"{info.similarity:.4f}"
     if info.entry_id is not None:
-        headers["X-Memcache-Entry"] = str(info.entry_id)
+        headers["X-Memcache-Entry"] = entry_token(cache, info.entry_id)
     if info.audited:  # served while the upstream model checks it
         headers["X-Memcache-Audited"] = "true"
     return headers
 
 
+async def _read_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, bounded in size and nesting before it is parsed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _Refused(_error(413, f"the body is larger than this proxy accepts ({limit} bytes)"))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(_error(413, f"the body is larger than this proxy accepts ({limit} bytes)"))
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if _nesting(raw) > MAX_BODY_NESTING:
+        raise _Refused(_error(400, f"the body nests lists and objects more than {MAX_BODY_NESTING} deep"))
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _Refused(_error(400, "the body is not JSON")) from None
+    if not isinstance(body, dict) or "messages" not in body or "model" not in body:
+        raise _Refused(_error(400, "a chat completion needs 'model' and 'messages'"))
+    if not isinstance(body["model"], str) or not isinstance(body["messages"], list):
+        raise _Refused(_error(400, "'model' must be a string and 'messages' an array"))
+    return body
+
+
 def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
     """The proxy as an ASGI app around an open MemCache (run it with uvicorn)."""
     config = config or ProxyConfig()
+    reserved = config.allow_params & {"model", "messages", "tenant"}
+    if reserved:
+        raise ConfigError(f"allow_params cannot name {sorted(reserved)}: the proxy sets those itself")
     metrics = Metrics()
     app = FastAPI(title="memcache proxy")
+    if not config.keys:
+        log.warning("no [keys] configured: every client is served, and names its tenant in X-Memcache-Tenant")
+    if not config.models:
+        log.warning("no [models] configured: clients may ask for any LiteLLM model name, with the server's credentials")
 
-    def tenant_of(request: Request) -> str | JSONResponse:
+    def bearer(request: Request) -> str:
         auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+    def tenant_of(request: Request) -> str | None:
+        key = bearer(request)
         if config.keys:
             if key not in config.keys:
-                return _error(401, "unknown API key", "invalid_request_error")
+                raise _Refused(_error(401, "unknown API key"))
             return config.keys[key]
-        if request.headers.get("x-memcache-tenant"):  # trusted deployments without keys name the tenant
-            return request.headers["x-memcache-tenant"]
-        return f"key-{hashlib.sha256(key.encode()).hexdigest()[:16]}" if key else "default"
+        named = request.headers.get("x-memcache-tenant")
+        if named:  # trusted deployments without keys name the tenant
+            build_scope(tenant=named, model="check", params={})  # a bad name is a 400, not a 500
+            return named
+        return f"key-{hashlib.sha256(key.encode()).hexdigest()[:16]}" if key else None
+
+    def guarded(handler):
+        """Client errors become their response; nothing a client sends becomes a 500."""
+        @functools.wraps(handler)
+        async def run(request: Request):
+            try:
+                return await handler(request)
+            except _Refused as refused:
+                return refused.response
+            except InvalidRequestError as exc:
+                metrics.count("errors")
+                return _error(400, str(exc))
+        return run
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    @guarded
+    async def models(request: Request):
+        tenant_of(request)
         names = list(config.models) or ([cache.strong_model] if cache.strong_model else [])
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "memcache"} for n in names]}
 
     @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
+    @guarded
+    async def prometheus(request: Request):
+        if config.metrics_key is not None:
+            if not hmac.compare_digest(bearer(request), config.metrics_key):
+                raise _Refused(_error(401, "GET /metrics takes the metrics key"))
+        else:
+            tenant_of(request)
         policy = cache.policy  # policy attributes only: a scrape does not touch the store
         shifts = getattr(policy, "shifts_detected", None)
         return PlainTextResponse(metrics.render(
@@ -211,41 +375,41 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
         ))
 
     @app.post("/v1/chat/completions")
+    @guarded
     async def chat(request: Request):
         started = time.perf_counter()
         metrics.count("requests")
         tenant = tenant_of(request)
-        if isinstance(tenant, JSONResponse):
-            return tenant
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "body is not JSON", "invalid_request_error")
-        if not isinstance(body, dict) or "messages" not in body or "model" not in body:
-            return _error(400, "a chat completion needs 'model' and 'messages'", "invalid_request_error")
-        name = body.pop("model")
-        messages = body.pop("messages")
+        body = await _read_body(request, config.max_body_bytes)
+        name, messages = body.pop("model"), body.pop("messages")
+        refused = _check_params(body, config.allow_params)
+        if refused is not None:
+            metrics.count("errors")
+            return _error(400, refused)
         if config.models and name not in config.models:
-            return _error(404, f"model {name!r} is not served here; see GET /v1/models", "invalid_request_error")
+            return _error(404, f"model {name!r} is not served here; see GET /v1/models", param="model")
         upstream = config.models.get(name, Upstream(name))
         stream = bool(body.get("stream"))
         body.pop("stream_options", None)
         try:
             response = await cache.acompletion(
-                messages=messages, model=upstream.model, tenant=tenant, **body, **dict(upstream.kwargs)
+                messages=messages, model=upstream.model, tenant=tenant, **{**body, **dict(upstream.kwargs)}
             )
-        except InvalidRequestError as exc:
-            metrics.count("errors")
-            return _error(400, str(exc), "invalid_request_error")
         except EscalationError as exc:
             metrics.count("errors")
             return _error(502, str(exc), "upstream_error")
+        except InvalidRequestError:
+            raise
+        except MemcacheError as exc:  # the store or the embedding model failed: the server's fault
+            metrics.count("errors")
+            log.error("request failed: %s", exc)
+            return _error(503, "the cache is unavailable; try again", "server_error")
         info = cache_info(response)
         if not stream:
             metrics.observe(info, time.perf_counter() - started)
             payload = response.model_dump(exclude={"_hidden_params"})
             payload["model"] = name
-            return JSONResponse(payload, headers=_headers(info))
+            return JSONResponse(payload, headers=_headers(cache, info))
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -258,7 +422,7 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
             yield b"data: [DONE]\n\n"
             metrics.observe(info, time.perf_counter() - started)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(info))
+        return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(cache, info))
 
     return app
 

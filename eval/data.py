@@ -73,11 +73,11 @@ def pair_groups(pairs: Iterable[LabeledPair]) -> list[LabeledQuery]:
     """Turn duplicate-question pairs into a labeled stream of single questions.
 
     Duplicates are joined transitively into groups (as are texts that are the same question
-    up to case and whitespace, which the cache's exact path would serve anyway); a group of
+    up to case and whitespace: the same question to a reader); a group of
     two or more questions shares a label, and a question in no group is "oos": nothing
     stored can be right for it. Each distinct text appears once, in order of first sight.
     """
-    from memcache.scope import normalize
+    from memcache.judge import comparable as normalize
 
     parent: dict[str, str] = {}
 

@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -28,12 +29,12 @@ from memcache import llm
 from memcache.centroids import EntryCentroids
 from memcache.embedding import Embedder, SentenceTransformerEmbedder, resolve_device
 from memcache.hindsight import HindsightWindow
-from memcache.errors import ConfigError, InvalidRequestError
+from memcache.errors import ConfigError, InvalidRequestError, StoreError
 from memcache.index import FaissIndex, VectorIndex
 from memcache.judge import ExactJudge, Judge
 from memcache.policy import CalibratedPolicy, Policy
-from memcache.scope import build_scope, check_text, normalize, split_messages
-from memcache.store import Store, StoredKey, text_hash, utcnow
+from memcache.scope import Conversation, build_scope, check_text, digest, normalize, split_messages
+from memcache.store import Store, StoredAnswer, StoredKey, text_hash, utcnow
 from memcache.types import (
     CacheEntry,
     CacheHit,
@@ -57,6 +58,34 @@ Verifier = Callable[[str, str], bool]
 log = logging.getLogger("memcache")
 
 
+MAX_SECONDS = 100 * 365 * 86_400  # past this an expiry date would not fit a datetime
+
+
+def _check_seconds(value: Any, name: str, *, allow_zero: bool, hint: str) -> None:
+    """A duration in seconds: a finite number, > 0 (or >= 0), under a century; None passes."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} is in seconds and must be a finite number ({hint})")
+    if value < 0 or (value == 0 and not allow_zero) or value > MAX_SECONDS:
+        low = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} is in seconds and must be {low} and at most {MAX_SECONDS:,} ({hint})")
+
+
+def _check_count(value: Any, name: str, *, minimum: int, hint: str = "", optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}" + (f" ({hint})" if hint else ""))
+
+
+def _entry_id(value: Any) -> int:
+    """An entry id as a caller passes it: a positive 64-bit integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise InvalidRequestError(f"an entry id is a positive 64-bit integer, got {value!r}")
+    return value
+
+
 def _batch_vector(batch: dict[str, tuple[list[int], list[np.ndarray]]], key: StoredKey) -> bool:
     """Queue a stored key's vector for its scope's next index add; False if it has none."""
     if key.embedding is None:
@@ -74,6 +103,28 @@ def _start_unless_running(current: threading.Thread | None, target: Callable[[],
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def _stable_name(fn: Callable) -> str:
+    """The scope name of a decorated function: `module.qualname`, where that names it alone.
+
+    Functions defined inside another function add their defaults, by value: siblings made by one
+    factory differ only there. A closure, a lambda or a partial has nothing stable to add (what
+    it captured is not part of its name), so it needs an explicit name.
+    """
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str) or "<lambda>" in qualname or getattr(fn, "__closure__", None):
+        raise ConfigError(
+            f"{qualname or fn!r} has no name that tells it apart from its siblings across restarts (a closure, "
+            "a lambda or a partial); decorate it with @cache.cached(model='a-name-of-its-own')"
+        )
+    name = f"{fn.__module__}.{qualname}"
+    if "<locals>" in qualname:
+        try:
+            name += "#" + digest([fn.__defaults__, fn.__kwdefaults__], what=f"the defaults of {qualname}")
+        except InvalidRequestError as exc:
+            raise ConfigError(f"{exc}; or decorate it with @cache.cached(model='a-name-of-its-own')") from exc
+    return name
 
 
 def cache_info(response: Any) -> CacheInfo | None:
@@ -158,18 +209,14 @@ class MemCache:
     ) -> None:
         if policy is not None and calibration is not None:
             raise ConfigError("pass either policy= or calibration=, not both")
-        if max_query_chars < 1:
-            raise ConfigError("max_query_chars must be >= 1")
-        if neighbours < 1:
-            raise ConfigError("neighbours must be >= 1")
-        if hindsight_window < 0:
-            raise ConfigError("hindsight_window must be >= 0 (0 turns hindsight labels off)")
-        if ttl is not None and ttl <= 0:
-            raise ConfigError("ttl is in seconds and must be > 0 (or None for no expiry)")
-        if max_entries is not None and max_entries < 1:
-            raise ConfigError("max_entries must be >= 1 (or None for no limit)")
-        if sync_interval is not None and sync_interval < 0:
-            raise ConfigError("sync_interval is in seconds and must be >= 0 (or None to turn syncing off)")
+        if database_url is not None and (not isinstance(database_url, str) or not database_url.strip()):
+            raise ConfigError("database_url must be a SQLAlchemy URL such as 'sqlite:///memcache.db' (or None for that)")
+        _check_count(max_query_chars, "max_query_chars", minimum=1)
+        _check_count(neighbours, "neighbours", minimum=1)
+        _check_count(hindsight_window, "hindsight_window", minimum=0, hint="0 turns hindsight labels off")
+        _check_count(max_entries, "max_entries", minimum=1, hint="or None for no limit", optional=True)
+        _check_seconds(ttl, "ttl", allow_zero=False, hint="or None for no expiry")
+        _check_seconds(sync_interval, "sync_interval", allow_zero=True, hint="or None to turn syncing off")
         if verify is not None and not callable(verify):
             raise ConfigError("verify must be a callable verify(query, answer) -> bool")
         self.strong_model = strong_model
@@ -194,7 +241,7 @@ class MemCache:
         self._audit_tasks: set[asyncio.Task] = set()  # ... and on an event loop (async `cached`)
         self._audit_pool: ThreadPoolExecutor | None = None
         self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
-        self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)
+        self.store = store if store is not None else Store(DEFAULT_DATABASE_URL if database_url is None else database_url)
         self.judge = judge if judge is not None else ExactJudge()
         self._index = index
         self._lock = threading.RLock()
@@ -207,9 +254,9 @@ class MemCache:
         self._entry_stats: dict[int, EntryStats] = {}  # entries checked at least once (the policy's only use)
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
         self._flusher: threading.Thread | None = None
-        # entry id -> (answer, expires_at, payload), least recently served first; dropped when the
-        # entry changes here or in another process (then within `sync_interval`)
-        self._answers: OrderedDict[int, tuple[str, datetime | None, str | None]] = OrderedDict()
+        # entry id -> its stored answer, least recently served first; dropped when the entry
+        # changes here or in another process (then within `sync_interval`)
+        self._answers: OrderedDict[int, StoredAnswer] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
         self.sync_interval = sync_interval
         self.max_entries = max_entries
@@ -302,24 +349,41 @@ class MemCache:
         return self._index
 
     def _open_snapshot(self) -> FaissIndex | None:
-        """The index saved at `snapshot` when it belongs to this store, else None (rebuild)."""
+        """The index saved at `snapshot` when it belongs to this store, else None (rebuild).
+
+        A snapshot of another store, of another vector width, or damaged in any way is logged
+        and ignored: the store can always rebuild the index.
+        """
         if self.snapshot is None or self._index is not None or not self.snapshot.exists():
             return None
         try:
             if FaissIndex.read_meta(self.snapshot).get("store_id") != self.store.store_id:
                 log.warning("index snapshot %s belongs to another store; rebuilding from the store", self.snapshot)
                 return None
-            self._index = FaissIndex.load(self.snapshot)
-        except (OSError, ValueError, RuntimeError) as exc:  # faiss reports a corrupt blob as RuntimeError
+            index = FaissIndex.load(self.snapshot)
+        except Exception as exc:  # noqa: BLE001 - a damaged file of any kind means: rebuild
             log.warning("index snapshot %s is unreadable (%s); rebuilding from the store", self.snapshot, exc)
             return None
-        return self._index
+        width = self.store.vector_dimension()
+        if width is not None and width != index.dimension:
+            log.warning(
+                "index snapshot %s holds %d-wide vectors, the store %d-wide; rebuilding from the store",
+                self.snapshot, index.dimension, width,
+            )
+            return None
+        self._index = index
+        return index
 
     def _reconcile(self, index: FaissIndex) -> None:
-        """Make a loaded snapshot match the store: drop keys deleted since, add keys written since."""
-        indexed = index.ids()
-        index.remove(indexed - self._keys.keys())
-        missing = sorted(self._keys.keys() - indexed)
+        """Make a loaded snapshot match the store: drop keys deleted since, and keys the snapshot
+        files under another scope than the store does; add what is missing."""
+        stored_scope = {key_id: key[1] for key_id, key in self._keys.items()}
+        indexed = index.scopes()
+        stale = {key_id for key_id, scope_key in indexed.items() if stored_scope.get(key_id) != scope_key}
+        if stale - (indexed.keys() - stored_scope.keys()):
+            log.warning("index snapshot %s files keys under other scopes than the store; re-adding them", self.snapshot)
+        index.remove(stale)
+        missing = sorted(stored_scope.keys() - (indexed.keys() - stale))
         for start in range(0, len(missing), 10_000):
             batch: dict[str, tuple[list[int], list[np.ndarray]]] = {}
             for key in self.store.keys_by_id(missing[start : start + 10_000]):
@@ -356,7 +420,7 @@ class MemCache:
             stored = {key.key_id: key for key in self.store.keys_by_id(new_keys)}
             for change in changes:
                 if change.kind == "drop":
-                    self._forget_entries([change.entry_id], self._keys_of_entry.get(change.entry_id, ()))
+                    self._forget_entries([change.entry_id], ())
                 elif change.key_id in stored:
                     key = stored[change.key_id]
                     self._add_key(key.key_id, key.entry_id, key.scope_key, key.normalized_hash, key.embedding)
@@ -428,15 +492,14 @@ class MemCache:
 
     def _parse(self, request: Request, model: str | None, tenant: str | None, params: Mapping[str, Any]):
         if isinstance(request, (str, bytes)) or not isinstance(request, Sequence):
-            query = check_text(request, what="the query", max_chars=self.max_query_chars)
-            earlier, extra = [], []
+            turn = Conversation(check_text(request, what="the query", max_chars=self.max_query_chars))
         else:
-            query, earlier, extra = split_messages(request, max_chars=self.max_query_chars)
+            turn = split_messages(request, max_chars=self.max_query_chars)
         scope = build_scope(
             tenant=tenant, model=model or self.strong_model or DEFAULT_SCOPE_MODEL, params=params,
-            earlier=earlier, extra_parts=extra,
+            earlier=turn.earlier, extra_parts=turn.query_extras, after=turn.after,
         )
-        return query, scope
+        return turn.query, scope
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -474,10 +537,11 @@ class MemCache:
 
     def _exact_hit(self, scope_key: str, query: str) -> CacheHit | None:
         key_id = self._exact.get((scope_key, text_hash(normalize(query))))
-        if key_id is None:
+        key = None if key_id is None else self._keys.get(key_id)  # deleted meanwhile: a miss
+        if key is None:
             return None
-        entry_id = self._keys[key_id][0]
-        row = self._live_answer(entry_id)
+        entry_id = key[0]
+        row = self._live_answer(entry_id, scope_key)
         if row is None:
             return None
         self._count_hit(entry_id, exact=True)
@@ -500,7 +564,7 @@ class MemCache:
         self._record_shift_hold()
         hit = None
         if decision.action == "hit":
-            row = self._live_answer(decision.entry_id)
+            row = self._live_answer(decision.entry_id, scope.key)
             if row is None:  # expired or deleted since it was indexed
                 decision = replace(decision, action="miss")
             else:
@@ -542,7 +606,7 @@ class MemCache:
             return None
         if decision.entry_id is None or len(self._audits) + len(self._audit_tasks) >= MAX_PENDING_AUDITS:
             return None
-        row = self._live_answer(decision.entry_id)
+        row = self._live_answer(decision.entry_id, result.scope.key)
         if row is None:
             return None
         self._count_hit(decision.entry_id, exact=False, new_lookup=False)  # the lookup was counted as an audit
@@ -552,11 +616,13 @@ class MemCache:
         """`shadow_hit` off the event loop; a miss (the common case) needs no thread hop."""
         return await self._run(self.shadow_hit, result) if result.decision.action == "audit" else None
 
-    def _live_answer(self, entry_id: int) -> tuple[str, str | None] | None:
-        """(answer, payload) of an entry that exists and has not expired.
+    def _live_answer(self, entry_id: int, scope_key: str) -> tuple[str, str | None] | None:
+        """(answer, payload) of an entry that exists, has not expired, and belongs to `scope_key`.
 
         Served from the in-memory answer cache when there; an expiry seen there is checked
         against the store before the entry is deleted (another process may have extended it).
+        An entry of another scope is never served, whatever this process's maps say: the guard
+        logs it and drops the entry from this process's derived state (the store is the truth).
         """
         with self._lock:
             row = self._answers.get(entry_id)
@@ -571,14 +637,18 @@ class MemCache:
                     self._answers[entry_id] = row
                     if len(self._answers) > ANSWER_CACHE_SIZE:
                         self._answers.popitem(last=False)
+        if row.scope_key != scope_key:
+            log.error("scope guard: entry %s is stored under another scope than the request's; not served", entry_id)
+            self._forget_entries([entry_id], ())
+            return None
         if self._expired(row):
             self.invalidate(entry_id)
             return None
-        return row[0], row[2]
+        return row.answer, row.payload
 
     @staticmethod
-    def _expired(row: tuple[str, datetime | None, str | None]) -> bool:
-        return row[1] is not None and row[1] <= utcnow()
+    def _expired(row: StoredAnswer) -> bool:
+        return row.expires_at is not None and row.expires_at <= utcnow()
 
     def _count_hit(self, entry_id: int, *, exact: bool, new_lookup: bool = True) -> None:
         with self._lock:
@@ -662,9 +732,9 @@ class MemCache:
         if decision.entry_id is None or not decision.features:
             return None
         reference = self.store.answer_of(decision.entry_id)
-        if reference is None:
+        if reference is None or reference.scope_key != result.scope.key:
             return None
-        agreed = bool(self.judge.same_answer(result.query, answer, reference[0]))
+        agreed = bool(self.judge.same_answer(result.query, answer, reference.answer))
         claimed = decision.confidence if decision.action == "audit" else None
         return Label(tuple(decision.features), agreed, decision.entry_id, claimed)
 
@@ -757,9 +827,14 @@ class MemCache:
         return CacheInfo(d.action, similarity, d.confidence, d.entry_id, stored=stored)
 
     @staticmethod
-    def _require_messages(messages: Any) -> None:
+    def _require_messages(messages: Any, kwargs: Mapping[str, Any]) -> bool:
+        """Check what a completion call must hold; returns whether it streams."""
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise InvalidRequestError("messages must be a list of {'role', 'content'} dicts, as for LiteLLM")
+        stream = kwargs.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise InvalidRequestError(f"stream must be true or false, got {stream!r}")
+        return bool(stream)
 
     def _model_for(self, model: str | None) -> str:
         model = model or self.strong_model
@@ -778,10 +853,9 @@ class MemCache:
             InvalidRequestError: malformed messages. EscalationError: the strong model failed
                 (nothing is written back).
         """
-        self._require_messages(messages)
+        stream = self._require_messages(messages, kwargs)
         model = self._model_for(model)
         result = self.lookup(messages, model=model, tenant=tenant, **kwargs)
-        stream = bool(kwargs.get("stream"))
         served = result.hit or self.shadow_hit(result)
         if served is not None:
             if result.hit is None:
@@ -799,10 +873,9 @@ class MemCache:
 
     async def acompletion(self, *, messages: Sequence[Mapping[str, Any]], model: str | None = None, tenant: str | None = None, **kwargs: Any):
         """Async `completion`, with the same arguments and results."""
-        self._require_messages(messages)
+        stream = self._require_messages(messages, kwargs)
         model = self._model_for(model)
         result = await self.alookup(messages, model=model, tenant=tenant, **kwargs)
-        stream = bool(kwargs.get("stream"))
         served = result.hit or await self._ashadow_hit(result)
         if served is not None:
             if result.hit is None:  # checked on a worker thread, so it outlives the caller's event loop
@@ -821,7 +894,13 @@ class MemCache:
         return llm.attach(response, self._info(result, stored=stored))
 
     def _write_paid(self, result: LookupResult, text: str, model: str) -> bool:
-        return self.write_back(result, text, source_model=model) is not None
+        """Write back an answer the caller already has; a failure to store it is logged, not
+        raised, so a paid answer is never lost to a store error (a NUL byte on PostgreSQL, say)."""
+        try:
+            return self.write_back(result, text, source_model=model) is not None
+        except (StoreError, InvalidRequestError) as exc:
+            log.warning("the answer was returned but not stored: %s", exc)
+            return False
 
     def _check_later(self, result: LookupResult, model: str, messages: Sequence[Mapping[str, Any]], kwargs: dict) -> None:
         """The shadow audit of a completion: the same request, answered in one piece."""
@@ -873,15 +952,20 @@ class MemCache:
 
         The function is the strong model: it runs on a miss and its answer is written back;
         on an audit it runs too (in the background, after the stored answer was returned,
-        with `shadow_audits`). Its other arguments are part of the scope. The scope's model
-        name is `model`, or the function's qualified name.
+        with `shadow_audits`). Its other arguments are part of the scope, by value (see
+        `memcache.scope.canonical`: an argument memcache cannot tell apart by value is refused).
+        The scope's model name is `model`, or the function's module and qualified name (see
+        `_stable_name`); a closure, a lambda or a partial needs `model=`.
+
+        Raises:
+            ConfigError: no `model=` for a function without a stable name.
         """
 
         def decorate(fn: Callable) -> Callable:
-            name = model or f"{fn.__module__}.{fn.__qualname__}"
+            name = model or _stable_name(fn)
 
             def scope_params(args: tuple, kwargs: dict) -> dict[str, Any]:
-                return {"fn_args": repr(args), "fn_kwargs": repr(sorted(kwargs.items()))}
+                return {"fn_args": list(args), "fn_kwargs": kwargs}
 
             if inspect.iscoroutinefunction(fn):
 
@@ -895,7 +979,7 @@ class MemCache:
                         return served.answer
                     answer = await fn(request, *args, **kwargs)
                     if isinstance(answer, str) and answer.strip():
-                        await self.awrite_back(result, answer)
+                        await self._run(self._write_paid, result, answer, name)
                     return answer
 
                 return async_wrapper
@@ -910,7 +994,7 @@ class MemCache:
                     return served.answer
                 answer = fn(request, *args, **kwargs)
                 if isinstance(answer, str) and answer.strip():
-                    self.write_back(result, answer)
+                    self._write_paid(result, answer, name)
                 return answer
 
             return wrapper
@@ -920,16 +1004,20 @@ class MemCache:
     # -- management -------------------------------------------------------------------------
 
     def invalidate(self, entry_id: int) -> bool:
-        """Delete one entry and all its keys; True if it existed."""
-        return self._drop([entry_id]) > 0
+        """Delete one entry and all its keys; True if it existed.
 
-    def forget(self, *, tenant: str) -> int:
-        """Delete everything stored for `tenant`; returns the number of entries deleted."""
-        if not isinstance(tenant, str) or not tenant:
-            raise InvalidRequestError("tenant must be a non-empty string")
-        return self._drop(self.store.entry_ids_of_tenant(tenant))
+        Raises:
+            InvalidRequestError: `entry_id` is not a positive 64-bit integer.
+        """
+        return self._drop([_entry_id(entry_id)]) > 0
 
-    async def aforget(self, *, tenant: str) -> int:
+    def forget(self, *, tenant: str | None) -> int:
+        """Delete everything stored for `tenant` (None: the requests that named no tenant);
+        returns the number of entries deleted."""
+        scope = build_scope(tenant=tenant, model=DEFAULT_SCOPE_MODEL, params={})  # validates the name
+        return self._drop(self.store.entry_ids_of_tenant(scope.tenant))
+
+    async def aforget(self, *, tenant: str | None) -> int:
         """Async `forget`, run off the event loop."""
         return await self._run(functools.partial(self.forget, tenant=tenant))
 
@@ -941,9 +1029,14 @@ class MemCache:
         return deleted
 
     def _forget_entries(self, entry_ids: Iterable[int], key_ids: Iterable[int]) -> None:
-        """Drop entries and their keys from the derived state (index, exact table, stats)."""
-        key_ids = list(key_ids)
+        """Drop entries and their keys from the derived state (index, exact table, stats).
+
+        The keys are `key_ids` and every key registered here for those entries: a key that
+        another process added while the entry was being deleted is in one list only.
+        """
+        entry_ids = list(entry_ids)
         with self._lock:
+            key_ids = {*key_ids, *(k for e in entry_ids for k in self._keys_of_entry.get(e, ()))}
             if self._index is not None:
                 self._index.remove(key_ids)
             for entry_id in entry_ids:
@@ -1014,8 +1107,12 @@ class MemCache:
         return written
 
     def get(self, entry_id: int) -> CacheEntry | None:
-        """One stored entry with all its query keys, or None."""
-        return self.store.get_entry(entry_id)
+        """One stored entry with all its query keys, or None.
+
+        Raises:
+            InvalidRequestError: `entry_id` is not a positive 64-bit integer.
+        """
+        return self.store.get_entry(_entry_id(entry_id))
 
     def stats(self) -> Stats:
         """Counters of this process and totals of the store."""

@@ -62,7 +62,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     with _open(args) as cache:
-        print(f"deleted {cache.forget(tenant=args.tenant)} entries of tenant {args.tenant!r}")
+        deleted = cache.forget(tenant=args.tenant)
+    print(f"deleted {deleted} entries of " + ("the default tenant" if args.tenant is None else f"tenant {args.tenant!r}"))
     return 0
 
 
@@ -130,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_stats)
 
     forget = sub.add_parser("forget", parents=[store], help="delete everything of one tenant")
-    forget.add_argument("--tenant", required=True)
+    whose = forget.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--tenant", help="the tenant whose entries are deleted")
+    whose.add_argument(
+        "--default-tenant", dest="tenant", action="store_const", const=None,
+        help="delete the entries of requests that named no tenant",
+    )
     forget.set_defaults(func=cmd_forget)
 
     invalidate = sub.add_parser("invalidate", parents=[store], help="delete one entry by id")

@@ -180,12 +180,12 @@ class FaissIndex:
         if len(ids_arr) != len(vectors):
             raise ValueError("ids and vectors differ in length")
         with self._lock.exclusive():
+            fresh = [i for i, key_id in enumerate(ids_arr.tolist()) if key_id not in self._scope_of]
+            if not fresh:  # no empty partition: a search of one would ask FAISS for 0 neighbours
+                return
             part = self._partitions.get(scope_key)
             if part is None:
                 part = self._partitions[scope_key] = _Partition(self._new_flat())
-            fresh = [i for i, key_id in enumerate(ids_arr.tolist()) if key_id not in self._scope_of]
-            if not fresh:
-                return
             ids_arr, vectors = ids_arr[fresh], vectors[fresh]
             with self._all_cores(len(ids_arr)):
                 part.index.add_with_ids(vectors, ids_arr)
@@ -300,9 +300,9 @@ class FaissIndex:
         n = len(vectors)
         with self._lock.shared(yield_to_changes=n > 1):
             part = self._partitions.get(scope_key)
-            if part is None or k < 1:
+            fetch = 0 if part is None else min(k + len(part.tombstones), part.index.ntotal)
+            if fetch < 1:
                 return np.full((n, max(k, 0)), -np.inf, np.float32), np.full((n, max(k, 0)), -1, np.int64)
-            fetch = min(k + len(part.tombstones), part.index.ntotal)
             sims, ids = part.index.search(vectors, fetch)
             tombstones = part.tombstones
         if tombstones:
@@ -327,6 +327,11 @@ class FaissIndex:
         """Every live id."""
         with self._lock.shared():
             return set(self._scope_of)
+
+    def scopes(self) -> dict[int, str]:
+        """Every live id and the scope it is filed under."""
+        with self._lock.shared():
+            return dict(self._scope_of)
 
     def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
         """Write every partition to `path` (written beside it, then renamed over it: a crash
@@ -358,7 +363,7 @@ class FaissIndex:
     def read_meta(path: str | os.PathLike) -> dict:
         """The `meta` a snapshot was saved with, without loading its partitions."""
         with open(path, "rb") as handle:
-            return _read_manifest(handle)["meta"]
+            return _read_manifest(handle).get("meta", {})
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> FaissIndex:
@@ -368,22 +373,41 @@ class FaissIndex:
             ValueError: the file is not a snapshot, or is truncated.
         """
         faiss = _faiss()
+        size = os.path.getsize(path)
         with open(path, "rb") as handle:
             manifest = _read_manifest(handle)
-            index = cls(manifest["dimension"], **kwargs)
-            for spec in manifest["partitions"]:
-                blob = np.frombuffer(handle.read(spec["bytes"]), dtype=np.uint8)
-                if len(blob) != spec["bytes"]:
-                    raise ValueError(f"{path} is truncated")
-                part = _Partition(faiss.deserialize_index(blob), approximate=spec["approximate"])
-                if part.approximate:
-                    faiss.downcast_index(part.index.index).hnsw.efSearch = index.ef_search
-                part.tombstones = set(spec["tombstones"])
-                part.ids = set(faiss.vector_to_array(part.index.id_map).tolist()) - part.tombstones
-                index._partitions[spec["scope_key"]] = part
-                for key_id in part.ids:
-                    index._scope_of[key_id] = spec["scope_key"]
+            dimension = manifest.get("dimension")
+            if not isinstance(dimension, int) or not 0 < dimension <= 65_536:
+                raise ValueError(f"{path}: bad dimension {dimension!r}")
+            index = cls(dimension, **kwargs)
+            for spec in manifest.get("partitions", []):
+                index._load_partition(faiss, handle, spec, size - handle.tell(), path)
         return index
+
+    def _load_partition(self, faiss, handle, spec: dict, left: int, path) -> None:
+        """Read one partition of a snapshot; anything that does not add up is a ValueError."""
+        length, approximate = spec.get("bytes"), spec.get("approximate")
+        if not isinstance(length, int) or not 0 < length <= left or not isinstance(approximate, bool):
+            raise ValueError(f"{path} is truncated or damaged (a partition of {length!r} bytes, {left} left)")
+        blob = np.frombuffer(handle.read(length), dtype=np.uint8)
+        inner = faiss.deserialize_index(blob)
+        if not isinstance(inner, faiss.IndexIDMap2) or inner.d != self.dimension:
+            raise ValueError(f"{path} is damaged (a partition is not a {self.dimension}-wide id map)")
+        graph = faiss.downcast_index(inner.index)
+        if approximate != isinstance(graph, faiss.IndexHNSWFlat):
+            raise ValueError(f"{path} is damaged (a partition's kind does not match its manifest)")
+        part = _Partition(inner, approximate=approximate)
+        if approximate:
+            graph.hnsw.efSearch = self.ef_search
+        part.tombstones = {int(t) for t in spec.get("tombstones", [])}
+        part.ids = set(faiss.vector_to_array(inner.id_map).tolist()) - part.tombstones
+        scope_key = spec.get("scope_key")
+        if not isinstance(scope_key, str) or scope_key in self._partitions or part.ids & self._scope_of.keys():
+            raise ValueError(f"{path} is damaged (a scope or an id appears twice)")
+        if part.ids:
+            self._partitions[scope_key] = part
+            for key_id in part.ids:
+                self._scope_of[key_id] = scope_key
 
 
 def _read_manifest(handle) -> dict:
@@ -393,4 +417,9 @@ def _read_manifest(handle) -> dict:
     if len(raw) != 8:
         raise ValueError("the snapshot is truncated")
     (length,) = struct.unpack("<Q", raw)
-    return json.loads(handle.read(length).decode("utf-8"))
+    if length > 1 << 30:
+        raise ValueError("the snapshot's header is damaged")
+    manifest = json.loads(handle.read(length).decode("utf-8"))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("meta", {}), dict):
+        raise ValueError("the snapshot's header is damaged")
+    return manifest

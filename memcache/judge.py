@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from memcache.embedding import Embedder
 from memcache.errors import ConfigError, EscalationError
-from memcache.scope import normalize
 
 
 @runtime_checkable
@@ -16,11 +16,16 @@ class Judge(Protocol):
     def same_answer(self, query: str, answer: str, reference: str) -> bool: ...
 
 
+def comparable(text: str) -> str:
+    """An answer's form for comparison: case, whitespace and compatibility forms folded."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 class ExactJudge:
     """Equal after case and whitespace normalization. Right for short, canonical answers."""
 
     def same_answer(self, query: str, answer: str, reference: str) -> bool:
-        return normalize(answer) == normalize(reference)
+        return comparable(answer) == comparable(reference)
 
 
 class EmbeddingJudge:
@@ -33,7 +38,7 @@ class EmbeddingJudge:
         self.threshold = threshold
 
     def same_answer(self, query: str, answer: str, reference: str) -> bool:
-        if normalize(answer) == normalize(reference):
+        if comparable(answer) == comparable(reference):
             return True
         vectors = self.embedder.embed([answer, reference])
         return float(np.dot(vectors[0], vectors[1])) >= self.threshold
@@ -54,7 +59,7 @@ class LLMJudge:
         self.kwargs = litellm_kwargs
 
     def same_answer(self, query: str, answer: str, reference: str) -> bool:
-        if normalize(answer) == normalize(reference):
+        if comparable(answer) == comparable(reference):
             return True
         import litellm
 

@@ -127,6 +127,10 @@ def wilson_upper(errors: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
     return (centre + spread) / (1 + z2 / n)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _z_for(confidence_level: float) -> float:
     """Standard normal quantile by bisection on erf (no scipy dependency)."""
     lo, hi = 0.0, 10.0
@@ -188,7 +192,7 @@ class ThresholdPolicy:
     """
 
     def __init__(self, threshold: float, *, max_false_hit_rate: float = 1.0) -> None:
-        if not -1.0 <= threshold <= 1.0:
+        if not _is_number(threshold) or not -1.0 <= threshold <= 1.0:
             raise ConfigError("threshold is a cosine similarity and must lie in [-1, 1]")
         self.threshold = threshold
         self.max_false_hit_rate = max_false_hit_rate
@@ -246,9 +250,9 @@ class CalibratedPolicy:
         shift_hold_audits: int = 270,
         max_labels: int | None = 50_000,
     ) -> None:
-        if not 0.0 < max_false_hit_rate < 1.0:
-            raise ConfigError("max_false_hit_rate must lie in (0, 1), e.g. 0.02 for at most 2% wrong hits")
-        if not 0.5 <= confidence_level < 1.0:
+        if not _is_number(max_false_hit_rate) or not 0.0 < max_false_hit_rate < 1.0:
+            raise ConfigError("max_false_hit_rate must be a number in (0, 1), e.g. 0.02 for at most 2% wrong hits")
+        if not _is_number(confidence_level) or not 0.5 <= confidence_level < 1.0:
             raise ConfigError("confidence_level must lie in [0.5, 1)")
         if not 0.0 <= min_audit_rate <= max_audit_rate <= 1.0:
             raise ConfigError("need 0 <= min_audit_rate <= max_audit_rate <= 1")

@@ -11,6 +11,7 @@ any older store, and two processes opening it at once migrate it once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import sqlalchemy
@@ -35,6 +37,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    bindparam,
     delete,
     event,
     func,
@@ -44,13 +47,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateTable
 
 from memcache.errors import StoreError
+from memcache.scope import normalize
 from memcache.types import CacheEntry, Label, Scope
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -94,7 +100,10 @@ class EntryRow(Base):
     checks: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     # one row per answer per scope, also under concurrent writers in several processes
-    __table_args__ = (UniqueConstraint("scope_key", "answer_hash", name="uq_memcache_entries_scope_answer"),)
+    __table_args__ = (
+        UniqueConstraint("scope_key", "answer_hash", name="uq_memcache_entries_scope_answer"),
+        {"sqlite_autoincrement": True},  # v4: a deleted entry's id never comes back (see _migrate_3_to_4)
+    )
 
 
 class KeyRow(Base):
@@ -111,6 +120,7 @@ class KeyRow(Base):
     __table_args__ = (
         Index("ix_memcache_keys_scope_norm", "scope_key", "normalized_hash"),
         UniqueConstraint("entry_id", "normalized_hash", name="uq_memcache_keys_entry_norm"),
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -119,6 +129,7 @@ class LabelRow(Base):
     nearest entry's answer agreed with it. Kept so learning survives restarts."""
 
     __tablename__ = "memcache_labels"
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     features: Mapped[str] = mapped_column(Text)
     correct: Mapped[bool] = mapped_column(Boolean)
@@ -131,6 +142,7 @@ class ChangeRow(Base):
     """The change sequence other processes follow: a key was added, or an entry was dropped."""
 
     __tablename__ = "memcache_changes"
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(8))  # "key" or "drop"
     entry_id: Mapped[int] = mapped_column(Integer)
@@ -158,6 +170,15 @@ class StoredKey:
     embedding: np.ndarray | None
 
 
+class StoredAnswer(NamedTuple):
+    """What a hit reads of an entry; `scope_key` lets the reader check the entry is the request's."""
+
+    answer: str
+    expires_at: datetime | None
+    payload: str | None
+    scope_key: str
+
+
 @dataclass(frozen=True)
 class BulkRow:
     """One new answer with its one key, for `Store.bulk_insert`."""
@@ -175,6 +196,15 @@ class WriteResult:
     key_id: int
     new_entry: bool
     new_key: bool
+
+
+def _retryable(exc: SQLAlchemyError) -> bool:
+    """A failure that another try of the same transaction can pass: a concurrent insert of the
+    same unique row, a deadlock or serialization failure (PostgreSQL), a busy SQLite file."""
+    if isinstance(exc, IntegrityError):
+        return True
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return code in ("40P01", "40001") or "database is locked" in str(exc)
 
 
 def _select_keys(embeddings: bool = True):
@@ -232,8 +262,63 @@ def _migrate_2_to_3(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE memcache_labels ADD COLUMN claimed_confidence {column_type}"))
 
 
+def _migrate_3_to_4(conn: Connection) -> None:
+    """v4: ids that never come back, and key hashes of the exact path's stricter normal form.
+
+    Why the ids: SQLite hands the id of a deleted newest row to the next insert unless the table
+    says AUTOINCREMENT, and every process maps ids to what it serves, so a reused id made one
+    process serve another tenant's answer under the old id. SQLite cannot add AUTOINCREMENT to a
+    table, so each table is rebuilt; the sequences start past every id the change log ever
+    named (deleted rows included). PostgreSQL's sequences never reuse ids. Why the hashes: the
+    exact path no longer folds case or compatibility forms (`memcache.scope.normalize`).
+    """
+    if conn.dialect.name == "sqlite":
+        _sqlite_autoincrement(conn)
+    last = 0
+    while True:
+        rows = conn.execute(
+            select(KeyRow.id, KeyRow.query).where(KeyRow.id > last).order_by(KeyRow.id).limit(10_000)
+        ).all()
+        if not rows:
+            return
+        conn.execute(
+            update(KeyRow).where(KeyRow.id == bindparam("key_id")).values(normalized_hash=bindparam("new_hash")),
+            [{"key_id": key_id, "new_hash": text_hash(normalize(query))} for key_id, query in rows],
+        )
+        last = rows[-1][0]
+
+
+def _sqlite_autoincrement(conn: Connection) -> None:
+    """Rebuild every table with AUTOINCREMENT (the steps SQLite documents for ALTER TABLE;
+    `_prepare_schema` turns foreign keys off first, so dropping a table cascades nothing)."""
+    def highest(*columns) -> int:
+        return max((conn.execute(select(func.max(column))).scalar() or 0) for column in columns)
+
+    high = {
+        EntryRow.__tablename__: highest(EntryRow.id, ChangeRow.entry_id),
+        KeyRow.__tablename__: highest(KeyRow.id, ChangeRow.key_id),
+        LabelRow.__tablename__: highest(LabelRow.id),
+        ChangeRow.__tablename__: highest(ChangeRow.id),
+    }
+    for table in (EntryRow.__table__, KeyRow.__table__, LabelRow.__table__, ChangeRow.__table__):
+        name, rebuilt = table.name, f"{table.name}__v4"
+        ddl = str(CreateTable(table).compile(dialect=conn.dialect))
+        conn.exec_driver_sql(ddl.replace(f"CREATE TABLE {name} ", f"CREATE TABLE {rebuilt} ", 1))
+        columns = ", ".join(column.name for column in table.columns)
+        conn.exec_driver_sql(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {name}")
+        conn.exec_driver_sql(f"DROP TABLE {name}")
+        conn.exec_driver_sql(f"ALTER TABLE {rebuilt} RENAME TO {name}")
+        for index in table.indexes:
+            index.create(conn)
+        conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (name,))
+        conn.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, high[name]))
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise StoreError(f"rebuilding the tables would break {len(broken)} references; the store was left as it was")
+
+
 # step from version N to N + 1; each runs inside the locked schema transaction
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -302,29 +387,46 @@ class Store:
         """Create a new store, or migrate an older one to SCHEMA_VERSION; return the store's id.
 
         Runs under a lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so of several
-        processes opening a store at once exactly one creates or migrates it.
+        processes opening a store at once exactly one creates or migrates it. On SQLite, foreign
+        keys are off meanwhile (they cannot be switched inside a transaction), so a migration may
+        rebuild a table; `_sqlite_autoincrement` checks the references before it commits.
         """
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # DDL inside the same transaction as the reads
-            elif conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            if not inspect(conn).has_table(MetaRow.__tablename__):
-                Base.metadata.create_all(conn)
-                _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
-            else:
-                version = int(_get_meta(conn, "schema_version") or 1)
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"store schema version {version} is newer than this library ({SCHEMA_VERSION}); upgrade memcache"
-                    )
-                for step in range(version, SCHEMA_VERSION):
-                    MIGRATIONS[step](conn)
-                    _set_meta(conn, "schema_version", str(step + 1))
-            store_id = _get_meta(conn, "store_id")
-            if store_id is None:
-                store_id = uuid.uuid4().hex
-                _set_meta(conn, "store_id", store_id)
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self.engine.connect() as conn:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    if sqlite:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")  # DDL inside the same transaction as the reads
+                    elif conn.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                    store_id = self._create_or_migrate(conn)
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
+        return store_id
+
+    @staticmethod
+    def _create_or_migrate(conn: Connection) -> str:
+        if not inspect(conn).has_table(MetaRow.__tablename__):
+            Base.metadata.create_all(conn)
+            _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+        else:
+            version = int(_get_meta(conn, "schema_version") or 1)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store schema version {version} is newer than this library ({SCHEMA_VERSION}); upgrade memcache"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](conn)
+                _set_meta(conn, "schema_version", str(step + 1))
+        store_id = _get_meta(conn, "store_id")
+        if store_id is None:
+            store_id = uuid.uuid4().hex
+            _set_meta(conn, "store_id", store_id)
         return store_id
 
     def schema_version(self) -> int:
@@ -333,6 +435,38 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # -- one place for the database's errors -------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self, action: str) -> Iterator[Connection]:
+        """A connection for reads; a failure surfaces as StoreError naming `action`."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{action} failed: {exc}") from exc
+
+    def _transact(self, action: str, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction; all of it is stored, or none.
+
+        A deadlock or serialization failure (PostgreSQL picks a victim when two deletes meet in
+        opposite order) and a concurrent insert of the same unique row are retried, twice;
+        other failures surface as StoreError naming `action`.
+        """
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except StoreError:
+                raise
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == 2 or not _retryable(exc):
+                    raise StoreError(f"{action} failed, nothing was changed: {exc}") from exc
+                time.sleep(0.01 * (attempt + 1))
+            except SQLAlchemyError as exc:
+                raise StoreError(f"{action} failed, nothing was changed: {exc}") from exc
+        raise AssertionError("unreachable")
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -352,28 +486,14 @@ class Store:
         """Store `answer` for `query`; an equal answer in the same scope gains a key instead of a row.
 
         A `label` (the paid answer compared with the nearest entry) is written in the same
-        transaction, with the checked entry's counters: all of it is stored, or none.
+        transaction, with the checked entry's counters: all of it is stored, or none. A
+        concurrent writer that inserts the same answer or key first is re-read.
         """
         now = utcnow()
         answer_hash = text_hash(answer)
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
-        for attempt in range(3):  # a concurrent writer may insert the same answer or key first: re-read it
-            try:
-                return self._add_answer_once(
-                    scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now,
-                    label,
-                )
-            except IntegrityError as exc:
-                if attempt == 2:
-                    raise StoreError("write-back kept colliding with concurrent writers; nothing was stored") from exc
-            except SQLAlchemyError as exc:
-                raise StoreError(f"write-back failed, nothing was stored: {exc}") from exc
-        raise AssertionError("unreachable")
 
-    def _add_answer_once(
-        self, scope, query, normalized_hash, blob, answer, answer_hash, source_model, expires_at, payload, now, label
-    ) -> WriteResult:
-        with self.engine.begin() as conn:
+        def work(conn: Connection) -> WriteResult:
             if label is not None:
                 conn.execute(
                     LabelRow.__table__.insert().values(
@@ -413,7 +533,9 @@ class Store:
                 .returning(KeyRow.id)
             ).scalar_one()
             conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
-        return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
+            return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
+
+        return self._transact("write-back", work)
 
     def bulk_insert(self, rows: Sequence[BulkRow]) -> int:
         """Insert many new answers, one key each, in one transaction with batched statements.
@@ -425,74 +547,76 @@ class Store:
         if not rows:
             return 0
         now = utcnow()
+
+        def work(conn: Connection) -> int:
+            entry_ids = conn.execute(
+                EntryRow.__table__.insert().returning(EntryRow.id, sort_by_parameter_order=True),
+                [_new_entry(r.scope, r.answer, text_hash(r.answer), r.scope.model, now) for r in rows],
+            ).scalars().all()
+            key_ids = conn.execute(
+                KeyRow.__table__.insert().returning(KeyRow.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "entry_id": entry_id, "scope_key": r.scope.key, "query": r.query,
+                        "normalized_hash": r.normalized_hash,
+                        "embedding": np.asarray(r.embedding, dtype=np.float32).tobytes(), "created_at": now,
+                    }
+                    for r, entry_id in zip(rows, entry_ids)
+                ],
+            ).scalars().all()
+            conn.execute(
+                ChangeRow.__table__.insert(),
+                [{"kind": "key", "entry_id": e, "key_id": k, "created_at": now} for e, k in zip(entry_ids, key_ids)],
+            )
+            return len(rows)
+
         try:
-            with self.engine.begin() as conn:
-                entry_ids = conn.execute(
-                    EntryRow.__table__.insert().returning(EntryRow.id, sort_by_parameter_order=True),
-                    [_new_entry(r.scope, r.answer, text_hash(r.answer), r.scope.model, now) for r in rows],
-                ).scalars().all()
-                key_ids = conn.execute(
-                    KeyRow.__table__.insert().returning(KeyRow.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "entry_id": entry_id, "scope_key": r.scope.key, "query": r.query,
-                            "normalized_hash": r.normalized_hash,
-                            "embedding": np.asarray(r.embedding, dtype=np.float32).tobytes(), "created_at": now,
-                        }
-                        for r, entry_id in zip(rows, entry_ids)
-                    ],
-                ).scalars().all()
-                conn.execute(
-                    ChangeRow.__table__.insert(),
-                    [
-                        {"kind": "key", "entry_id": e, "key_id": k, "created_at": now}
-                        for e, k in zip(entry_ids, key_ids)
-                    ],
-                )
+            with self.engine.begin() as conn:  # not retried: a duplicate is the caller's error
+                return work(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"bulk insert failed, nothing was stored: {exc}") from exc
-        return len(rows)
 
     def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:
         """Apply buffered hit counters: {entry_id: (hits, last_hit_at)}."""
         if not counts:
             return
-        with self.engine.begin() as conn:
-            for entry_id, (hits, last) in counts.items():
+
+        def work(conn: Connection) -> None:
+            for entry_id, (hits, last) in sorted(counts.items()):  # one lock order for every writer
                 conn.execute(
                     update(EntryRow)
                     .where(EntryRow.id == entry_id)
                     .values(hit_count=EntryRow.hit_count + hits, last_hit_at=last, last_used_at=last)
                 )
 
+        self._transact("recording hits", work)
+
     def delete_entries(self, entry_ids: Iterable[int]) -> tuple[int, list[int]]:
         """Delete entries and their keys; return (entries deleted, key ids to drop from the index)."""
-        ids = list(entry_ids)
+        ids = sorted(set(entry_ids))
         if not ids:
             return 0, []
-        try:
-            with self.engine.begin() as conn:
-                key_ids = list(conn.execute(select(KeyRow.id).where(KeyRow.entry_id.in_(ids))).scalars())
-                conn.execute(delete(KeyRow).where(KeyRow.entry_id.in_(ids)))
-                gone = list(conn.execute(delete(EntryRow).where(EntryRow.id.in_(ids)).returning(EntryRow.id)).scalars())
+
+        def work(conn: Connection) -> tuple[int, list[int]]:
+            key_ids = list(conn.execute(delete(KeyRow).where(KeyRow.entry_id.in_(ids)).returning(KeyRow.id)).scalars())
+            gone = list(conn.execute(delete(EntryRow).where(EntryRow.id.in_(ids)).returning(EntryRow.id)).scalars())
+            if gone:
                 now = utcnow()
-                if gone:
-                    conn.execute(
-                        ChangeRow.__table__.insert(),
-                        [{"kind": "drop", "entry_id": entry_id, "key_id": None, "created_at": now} for entry_id in gone],
-                    )
-                deleted = len(gone)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"delete failed, nothing was deleted: {exc}") from exc
-        return deleted, key_ids
+                conn.execute(
+                    ChangeRow.__table__.insert(),
+                    [{"kind": "drop", "entry_id": entry_id, "key_id": None, "created_at": now} for entry_id in sorted(gone)],
+                )
+            return len(gone), key_ids
+
+        return self._transact("delete", work)
 
     def entry_ids_of_tenant(self, tenant: str) -> list[int]:
-        with self.engine.connect() as conn:
+        with self._read("finding the tenant's entries") as conn:
             return list(conn.execute(select(EntryRow.id).where(EntryRow.tenant == tenant)).scalars())
 
     def expired_entry_ids(self, now: datetime | None = None) -> list[int]:
         now = now or utcnow()
-        with self.engine.connect() as conn:
+        with self._read("finding expired entries") as conn:
             return list(
                 conn.execute(
                     select(EntryRow.id).where(EntryRow.expires_at.is_not(None), EntryRow.expires_at <= now)
@@ -501,7 +625,7 @@ class Store:
 
     def least_recently_used(self, count: int) -> list[int]:
         """Ids of the `count` entries whose last hit (or creation, if never hit) is oldest."""
-        with self.engine.connect() as conn:
+        with self._read("finding entries to evict") as conn:
             return list(
                 conn.execute(select(EntryRow.id).order_by(EntryRow.last_used_at, EntryRow.id).limit(count)).scalars()
             )
@@ -512,7 +636,7 @@ class Store:
         """Every entry as a JSON-ready dict with its scope and all its query keys (for `export`)."""
         last = 0
         while True:
-            with self.engine.connect() as conn:
+            with self._read("export") as conn:
                 entries = conn.execute(
                     select(
                         EntryRow.id, EntryRow.scope_json, EntryRow.answer, EntryRow.payload, EntryRow.source_model,
@@ -536,16 +660,17 @@ class Store:
                 }
             last = entries[-1][0]
 
-    def answer_of(self, entry_id: int) -> tuple[str, datetime | None, str | None] | None:
-        """(answer, expires_at, payload) of one entry by primary key: the only read on a hit."""
-        with self.engine.connect() as conn:
+    def answer_of(self, entry_id: int) -> StoredAnswer | None:
+        """One entry's answer and the scope it belongs to, by primary key: the only read on a hit."""
+        with self._read("reading an answer") as conn:
             row = conn.execute(
-                select(EntryRow.answer, EntryRow.expires_at, EntryRow.payload).where(EntryRow.id == entry_id)
+                select(EntryRow.answer, EntryRow.expires_at, EntryRow.payload, EntryRow.scope_key)
+                .where(EntryRow.id == entry_id)
             ).first()
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else StoredAnswer(*row)
 
     def get_entry(self, entry_id: int) -> CacheEntry | None:
-        with self.engine.connect() as conn:
+        with self._read("reading an entry") as conn:
             row = conn.execute(select(EntryRow).where(EntryRow.id == entry_id)).first()
             if row is None:
                 return None
@@ -560,12 +685,12 @@ class Store:
         )
 
     def last_change_id(self) -> int:
-        with self.engine.connect() as conn:
+        with self._read("reading the change sequence") as conn:
             return conn.execute(select(func.max(ChangeRow.id))).scalar() or 0
 
     def changes_since(self, change_id: int, limit: int = 10_000) -> list[Change]:
         """Changes with a larger id, oldest first (what other processes wrote since)."""
-        with self.engine.connect() as conn:
+        with self._read("reading the change sequence") as conn:
             rows = conn.execute(
                 select(ChangeRow.id, ChangeRow.kind, ChangeRow.entry_id, ChangeRow.key_id, ChangeRow.created_at)
                 .where(ChangeRow.id > change_id)
@@ -578,7 +703,7 @@ class Store:
         ids = list(key_ids)
         if not ids:
             return []
-        with self.engine.connect() as conn:
+        with self._read("reading keys") as conn:
             rows = conn.execute(_select_keys().where(KeyRow.id.in_(ids))).all()
         return [_stored_key(row) for row in rows]
 
@@ -587,7 +712,7 @@ class Store:
         vectors out (a snapshot already holds them)."""
         last = 0
         while True:
-            with self.engine.connect() as conn:
+            with self._read("reading keys") as conn:
                 rows = conn.execute(
                     _select_keys(embeddings).where(KeyRow.id > last).order_by(KeyRow.id).limit(chunk)
                 ).all()
@@ -596,10 +721,17 @@ class Store:
             yield from (_stored_key(row) for row in rows)
             last = rows[-1][0]
 
-    def entry_reliability(self) -> Iterator[tuple[int, int, int]]:
+    def vector_dimension(self) -> int | None:
+        """Width of the stored key vectors (None while no key has one): a snapshot must match it."""
+        with self._read("reading a key") as conn:
+            blob = conn.execute(select(KeyRow.embedding).where(KeyRow.embedding.is_not(None)).limit(1)).scalar()
+        return None if blob is None else len(blob) // 4
+
+    def entry_reliability(self) -> list[tuple[int, int, int]]:
         """(entry_id, checks, failures) of every entry checked at least once."""
-        with self.engine.connect() as conn:
-            yield from conn.execute(select(EntryRow.id, EntryRow.checks, EntryRow.failures).where(EntryRow.checks > 0))
+        with self._read("reading entry checks") as conn:
+            query = select(EntryRow.id, EntryRow.checks, EntryRow.failures).where(EntryRow.checks > 0)
+            return [tuple(row) for row in conn.execute(query)]
 
     def iter_labels(self, limit: int | None = None) -> Iterator[tuple[list[float], bool]]:
         """(features, correct) of stored labels, oldest first; with `limit`, only the newest `limit`."""
@@ -616,15 +748,14 @@ class Store:
         for _, claimed, correct in self._oldest_first(query, limit):
             yield float(claimed), bool(correct)
 
-    def _oldest_first(self, query, limit: int | None) -> Iterator[tuple]:
+    def _oldest_first(self, query, limit: int | None) -> list[tuple]:
         """Rows of a label query in id order; with `limit`, the newest `limit` of them (read newest
         first, so a start-up reads only what the policy keeps, then reversed)."""
-        with self.engine.connect() as conn:
+        with self._read("reading labels") as conn:
             if limit is None:
-                yield from conn.execute(query.order_by(LabelRow.id))
-                return
+                return conn.execute(query.order_by(LabelRow.id)).all()
             rows = conn.execute(query.order_by(LabelRow.id.desc()).limit(limit)).all()
-        yield from reversed(rows)
+        return rows[::-1]
 
     def start_shift_hold(self, audits: int) -> None:
         """Record that a hold of `audits` audits starts now (after a detected traffic shift).
@@ -632,13 +763,15 @@ class Store:
         Kept as the newest label id at the alarm: the audits stored after it are the ones the
         hold has had, so `shift_hold_left` needs no write per audit.
         """
-        with self.engine.begin() as conn:
+        def work(conn: Connection) -> None:
             after = conn.execute(select(func.max(LabelRow.id))).scalar() or 0
             _set_meta(conn, "shift_hold", json.dumps({"after_label_id": after, "audits": int(audits)}))
 
+        self._transact("recording a shift hold", work)
+
     def shift_hold_left(self) -> int:
         """Audits still owed by the last recorded hold (0 if none): what a restart resumes."""
-        with self.engine.connect() as conn:
+        with self._read("reading the shift hold") as conn:
             value = _get_meta(conn, "shift_hold")
             if value is None:
                 return 0
@@ -651,7 +784,7 @@ class Store:
 
     def counts(self) -> tuple[int, int, int]:
         """(entries, keys, labels)."""
-        with self.engine.connect() as conn:
+        with self._read("counting") as conn:
             entries = conn.execute(select(func.count()).select_from(EntryRow)).scalar_one()
             keys = conn.execute(select(func.count()).select_from(KeyRow)).scalar_one()
             labels = conn.execute(select(func.count()).select_from(LabelRow)).scalar_one()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import socket
 import threading
@@ -18,6 +19,9 @@ import uvicorn  # noqa: E402
 from memcache import CalibratedPolicy, MemCache, ThresholdPolicy  # noqa: E402
 from memcache.adapters.proxy import ProxyConfig, Upstream, create_app  # noqa: E402
 from policies import AuditEveryHit  # noqa: E402
+
+
+AUTH = {"Authorization": "Bearer sk-team-a"}
 
 
 def free_port() -> int:
@@ -82,7 +86,7 @@ def test_audited_hit_is_served_and_checked_upstream(db_url, embedder, stub_llm):
         assert served.choices[0].message.content == first.choices[0].message.content
         cache.wait_for_learning()
         assert len(stub_llm.calls) == calls + 1 and cache.stats().labels == 1
-        metrics = httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"{base}/metrics", headers=AUTH).text
         assert "memcache_audited_hits_total 1" in metrics and "memcache_hits_total 1" in metrics
 
 
@@ -146,8 +150,10 @@ def test_models_health_metrics_and_errors(proxy):
     base, _ = proxy
     with httpx.Client() as http:
         assert http.get(f"{base}/healthz").json() == {"status": "ok"}
-        assert [m["id"] for m in http.get(f"{base}/v1/models").json()["data"]] == ["gpt-test"]
-        auth = {"Authorization": "Bearer sk-team-a"}
+        assert http.get(f"{base}/v1/models").status_code == 401  # /v1/models and /metrics take a key too
+        assert http.get(f"{base}/metrics").status_code == 401
+        auth = AUTH
+        assert [m["id"] for m in http.get(f"{base}/v1/models", headers=auth).json()["data"]] == ["gpt-test"]
         bad = http.post(f"{base}/v1/chat/completions", headers=auth, json={"model": "gpt-test", "messages": []})
         assert bad.status_code == 400 and "messages" in bad.json()["error"]["message"]
         unknown = http.post(f"{base}/v1/chat/completions", headers=auth,
@@ -158,7 +164,7 @@ def test_models_health_metrics_and_errors(proxy):
         assert upstream_down.status_code == 502
         ask(base, "How many moons does Mars have?")
         ask(base, "How many moons does Mars have?")
-        text = http.get(f"{base}/metrics").text
+        text = http.get(f"{base}/metrics", headers=auth).text
     assert "memcache_hits_total 1" in text and "memcache_misses_total 1" in text
     assert 'memcache_request_seconds_bucket{outcome="hit",le="+Inf"} 1' in text
     assert "memcache_false_hit_rate_bound" in text
@@ -166,11 +172,11 @@ def test_models_health_metrics_and_errors(proxy):
 
 def test_metrics_report_the_traffic_shifts_a_calibrated_policy_detected(db_url, embedder, stub_llm):
     with serving(db_url, embedder, stub_llm, CalibratedPolicy(0.02)) as (base, cache):
-        text = httpx.get(f"{base}/metrics").text
+        text = httpx.get(f"{base}/metrics", headers=AUTH).text
         assert "memcache_shifts_detected_total 0" in text and "memcache_shift_hold_remaining 0" in text
         cache.policy.shifts_detected.append(812)  # as `CalibratedPolicy._on_shift` records one
         cache.policy.resume_hold(270)  # ... and starts a hold
-        text = httpx.get(f"{base}/metrics").text
+        text = httpx.get(f"{base}/metrics", headers=AUTH).text
         assert "memcache_shifts_detected_total 1" in text and "memcache_shift_hold_remaining 270" in text
 
 
@@ -202,3 +208,114 @@ def test_tenant_header_without_configured_keys(db_url, embedder, stub_llm):
             assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers["x-memcache-cache"] == "miss"
             assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers["x-memcache-cache"] == "hit"
             assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "b"}).headers["x-memcache-cache"] == "miss"
+
+
+# -- a hostile client: the proxy forwards only what the operator allowed --------------------------
+
+def post(base, body, key="sk-team-a"):
+    """POST a chat completion: `body` as a dict (sent as JSON) or raw bytes."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{base}/v1/chat/completions", headers=headers, content=content, timeout=10)
+
+
+@pytest.fixture
+def attacker():
+    from stub_llm import StubLLM
+
+    server = StubLLM(lambda prompt: "ATTACKER ANSWER").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("api_base", None), ("base_url", None), ("mock_response", "canned answer"), ("api_key", "sk-stolen"),
+     ("tenant", "team-b"), ("timeout", 1), ("headers", {"x": "y"}), ("extra_headers", {"x": "y"}),
+     ("custom_llm_provider", "openai"), ("num_retries", 5), ("metadata", {"a": 1}), ("caching", False)],
+)
+def test_routing_credential_and_test_fields_are_refused_and_nothing_is_called_or_stored(
+    proxy, attacker, stub_llm, field, value
+):
+    base, cache = proxy
+    calls = len(stub_llm.calls)
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "What is the admin password?"}],
+            field: attacker.base_url if value is None else value}
+    response = post(base, body)
+    assert response.status_code == 400 and repr(field) in response.json()["error"]["message"]
+    assert attacker.calls == [] and len(stub_llm.calls) == calls and cache.stats().entries == 0
+
+
+USER_HI = '"messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"model": "gpt-test", %s, "stream": "false"}' % USER_HI,
+        '{"model": "gpt-test", %s, "temperature": "hot"}' % USER_HI,
+        '{"model": "gpt-test", %s, "n": true}' % USER_HI,
+        '{"model": "gpt-test", "messages": "hi"}',
+        '{"model": 5, %s}' % USER_HI,
+        '{"model": "gpt-test", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, '
+        '{"type": "data", "d": %s1%s}]}]}' % ("[" * 990, "]" * 990),
+        '{"model": "gpt-test", "messages": [{"role": "system", "content": "x \\udcff"}, {"role": "user", "content": "hi"}]}',
+        '{"model": "gpt-test", "messages": [{"role": "user", "content": "\\u200b\\u200b"}]}',
+        '{"model": "gpt-test", %s, "tools": %s%s}' % (USER_HI, "[" * 5000, "]" * 5000),
+    ],
+    ids=["stream-string", "temperature-string", "n-bool", "messages-string", "model-number", "deep-content",
+         "lone-surrogate", "invisible-query", "deep-anywhere"],
+)
+def test_no_500_from_a_clients_body(proxy, stub_llm, raw):
+    base, cache = proxy
+    calls = len(stub_llm.calls)
+    response = post(base, raw.encode())
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert len(stub_llm.calls) == calls and cache.stats().entries == 0
+
+
+def test_bodies_are_bounded_before_they_are_parsed(db_url, embedder, stub_llm):
+    from fastapi.testclient import TestClient
+
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
+        app = create_app(cache, ProxyConfig(models={"m": Upstream("openai/stub")}, max_body_bytes=4096))
+        with TestClient(app) as http:
+            big = {"model": "m", "messages": [{"role": "user", "content": "x" * 10_000}]}
+            assert http.post("/v1/chat/completions", json=big).status_code == 413
+            assert http.post("/v1/chat/completions", content=b"{not json").status_code == 400
+
+
+def test_operator_switches_allowed_fields_key_from_env_and_metrics_key(db_url, embedder, stub_llm, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env")
+    path = tmp_path / "memcache.toml"
+    path.write_text(
+        f'metrics_key = "sk-metrics"\nallow_params = ["num_retries"]\n[models.m]\nmodel = "openai/stub"\n'
+        f'api_base = "{stub_llm.base_url}"\napi_key_env = "UPSTREAM_KEY"\n[keys]\n"sk-a" = "a"\n'
+    )
+    config = ProxyConfig.from_file(path)
+    assert config.models["m"].kwargs["api_key"] == "sk-from-env" and "api_key_env" not in config.models["m"].kwargs
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache, TestClient(create_app(cache, config)) as http:
+        body = {"model": "m", "messages": [{"role": "user", "content": "Where is the office?"}], "num_retries": 0}
+        first = http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
+        assert first.status_code == 200 and stub_llm.calls[-1]["messages"][-1]["content"] == "Where is the office?"
+        again = http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
+        token = again.headers["x-memcache-entry"]
+        assert again.headers["x-memcache-cache"] == "hit" and token != "1" and len(token) == 20  # opaque, not the id
+        assert http.get("/metrics", headers={"Authorization": "Bearer sk-a"}).status_code == 401
+        assert http.get("/metrics", headers={"Authorization": "Bearer sk-metrics"}).status_code == 200
+    monkeypatch.delenv("UPSTREAM_KEY")
+    from memcache import ConfigError
+
+    with pytest.raises(ConfigError, match="UPSTREAM_KEY"):
+        ProxyConfig.from_file(path)
+
+
+def test_a_nul_byte_on_postgresql_still_answers_the_client(pg_url, embedder, stub_llm):
+    with serving(pg_url, embedder, stub_llm, ThresholdPolicy(0.8)) as (base, cache):
+        response = post(base, {"model": "gpt-test", "messages": [{"role": "user", "content": "Say \u0000 twice"}]})
+        assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"].startswith("Answer to")
+        assert cache.stats().entries == 0

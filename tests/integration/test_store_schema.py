@@ -17,7 +17,8 @@ import sqlalchemy
 
 from memcache import MemCache, ThresholdPolicy
 from memcache.errors import StoreError
-from memcache.scope import build_scope, normalize
+from memcache.judge import comparable as v1_normal_form  # what the exact path hashed before v4
+from memcache.scope import build_scope
 from memcache.store import SCHEMA_VERSION, Store, text_hash
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -54,7 +55,7 @@ def _create_v1_store(url: str, embedder) -> None:
                     "INSERT INTO memcache_keys (entry_id, scope_key, query, normalized_hash, embedding, created_at)"
                     " VALUES (1, :scope_key, :query, :norm, :embedding, :created)"
                 ),
-                {"scope_key": scope.key, "query": query, "norm": text_hash(normalize(query)), "embedding": vector,
+                {"scope_key": scope.key, "query": query, "norm": text_hash(v1_normal_form(query)), "embedding": vector,
                  "created": created},
             )
         conn.execute(sqlalchemy.text(
@@ -68,9 +69,9 @@ def _create_v1_store(url: str, embedder) -> None:
 
 def _check_migrated(url: str, embedder) -> None:
     with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
-        assert cache.store.schema_version() == SCHEMA_VERSION == 3
+        assert cache.store.schema_version() == SCHEMA_VERSION == 4
         assert cache.stats().entries == 1 and cache.stats().keys == 2 and cache.stats().labels == 1
-        exact = cache.lookup("how do I reset my password?")
+        exact = cache.lookup("How do I reset  my password? ")  # v4: key hashes of the stricter exact form
         assert exact.hit is not None and exact.hit.exact and exact.hit.answer == ANSWER
         assert cache.lookup("what are the steps to reset my password").hit.answer == ANSWER
         with cache.store.engine.connect() as conn:  # the new column was backfilled from creation time
@@ -80,6 +81,8 @@ def _check_migrated(url: str, embedder) -> None:
         assert len(cache._centroids) == 1  # the entry with two keys has its centroid
         entry = cache.write_back("Where is the nearest branch?", "Use the branch finder.", paid=False)
         assert cache.store.least_recently_used(1) == [1] and entry.id == 2  # the old entry is evicted first
+        assert cache.invalidate(entry.id)  # v4: the newest entry's id does not come back
+        assert cache.write_back("Where is the nearest ATM?", "Use the ATM finder.", paid=False).id == 3
 
 
 def test_v1_sqlite_store_is_migrated_with_nothing_lost(tmp_path, embedder):
@@ -130,6 +133,7 @@ def test_store_from_a_newer_library_is_refused_untouched(db_url):
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_bulk_insert_is_one_transaction_and_visible_to_a_cache(backend, tmp_path, request, embedder):
+    from memcache.scope import normalize
     from memcache.store import BulkRow
 
     url = f"sqlite:///{tmp_path / 'bulk.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
