@@ -13,7 +13,7 @@ from memcache.errors import ConfigError
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
 from memcache.types import Decision
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import across_seeds, summarize
+from memcache.eval.metrics import WARMUP_HITS, across_seeds, summarize
 from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs
 
 SWEEP_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
@@ -21,11 +21,16 @@ SWEEP_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98
 
 @dataclass
 class Stream:
-    """A loaded data set, ready to replay with any policy."""
+    """A loaded data set, ready to replay with any policy.
+
+    `limit` cuts an intent stream to its first N queries after the shuffle (a short stream of
+    the whole set); pairs files are cut when read, to their first N pairs.
+    """
 
     kind: str
     items: list
     texts: list[str] = field(default_factory=list)
+    limit: int | None = None
 
     def replay(
         self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False, shadow_audits: bool = True,
@@ -34,7 +39,7 @@ class Stream:
         options = {"policy": policy, "embedder": embedder, "seed": seed, "progress": progress, "shadow_audits": shadow_audits}
         if self.kind == "pairs":  # no out-of-scope queries: run_eval refuses --oos-from here
             return replay_pairs(self.items, **options)
-        return replay_intents(self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, **options)
+        return replay_intents(self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, limit=self.limit, **options)
 
 
 def _splits(value: str | None) -> tuple[set[str] | None, bool]:
@@ -45,7 +50,31 @@ def _splits(value: str | None) -> tuple[set[str] | None, bool]:
     return (names - {OOS}) or None, OOS in names
 
 
-def load_stream(path: str, fmt: str, splits: str | None, text_col: str, label_col: str, limit: int | None = None) -> Stream:
+def parse_where(clauses: Sequence[str] | None) -> dict[str, set[str]] | None:
+    """`--where FIELD=V1,V2` clauses as {field: values}; rows must match every clause."""
+    if not clauses:
+        return None
+    where: dict[str, set[str]] = {}
+    for clause in clauses:
+        name, sep, values = clause.partition("=")
+        if not sep or not name.strip() or not values.strip():
+            raise ConfigError(f"--where takes FIELD=VALUE[,VALUE...], got {clause!r}")
+        where.setdefault(name.strip(), set()).update(v.strip() for v in values.split(",") if v.strip())
+    return where
+
+
+def _where_text(where: dict[str, set[str]] | None) -> str:
+    return "".join(f"; {field}={','.join(sorted(values))}" for field, values in (where or {}).items())
+
+
+def load_stream(
+    path: str, fmt: str, splits: str | None, text_col: str, label_col: str, limit: int | None = None,
+    where: dict[str, set[str]] | None = None,
+) -> Stream:
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit takes a number of queries (pairs) >= 1")
+    if fmt in ("pairs", "groups") and where:
+        raise ConfigError("--where filters rows of intent files; pairs files have no fields to filter on")
     if fmt == "pairs":
         pairs = load_pairs(path)[:limit]
         return Stream("pairs", pairs, [t for p in pairs for t in (p.a, p.b)])
@@ -53,13 +82,15 @@ def load_stream(path: str, fmt: str, splits: str | None, text_col: str, label_co
         rows = pair_groups(load_pairs(path)[:limit])
         return Stream("intents", rows, [r.text for r in rows])
     names, keep_oos = _splits(splits)
-    rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names) if fmt == "csv" else load_intents(path, names)
+    if fmt == "csv":
+        rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names, where=where)
+    else:
+        rows = load_intents(path, names, where)
     if splits and not keep_oos:
         rows = [r for r in rows if r.label != OOS]
-    rows = rows[:limit]
     if not rows:
-        raise ConfigError(f"no rows in {path} for splits {splits!r}")
-    return Stream("intents", rows, [r.text for r in rows])
+        raise ConfigError(f"no rows in {path} for splits {splits!r}" + (f" and --where {where}" if where else ""))
+    return Stream("intents", rows, [r.text for r in rows], limit)
 
 
 class LabelCollector:
@@ -92,12 +123,23 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "correct_hit_rate",
-                  "reusable_rate", "strong_calls", "lookup_p50_ms", "lookup_p99_ms", "claimed_false_hit_rate",
-                  "claim_shortfall", "policy_claim_ratio")
+REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "max_running_false_hit_rate",
+                  "correct_hit_rate", "strong_calls", "first_hit_query", "lookup_p50_ms")
+MORE_COLUMNS = ("reusable_rate", "lookup_p99_ms", "claimed_false_hit_rate", "claim_shortfall", "policy_claim_ratio")
+LEGEND = (
+    "rates are shares of queries, false_hit_rate of hits (wrong hits / hits); max_running_false_hit_rate: the worst "
+    f"running false-hit rate from the {WARMUP_HITS}th hit on; strong_calls: queries the strong model was paid for "
+    "(misses and audits); first_hit_query: index of the first hit"
+)
+MORE_LEGEND = (
+    "reusable_rate: queries whose right answer was already stored; claimed_false_hit_rate: the policy's estimate at the "
+    "end; claim_shortfall: wrong hits over what the served confidences predicted; policy_claim_ratio: the policy's own "
+    "estimate of that factor, from its audits"
+)
 AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
 ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "false_hit_rate_max", "seeds_over_bound",
-                        "correct_hit_rate_mean", "correct_hit_rate_min", "strong_calls_mean", "strong_calls_max")
+                        "seeds_crossed_after_warmup", "correct_hit_rate_mean", "correct_hit_rate_min",
+                        "strong_calls_mean", "strong_calls_max")
 
 
 def run_eval(args: argparse.Namespace) -> dict:
@@ -105,8 +147,9 @@ def run_eval(args: argparse.Namespace) -> dict:
         raise ConfigError("--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)")
     if args.oos_ramp and args.oos_from is None:
         raise ConfigError("--oos-ramp needs --oos-from N, where the out-of-scope share starts rising")
-    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit)
-    warm = load_stream(args.data, args.format, args.warm, args.text_col, args.label_col).items if args.warm else ()
+    where = parse_where(args.where)
+    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where)
+    warm = load_stream(args.data, args.format, args.warm, args.text_col, args.label_col, where=where).items if args.warm else ()
     # The first replay encodes each query online (its latencies include the model); later
     # replays of the same stream reuse those vectors, so their latencies exclude encoding.
     embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
@@ -152,7 +195,9 @@ def run_eval(args: argparse.Namespace) -> dict:
         "sweep": sweep,
     }
     run_ids = ("seed",) if audit_seeds is None else ("seed", "audit_seed")
-    print(_table(report["runs"], (*run_ids, *REPORT_COLUMNS[1:])))
+    columns = (*run_ids, *REPORT_COLUMNS[1:], *(MORE_COLUMNS if args.all_columns else ()))
+    print(_table(report["runs"], columns))
+    print(LEGEND + (f"; {MORE_LEGEND}" if args.all_columns else " (--all-columns for more)"))
     if args.oos_from is not None:
         arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
         print(f"\nfrom query {args.oos_from} on ({arriving}):")
@@ -178,14 +223,15 @@ def run_eval(args: argparse.Namespace) -> dict:
 
         first = runs[0]
         plot_report(
-            args.plot, title=f"{Path(args.data).name} ({args.splits or 'all'}), seed {first['seed']}",
+            args.plot, title=f"{Path(args.data).name} ({args.splits or 'all'}{_where_text(where)}), seed {first['seed']}",
             records=first["_records"], summary=first, sweep=sweep,
         )
     return report
 
 
 def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
-    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit)
+    where = parse_where(args.where)
+    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where)
     embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
     embedder.prefill(stream.texts, progress=True)
     collector = LabelCollector()
@@ -209,7 +255,14 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-col", default="text")
     parser.add_argument("--label-col", default="label")
     parser.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N rows (pairs) of the file")
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N",
+        help="a short stream: the first N queries of each shuffled replay (pairs files: the first N pairs)",
+    )
+    parser.add_argument(
+        "--where", action="append", default=None, metavar="FIELD=V1,V2",
+        help="keep only intent rows whose FIELD is one of the values, e.g. --where domain=travel,home; repeatable",
+    )
 
 
 def add_eval_commands(sub) -> None:
@@ -235,6 +288,7 @@ def add_eval_commands(sub) -> None:
         "--oos-ramp", action="store_true",
         help="with --oos-from N: a gradual change, the out-of-scope share rising linearly from none at N to the end",
     )
+    ev.add_argument("--all-columns", action="store_true", help="print every figure of each run, not only the main ones")
     ev.add_argument(
         "--escalate-audits", action="store_true",
         help="an audited query gets the strong model's answer (default: the stored answer is served while it is checked)",

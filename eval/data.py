@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,14 +47,23 @@ def _read_jsonl(path: Path) -> Iterable[dict]:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def load_intents(path: str | Path, splits: Iterable[str] | None = None) -> list[LabeledQuery]:
-    """JSONL rows {"text", "label", "split"}; keep only `splits` when given."""
+Where = Mapping[str, Collection[str]]
+
+
+def _kept(row: Mapping, where: Where | None) -> bool:
+    """Whether a row's fields hold one of the wanted values for every field in `where`."""
+    return where is None or all(str(row.get(field, "")) in values for field, values in where.items())
+
+
+def load_intents(path: str | Path, splits: Iterable[str] | None = None, where: Where | None = None) -> list[LabeledQuery]:
+    """JSONL rows {"text", "label", "split", ...}; keep only `splits`, and rows matching `where`
+    ({field: values}, e.g. {"domain": {"travel", "home"}}), when given."""
     wanted = set(splits) if splits else None
     rows = []
     for row in _read_jsonl(Path(path)):
         if "text" not in row or "label" not in row:
             raise ConfigError(f"{path}: intent rows need 'text' and 'label' keys, got {sorted(row)}")
-        if wanted is None or row.get("split", "") in wanted:
+        if (wanted is None or row.get("split", "") in wanted) and _kept(row, where):
             rows.append(LabeledQuery(row["text"], str(row["label"]), row.get("split", "")))
     return rows
 
@@ -106,7 +115,7 @@ def pair_groups(pairs: Iterable[LabeledPair]) -> list[LabeledQuery]:
 
 def load_csv(
     path: str | Path, *, text_col: str = "text", label_col: str = "label", split_col: str = "split",
-    splits: Iterable[str] | None = None,
+    splits: Iterable[str] | None = None, where: Where | None = None,
 ) -> list[LabeledQuery]:
     wanted = set(splits) if splits else None
     try:
@@ -117,7 +126,7 @@ def load_csv(
             rows = [
                 LabeledQuery(r[text_col], r[label_col], r.get(split_col, "") or "")
                 for r in reader
-                if wanted is None or (r.get(split_col, "") or "") in wanted
+                if (wanted is None or (r.get(split_col, "") or "") in wanted) and _kept(r, where)
             ]
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc

@@ -160,9 +160,11 @@ def replay_intents(
     shadow_audits: bool = True,
     oos_from: int | None = None,
     oos_ramp: bool = False,
+    limit: int | None = None,
 ) -> list[QueryRecord]:
-    """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed) cache."""
-    stream = shuffled(queries, seed, oos_from, oos_ramp)
+    """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed)
+    cache; with `limit`, only the shuffle's first `limit` queries (a short stream)."""
+    stream = shuffled(queries, seed, oos_from, oos_ramp)[:limit]
     records = []
     with tempfile.TemporaryDirectory() as directory:
         cache = _cache(policy, embedder, directory, shadow_audits)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from memcache.errors import ConfigError
@@ -84,3 +86,23 @@ def test_pairs_become_one_stream_of_groups(tmp_path):
     path.write_text('{"a": "x?", "b": "y?", "label": 1}\n{"a": "z?", "b": "w?", "label": 0}\n')
     stream = load_stream(str(path), "groups", None, "text", "label", limit=1)
     assert stream.kind == "intents" and [r.text for r in stream.items] == ["x?", "y?"]
+
+
+def test_where_keeps_rows_by_field_and_limit_cuts_the_shuffled_stream(tmp_path):
+    from memcache.eval.commands import load_stream, parse_where
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(
+        json.dumps({"text": f"q{i}", "label": f"l{i % 3}", "split": "test", "domain": ["travel", "home", "work"][i % 3]})
+        for i in range(30)))
+    where = parse_where(["domain=travel,home"])
+    assert where == {"domain": {"travel", "home"}}
+    stream = load_stream(str(path), "intents", "test", "text", "label", limit=5, where=where)
+    assert len(stream.items) == 20 and {r.text for r in stream.items} == {f"q{i}" for i in range(30) if i % 3 != 2}
+    assert stream.limit == 5
+    with pytest.raises(ConfigError):
+        parse_where(["domain"])
+    with pytest.raises(ConfigError):
+        load_stream(str(path), "intents", "test", "text", "label", where={"domain": {"space"}})
+    with pytest.raises(ConfigError):
+        load_stream(str(path), "intents", "test", "text", "label", limit=0)

@@ -38,3 +38,25 @@ def test_summary_compares_wrong_hits_with_what_the_served_confidences_claimed():
 
 def test_no_hits_no_claim_shortfall():
     assert summarize([QueryRecord("miss", None, False, 0.5, 0.0, 1.0)])["claim_shortfall"] is None
+
+
+def hit(correct):
+    return QueryRecord("hit", correct, True, 0.9, 0.99, 1.0)
+
+
+def test_the_running_rate_is_judged_after_the_warm_up_and_the_first_hit_is_reported():
+    from memcache.eval.metrics import WARMUP_HITS
+
+    records = [QueryRecord("miss", None, False, 0.5, 0.2, 1.0)] * 7 + [hit(False)] * 3 + [hit(True)] * (WARMUP_HITS + 50)
+    summary = summarize(records, max_false_hit_rate=0.02)
+    assert summary["first_hit_query"] == 7
+    assert summary["max_running_false_hit_rate"] == pytest.approx(3 / WARMUP_HITS)  # the worst from the 100th hit on
+    few = summarize([hit(False)] * 5)
+    assert few["max_running_false_hit_rate"] is None and few["first_hit_query"] == 0
+    assert summarize([QueryRecord("miss", None, False, 0.5, 0.2, 1.0)])["first_hit_query"] is None
+
+
+def test_across_seeds_counts_the_streams_whose_running_rate_crossed_the_bound():
+    runs = [{**run(0.02, seed, 0.015, 0.45, 0.6), "max_running_false_hit_rate": worst}
+            for seed, worst in enumerate((0.019, 0.031, None, 0.02))]
+    assert across_seeds(runs)[0]["seeds_crossed_after_warmup"] == 1

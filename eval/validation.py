@@ -1,0 +1,161 @@
+"""The validation protocol of docs/EVAL.md: short streams of CLINC150 domains the policy was not
+tuned on, several shuffles each, beside the best static cosine threshold chosen in hindsight.
+
+    python -m memcache.eval.validation ../shared/data/clinc150.jsonl --family validation --json out.json
+
+Families: `tuning` (banking, credit_cards, home, kitchen_and_dining, small_talk: where choices were
+made) and `validation` (auto_and_commute, travel, utility, work, meta: reported, never tuned on).
+Each family has three kinds of short stream: one domain's train rows cut to 1,000 queries (fifteen
+near intents, many wordings), one domain's test and val rows (750), and three domains' test rows
+(1,350). Every figure is "streams over the bound / streams" beside its mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memcache.embedding import SentenceTransformerEmbedder
+from memcache.eval.data import OOS, LabeledQuery, load_intents
+from memcache.eval.metrics import summarize
+from memcache.eval.replay import MemoEmbedder, replay_intents, shuffled
+from memcache.policy import CalibratedPolicy, Policy
+
+FAMILIES = {
+    "tuning": ("banking", "credit_cards", "home", "kitchen_and_dining", "small_talk"),
+    "validation": ("auto_and_commute", "travel", "utility", "work", "meta"),
+}
+STATIC_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.60, 1.0001, 0.01))
+
+
+@dataclass(frozen=True)
+class ShortStream:
+    """One short stream: rows of some domains and splits, cut to `limit` queries after the shuffle."""
+
+    name: str
+    kind: str
+    domains: tuple[str, ...]
+    splits: tuple[str, ...]
+    limit: int | None = None
+
+
+def streams_of(family: str) -> list[ShortStream]:
+    domains = FAMILIES[family]
+    out = [ShortStream(f"{d}/train", "one domain, train, 1,000", (d,), ("train",), 1000) for d in domains]
+    out += [ShortStream(f"{d}/test+val", "one domain, test+val, 750", (d,), ("test", "val")) for d in domains]
+    out += [ShortStream("+".join(c) + "/test", "three domains, test, 1,350", c, ("test",))
+            for c in itertools.combinations(domains, 3)]
+    return out
+
+
+def static_replay(queries: Sequence[LabeledQuery], vectors: np.ndarray, thresholds: Sequence[float]) -> dict[float, tuple[int, int]]:
+    """{threshold: (hits, wrong hits)} of static cosine cut-offs on one ordered stream.
+
+    The engine's semantics with `ThresholdPolicy`, computed directly: the nearest stored query at or
+    above the cut-off serves its answer, a miss stores the query. Out-of-scope answers fit nothing.
+    """
+    similarity = vectors @ vectors.T
+    labels = [q.label for q in queries]
+    out = {}
+    for threshold in thresholds:
+        stored: list[int] = []
+        hits = wrong = 0
+        for i in range(len(queries)):
+            if stored:
+                j = stored[int(np.argmax(similarity[i, stored]))]
+                if similarity[i, j] >= threshold - 1e-9:
+                    hits += 1
+                    wrong += labels[j] != labels[i] or labels[i] == OOS
+                    continue
+            stored.append(i)
+        out[threshold] = (hits, wrong)
+    return out
+
+
+def run_family(
+    data: str, family: str, *, seeds: Sequence[int] = (0, 1), bound: float = 0.02,
+    policy: Callable[[int], Policy] | None = None, embedder=None, progress: bool = False,
+) -> dict:
+    """Replay every stream of `family` with the policy and with static cut-offs; the report."""
+    memo = MemoEmbedder(embedder or SentenceTransformerEmbedder())
+    make = policy or (lambda seed: CalibratedPolicy(bound, seed=seed))
+    runs, static = [], {}
+    for stream in streams_of(family):
+        wanted = load_intents(data, stream.splits, {"domain": set(stream.domains)})
+        memo.prefill([r.text for r in wanted])
+        for seed in seeds:
+            records = replay_intents(wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit)
+            summary = summarize(records, max_false_hit_rate=bound)
+            runs.append({"stream": stream.name, "kind": stream.kind, "seed": seed, **summary})
+            order = shuffled(wanted, seed)[: stream.limit]
+            curve = static_replay(order, memo.embed([q.text for q in order]), STATIC_THRESHOLDS)
+            for threshold, (hits, wrong) in curve.items():
+                static.setdefault(threshold, []).append((len(order), hits, wrong))
+            if progress:
+                print(f"{stream.name} seed {seed}: {summary['false_hit_rate']:.4f} false, "
+                      f"{summary['correct_hit_rate']:.4f} correct", flush=True)
+    return {"family": family, "bound": bound, "seeds": list(seeds), "runs": runs,
+            "rows": table(runs, bound), "best_static": best_static(static, bound)}
+
+
+def table(runs: Sequence[dict], bound: float) -> list[dict]:
+    """One row per stream kind and one for all: means beside streams over / streams."""
+    groups = {"all": runs}
+    for run in runs:
+        groups.setdefault(run["kind"], []).append(run)
+    out = []
+    for kind, group in groups.items():
+        rates = np.array([run["false_hit_rate"] for run in group])
+        worst = [run["max_running_false_hit_rate"] for run in group]
+        out.append({
+            "streams": kind, "n": len(group),
+            "false_hit_rate_mean": float(rates.mean()), "false_hit_rate_max": float(rates.max()),
+            "over_bound": f"{int((rates > bound).sum())}/{len(group)}",
+            "crossed_after_warmup": f"{sum(w is not None and w > bound for w in worst)}/{len(group)}",
+            "correct_hit_rate_mean": float(np.mean([run["correct_hit_rate"] for run in group])),
+            "strong_calls_mean": float(np.mean([run["strong_calls"] for run in group])),
+            "first_hit_median": float(np.median([run["first_hit_query"] or 0 for run in group])),
+        })
+    return out
+
+
+def best_static(static: dict[float, list[tuple[int, int, int]]], bound: float) -> dict | None:
+    """The static cut-off with the most correct hits whose mean false-hit rate over the family's
+    streams met the bound: a threshold that knew the answer from the first query."""
+    best = None
+    for threshold, rows in sorted(static.items()):
+        rates = [wrong / hits if hits else 0.0 for _, hits, wrong in rows]
+        correct = float(np.mean([(hits - wrong) / n for n, hits, wrong in rows]))
+        if np.mean(rates) <= bound and (best is None or correct > best["correct_hit_rate_mean"]):
+            over = sum(rate > bound for rate in rates)
+            best = {"threshold": threshold, "correct_hit_rate_mean": correct,
+                    "false_hit_rate_mean": float(np.mean(rates)), "over_bound": f"{over}/{len(rows)}"}
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m memcache.eval.validation", description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="clinc150.jsonl (rows with a domain field)")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="validation")
+    parser.add_argument("--seed", default="0,1", help="shuffles of each stream")
+    parser.add_argument("--max-false-hit-rate", type=float, default=0.02)
+    parser.add_argument("--json", default=None, help="write the report here")
+    args = parser.parse_args(argv)
+    report = run_family(args.data, args.family, seeds=[int(s) for s in args.seed.split(",")],
+                        bound=args.max_false_hit_rate, progress=True)
+    for row in report["rows"]:
+        print(json.dumps(row))
+    print("best static cut-off in hindsight:", json.dumps(report["best_static"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
