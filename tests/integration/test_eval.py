@@ -149,7 +149,7 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     out = subprocess.run(
         cli + ["eval", str(data), "--splits", "test,oos", "--seed", "0,1", "--max-false-hit-rate", str(BOUND),
                "--json", str(report_path), "--plot", str(plot), "--sweep", "--calibration", str(calibration),
-               "--oos-from", "500", "--oos-ramp"],
+               "--oos-from", "500", "--oos-ramp", "--all-columns"],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr
