@@ -10,6 +10,7 @@ import pytest
 
 from memcache import CalibratedPolicy, MemCache, cache_info
 from memcache import cache as cache_module
+from memcache.policy import poisson_upper
 from policies import AuditEveryHit, HoldEveryHit
 
 MODEL = "openai/stub-strong"
@@ -79,7 +80,7 @@ def test_audit_claims_are_stored_and_reloaded_by_the_calibrated_policy(make_cach
     with MemCache(db_url, embedder=embedder, policy=policy, strong_model=MODEL) as reopened:
         reopened.warm_up()
         assert list(reopened.store.iter_audit_claims()) == [(pytest.approx(claimed), False)]
-        assert policy.claim_ratio == pytest.approx((1 + policy._z + 2) / (1 - claimed + 2))
+        assert policy.claim_ratio == pytest.approx((poisson_upper(1, 0.95) + 2) / (1 - claimed + 2))
         stats = reopened.stats()
         assert stats.claim_ratio == policy.claim_ratio and stats.shifts_detected == 0
 

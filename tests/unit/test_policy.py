@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from memcache.errors import ConfigError
-from memcache.policy import CalibratedPolicy, ThresholdPolicy, neighbourhood_features, wilson_upper
+from memcache.policy import CalibratedPolicy, ThresholdPolicy, neighbourhood_features, poisson_upper, wilson_upper
 from memcache.shift import ShiftDetector
 from memcache.types import Candidate, HindsightExample
 
@@ -146,25 +146,42 @@ def test_entry_centroid_features_fall_back_to_the_key_for_one_key_entries():
     assert neighbourhood_features([Candidate(1, 7, 0.9)], {})[2][7:] == pytest.approx((0.9, 0.9, -0.1))
 
 
+HONEST_AUDITS = [(0.9, True)] * 470 + [(0.9, False)] * 30  # 50 wrong claimed, 30 found
+
+
 def test_audits_that_find_more_wrong_hits_than_claimed_tighten_the_cut_off():
     """The claim ratio scales the estimate: the same labels certify less once audits disagree."""
-    trusting = CalibratedPolicy(0.05, seed=0)
-    trusting.load_labels(synthetic_labels(1500))
+    honest = CalibratedPolicy(0.05, seed=0)
+    honest.load_audit_claims(HONEST_AUDITS)
+    honest.load_labels(synthetic_labels(1500))
     audited = CalibratedPolicy(0.05, seed=0)
-    audited.load_audit_claims([(0.99, True)] * 200 + [(0.99, False)] * 8)  # 8 wrong where ~2 were claimed
+    audited.load_audit_claims([(0.9, True)] * 300 + [(0.9, False)] * 200)  # 200 wrong where 50 were claimed
     audited.load_labels(synthetic_labels(1500))
-    z = audited._z
-    assert trusting.claim_ratio == 1.0 and audited.claim_ratio == pytest.approx((8 + z * 8**0.5 + 2) / (208 * 0.01 + 2))
-    assert audited.threshold > trusting.threshold and audited.bound <= 0.05
+    assert honest.claim_ratio == 1.0
+    assert audited.claim_ratio == pytest.approx((poisson_upper(200, 0.95) + 2) / (50 + 2))
+    assert audited.threshold > honest.threshold and audited.bound <= 0.05
 
 
-def test_audits_never_loosen_the_cut_off():
+def test_the_claim_ratio_never_falls_under_one():
     policy = CalibratedPolicy(0.05, seed=0)
     policy.load_audit_claims([(0.9, True)] * 500)  # 50 wrong predicted, none found
     policy.load_labels(synthetic_labels(1500))
-    plain = CalibratedPolicy(0.05, seed=0)
-    plain.load_labels(synthetic_labels(1500))
-    assert policy.claim_ratio == 1.0 and policy.threshold == pytest.approx(plain.threshold)
+    honest = CalibratedPolicy(0.05, seed=0)
+    honest.load_audit_claims(HONEST_AUDITS)
+    honest.load_labels(synthetic_labels(1500))
+    assert policy.claim_ratio == 1.0 and policy.threshold == pytest.approx(honest.threshold)
+
+
+def test_before_any_audit_the_claims_are_taken_at_the_worst_a_zero_count_allows():
+    """Before any audit, the served claims are taken as 2.5 times too optimistic: (3.0 + 2) / 2 at 95%."""
+    policy = CalibratedPolicy(0.05, seed=0)
+    assert policy.claim_ratio == pytest.approx((poisson_upper(0, 0.95) + 2) / 2) and poisson_upper(0, 0.95) == pytest.approx(
+        2.9957, abs=1e-3)
+
+
+def test_poisson_upper_bound_matches_garwood():
+    # chi2.ppf(0.95, 2k + 2) / 2 for k = 1, 10, 100
+    assert [round(poisson_upper(k, 0.95), 2) for k in (1, 10, 100)] == [4.74, 16.96, 118.08]
 
 
 def would_be_hit(policy):
