@@ -26,8 +26,15 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigError.missing_extra("langchain", "langchain-core") from exc
 
-_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function",
-          "chat": "user", "developer": "developer"}
+_ROLES = {
+    "human": "user",
+    "ai": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "function",
+    "chat": "user",
+    "developer": "developer",
+}
 # only these classes are rebuilt from stored JSON: a store must not be able to construct anything else
 _ALLOWED = [Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk, AIMessage, AIMessageChunk]
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from typing import Any
 
 from memcache.adapters._pending import PendingLookups
 from memcache.cache import MemCache
-from memcache.errors import ConfigError, InvalidRequestError, MemcacheError
+from memcache.errors import ConfigError, InvalidRequestError
 from memcache.llm import verified_text
 from memcache.scope import TRANSPORT_PARAMS
 from memcache.types import CacheInfo, LookupResult
@@ -63,7 +64,7 @@ class MemCacheLiteLLMCache(Cache):
         hit = result.hit
         info = CacheInfo("hit", hit.similarity, hit.confidence, hit.entry_id, hit.exact)
         return {
-            "id": f"chatcmpl-memcache-{hit.entry_id}",
+            "id": f"chatcmpl-memcache-{uuid.uuid4().hex[:24]}",  # no store id reaches the caller's clients
             "object": "chat.completion",
             "created": 0,
             "model": result.scope.model,
@@ -87,7 +88,7 @@ class MemCacheLiteLLMCache(Cache):
         messages, model, tenant, params = self._call(kwargs)
         try:
             result = self.memcache.lookup(messages, model=model, tenant=tenant, **params)
-        except MemcacheError:
+        except InvalidRequestError:
             return None  # a request memcache cannot scope is simply not cached; LiteLLM calls the model
         if result.hit is not None:
             return self._hit_dict(result)
@@ -100,7 +101,7 @@ class MemCacheLiteLLMCache(Cache):
         messages, model, tenant, params = self._call(kwargs)
         try:
             result = await self.memcache.alookup(messages, model=model, tenant=tenant, **params)
-        except MemcacheError:
+        except InvalidRequestError:
             return None
         if result.hit is not None:
             return self._hit_dict(result)

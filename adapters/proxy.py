@@ -39,7 +39,7 @@ import numpy as np
 from memcache.cache import MemCache, cache_info
 from memcache.errors import ConfigError, EscalationError, InvalidRequestError, MemcacheError
 from memcache.scope import build_scope
-from memcache.types import CacheInfo
+from memcache.types import CacheInfo, PolicyStatus
 
 try:
     from fastapi import FastAPI, Request
@@ -67,8 +67,9 @@ FORWARDED_PARAMS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("n", "max_tokens", "max_completion_tokens", "seed", "top_logprobs"), ("integer",)),
     **dict.fromkeys(("logprobs", "parallel_tool_calls", "stream"), ("boolean",)),
     **dict.fromkeys(("tools", "functions", "modalities"), ("array",)),
-    **dict.fromkeys(("logit_bias", "response_format", "stream_options", "prediction", "audio", "web_search_options"),
-                    ("object",)),
+    **dict.fromkeys(
+        ("logit_bias", "response_format", "stream_options", "prediction", "audio", "web_search_options"), ("object",)
+    ),
     **dict.fromkeys(("user", "reasoning_effort", "service_tier"), ("string",)),
     "stop": ("string", "array"),
     **dict.fromkeys(("tool_choice", "function_call"), ("string", "object")),
@@ -117,14 +118,22 @@ class ProxyConfig:
     max_body_bytes: int = MAX_BODY_BYTES
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ProxyConfig":
+    def from_file(cls, path: str | Path) -> ProxyConfig:
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
         unknown = set(data) - {
-            "database_url", "max_false_hit_rate", "embedding_model", "snapshot", "shadow_audits", "models", "keys",
-            "metrics_key", "allow_params", "max_body_bytes",
+            "database_url",
+            "max_false_hit_rate",
+            "embedding_model",
+            "snapshot",
+            "shadow_audits",
+            "models",
+            "keys",
+            "metrics_key",
+            "allow_params",
+            "max_body_bytes",
         }
         if unknown:
             raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
@@ -154,7 +163,7 @@ class ProxyConfig:
 def _upstream(path: str | Path, name: str, spec: Any) -> Upstream:
     """One `[models.NAME]` table: `model`, an optional `api_key_env`, and LiteLLM arguments."""
     if not isinstance(spec, dict) or "model" not in spec:
-        raise ConfigError(f"{path}: [models.{name}] needs model = \"provider/name\"")
+        raise ConfigError(f'{path}: [models.{name}] needs model = "provider/name"')
     spec = dict(spec)
     variable = spec.pop("api_key_env", None)
     if variable is not None:
@@ -189,8 +198,10 @@ def _check_params(body: Mapping[str, Any], allowed: frozenset[str]) -> str | Non
             continue
         kinds = FORWARDED_PARAMS.get(name)
         if kinds is None:
-            return (f"{name!r} is not a field this proxy forwards; routing, credentials and test fields are set "
-                    "by the operator (allow_params in the proxy config lets more through)")
+            return (
+                f"{name!r} is not a field this proxy forwards; routing, credentials and test fields are set "
+                "by the operator (allow_params in the proxy config lets more through)"
+            )
         if value is not None and not any(_JSON_TYPES[kind](value) for kind in kinds):
             return f"{name!r} must be {' or '.join(kinds)}, got {type(value).__name__}"
     return None
@@ -221,29 +232,41 @@ class Metrics:
             self.buckets[outcome][index] += 1
             self.sums[outcome] += seconds
 
-    def render(
-        self, false_hit_estimate: float | None, bound: float, shifts_detected: int | None = None,
-        shift_hold_remaining: int | None = None,
-    ) -> str:
+    def render(self, status: PolicyStatus) -> str:
         """Prometheus text; the shift figures (changes the policy saw, would-be hits it still holds)
         only where it watches for changes."""
+        false_hit_estimate, bound = status.estimated_false_hit_rate, status.max_false_hit_rate
+        shifts_detected, shift_hold_remaining = status.shifts_detected, status.shift_hold_remaining
         with self._lock:
             lines = [
-                "# TYPE memcache_requests_total counter", f"memcache_requests_total {self.requests}",
-                "# TYPE memcache_errors_total counter", f"memcache_errors_total {self.errors}",
+                "# TYPE memcache_requests_total counter",
+                f"memcache_requests_total {self.requests}",
+                "# TYPE memcache_errors_total counter",
+                f"memcache_errors_total {self.errors}",
             ]
             for outcome, plural in (("hit", "hits"), ("miss", "misses"), ("audit", "audits")):
-                lines += [f"# TYPE memcache_{plural}_total counter", f"memcache_{plural}_total {self.outcomes[outcome]}"]
+                lines += [
+                    f"# TYPE memcache_{plural}_total counter",
+                    f"memcache_{plural}_total {self.outcomes[outcome]}",
+                ]
             lines += [
-                "# TYPE memcache_audited_hits_total counter", f"memcache_audited_hits_total {self.audited_hits}",
+                "# TYPE memcache_audited_hits_total counter",
+                f"memcache_audited_hits_total {self.audited_hits}",
                 "# TYPE memcache_false_hit_rate_estimate gauge",
                 f"memcache_false_hit_rate_estimate {'NaN' if false_hit_estimate is None else false_hit_estimate}",
-                "# TYPE memcache_false_hit_rate_bound gauge", f"memcache_false_hit_rate_bound {bound}",
+                "# TYPE memcache_false_hit_rate_bound gauge",
+                f"memcache_false_hit_rate_bound {bound}",
             ]
             if shifts_detected is not None:
-                lines += ["# TYPE memcache_shifts_detected_total counter", f"memcache_shifts_detected_total {shifts_detected}"]
+                lines += [
+                    "# TYPE memcache_shifts_detected_total counter",
+                    f"memcache_shifts_detected_total {shifts_detected}",
+                ]
             if shift_hold_remaining is not None:
-                lines += ["# TYPE memcache_shift_hold_remaining gauge", f"memcache_shift_hold_remaining {shift_hold_remaining}"]
+                lines += [
+                    "# TYPE memcache_shift_hold_remaining gauge",
+                    f"memcache_shift_hold_remaining {shift_hold_remaining}",
+                ]
             lines.append("# TYPE memcache_request_seconds histogram")
             for outcome, counts in self.buckets.items():
                 running = 0
@@ -306,37 +329,36 @@ async def _read_body(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
-    """The proxy as an ASGI app around an open MemCache (run it with uvicorn)."""
-    config = config or ProxyConfig()
-    reserved = config.allow_params & {"model", "messages", "tenant"}
-    if reserved:
-        raise ConfigError(f"allow_params cannot name {sorted(reserved)}: the proxy sets those itself")
-    metrics = Metrics()
-    app = FastAPI(title="memcache proxy")
-    if not config.keys:
-        log.warning("no [keys] configured: every client is served, and names its tenant in X-Memcache-Tenant")
-    if not config.models:
-        log.warning("no [models] configured: clients may ask for any LiteLLM model name, with the server's credentials")
+def _bearer(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
 
-    def bearer(request: Request) -> str:
-        auth = request.headers.get("authorization", "")
-        return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
 
-    def tenant_of(request: Request) -> str | None:
-        key = bearer(request)
-        if config.keys:
-            if key not in config.keys:
+class _Proxy:
+    """The routes' logic around one MemCache and its config; client errors raise `_Refused`."""
+
+    def __init__(self, cache: MemCache, config: ProxyConfig) -> None:
+        reserved = config.allow_params & {"model", "messages", "tenant"}
+        if reserved:
+            raise ConfigError(f"allow_params cannot name {sorted(reserved)}: the proxy sets those itself")
+        self.cache, self.config, self.metrics = cache, config, Metrics()
+
+    def tenant_of(self, request: Request) -> str | None:
+        """The configured key's tenant; without keys, X-Memcache-Tenant or a hash of the key."""
+        key = _bearer(request)
+        if self.config.keys:
+            if key not in self.config.keys:
                 raise _Refused(_error(401, "unknown API key"))
-            return config.keys[key]
+            return self.config.keys[key]
         named = request.headers.get("x-memcache-tenant")
         if named:  # trusted deployments without keys name the tenant
             build_scope(tenant=named, model="check", params={})  # a bad name is a 400, not a 500
             return named
         return f"key-{hashlib.sha256(key.encode()).hexdigest()[:16]}" if key else None
 
-    def guarded(handler):
+    def guarded(self, handler):
         """Client errors become their response; nothing a client sends becomes a 500."""
+
         @functools.wraps(handler)
         async def run(request: Request):
             try:
@@ -344,72 +366,61 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
             except _Refused as refused:
                 return refused.response
             except InvalidRequestError as exc:
-                metrics.count("errors")
+                self.metrics.count("errors")
                 return _error(400, str(exc))
+
         return run
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    @guarded
-    async def models(request: Request):
-        tenant_of(request)
-        names = list(config.models) or ([cache.strong_model] if cache.strong_model else [])
+    async def models(self, request: Request) -> dict[str, Any]:
+        self.tenant_of(request)
+        names = list(self.config.models) or ([self.cache.strong_model] if self.cache.strong_model else [])
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "memcache"} for n in names]}
 
-    @app.get("/metrics")
-    @guarded
-    async def prometheus(request: Request):
-        if config.metrics_key is not None:
-            if not hmac.compare_digest(bearer(request), config.metrics_key):
+    async def prometheus(self, request: Request) -> PlainTextResponse:
+        if self.config.metrics_key is not None:
+            if not hmac.compare_digest(_bearer(request), self.config.metrics_key):
                 raise _Refused(_error(401, "GET /metrics takes the metrics key"))
         else:
-            tenant_of(request)
-        policy = cache.policy  # policy attributes only: a scrape does not touch the store
-        shifts = getattr(policy, "shifts_detected", None)
-        return PlainTextResponse(metrics.render(
-            getattr(policy, "bound", None), policy.max_false_hit_rate, None if shifts is None else len(shifts),
-            getattr(policy, "hold_remaining", None),
-        ))
+            self.tenant_of(request)
+        return PlainTextResponse(self.metrics.render(self.cache.policy_status()))  # a scrape does not touch the store
 
-    @app.post("/v1/chat/completions")
-    @guarded
-    async def chat(request: Request):
+    async def chat(self, request: Request):
         started = time.perf_counter()
-        metrics.count("requests")
-        tenant = tenant_of(request)
-        body = await _read_body(request, config.max_body_bytes)
+        self.metrics.count("requests")
+        tenant = self.tenant_of(request)
+        body = await _read_body(request, self.config.max_body_bytes)
         name, messages = body.pop("model"), body.pop("messages")
-        refused = _check_params(body, config.allow_params)
+        refused = _check_params(body, self.config.allow_params)
         if refused is not None:
-            metrics.count("errors")
+            self.metrics.count("errors")
             return _error(400, refused)
-        if config.models and name not in config.models:
+        if self.config.models and name not in self.config.models:
             return _error(404, f"model {name!r} is not served here; see GET /v1/models", param="model")
-        upstream = config.models.get(name, Upstream(name))
-        stream = bool(body.get("stream"))
+        upstream = self.config.models.get(name, Upstream(name))
         body.pop("stream_options", None)
         try:
-            response = await cache.acompletion(
+            response = await self.cache.acompletion(
                 messages=messages, model=upstream.model, tenant=tenant, **{**body, **dict(upstream.kwargs)}
             )
         except EscalationError as exc:
-            metrics.count("errors")
+            self.metrics.count("errors")
             return _error(502, str(exc), "upstream_error")
         except InvalidRequestError:
             raise
         except MemcacheError as exc:  # the store or the embedding model failed: the server's fault
-            metrics.count("errors")
+            self.metrics.count("errors")
             log.error("request failed: %s", exc)
             return _error(503, "the cache is unavailable; try again", "server_error")
+        return self._respond(response, name, bool(body.get("stream")), started)
+
+    def _respond(self, response: Any, name: str, stream: bool, started: float):
         info = cache_info(response)
+        headers = _headers(self.cache, info)
         if not stream:
-            metrics.observe(info, time.perf_counter() - started)
+            self.metrics.observe(info, time.perf_counter() - started)
             payload = response.model_dump(exclude={"_hidden_params"})
             payload["model"] = name
-            return JSONResponse(payload, headers=_headers(cache, info))
+            return JSONResponse(payload, headers=headers)
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -420,11 +431,28 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
             except EscalationError as exc:
                 yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'upstream_error'}})}\n\n".encode()
             yield b"data: [DONE]\n\n"
-            metrics.observe(info, time.perf_counter() - started)
+            self.metrics.observe(info, time.perf_counter() - started)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(cache, info))
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
+
+def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
+    """The proxy as an ASGI app around an open MemCache (run it with uvicorn)."""
+    proxy = _Proxy(cache, config or ProxyConfig())
+    if not proxy.config.keys:
+        log.warning("no [keys] configured: every client is served, and names its tenant in X-Memcache-Tenant")
+    if not proxy.config.models:
+        log.warning("no [models] configured: clients may ask for any LiteLLM model name, with the server's credentials")
+    app = FastAPI(title="memcache proxy")
+    app.get("/healthz")(_healthz)
+    app.get("/v1/models")(proxy.guarded(proxy.models))
+    app.get("/metrics")(proxy.guarded(proxy.prometheus))
+    app.post("/v1/chat/completions")(proxy.guarded(proxy.chat))
     return app
+
+
+async def _healthz() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 def serve(config_path: str | None, host: str, port: int) -> None:
@@ -434,8 +462,13 @@ def serve(config_path: str | None, host: str, port: int) -> None:
     except ImportError as exc:
         raise ConfigError.missing_extra("server", "uvicorn") from exc
     config = ProxyConfig.from_file(config_path) if config_path else ProxyConfig()
-    with MemCache(config.database_url, embedding_model=config.embedding_model,
-                  max_false_hit_rate=config.max_false_hit_rate, snapshot=config.snapshot,
-                  shadow_audits=config.shadow_audits, progress=True) as cache:
+    with MemCache(
+        config.database_url,
+        embedding_model=config.embedding_model,
+        max_false_hit_rate=config.max_false_hit_rate,
+        snapshot=config.snapshot,
+        shadow_audits=config.shadow_audits,
+        progress=True,
+    ) as cache:
         cache.warm_up()  # the first request should not wait for the index
         uvicorn.run(create_app(cache, config), host=host, port=port, log_level="info")

@@ -34,10 +34,11 @@ import numpy as np
 
 from memcache.cache import MemCache
 from memcache.embedding import SentenceTransformerEmbedder
+from memcache.eval.bulk import BulkRow, bulk_insert
+from memcache.eval.data import load_pairs
 from memcache.policy import ThresholdPolicy
 from memcache.scope import build_scope, normalize
-from memcache.store import BulkRow, Store, text_hash
-from memcache.eval.data import load_pairs
+from memcache.store import Store, text_hash
 
 SCOPE = build_scope(tenant=None, model="bench", params={}, earlier=[], extra_parts=[])
 NOISE = 0.045  # per-dimension noise of synthetic keys: cosine ~0.75 to the real vector they copy
@@ -70,9 +71,9 @@ class Workload:
         pairs = load_pairs(pairs_path)
         self.stored = list(dict.fromkeys(p.a for p in pairs))[:real]
         stored = set(self.stored)
-        self.paraphrases = list(dict.fromkeys(
-            p.b for p in pairs if p.duplicate and p.a in stored and p.b not in stored
-        ))[:repeats]
+        self.paraphrases = list(
+            dict.fromkeys(p.b for p in pairs if p.duplicate and p.a in stored and p.b not in stored)
+        )[:repeats]
         asked = set(self.paraphrases)
         self.unseen = list(dict.fromkeys(p.b for p in pairs if p.b not in stored and p.b not in asked))[:2_000]
         self.vectors = _encode_all(embedder, self.stored)
@@ -83,7 +84,9 @@ class Workload:
         return with_synthetic_keys(self.stored[:n], self.vectors[:n], n, seed)
 
 
-def with_synthetic_keys(texts: Sequence[str], vectors: np.ndarray, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+def with_synthetic_keys(
+    texts: Sequence[str], vectors: np.ndarray, n: int, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
     """Real keys padded to n with synthetic neighbours: a random real vector plus noise, unit length."""
     extra = max(0, n - len(texts))
     if not extra:
@@ -102,10 +105,13 @@ def fill_store(url: str, texts: Sequence[str], vectors: np.ndarray, chunk: int =
     store = Store(url)
     start = time.perf_counter()
     for lo in tqdm(range(0, len(texts), chunk), desc=f"filling {len(texts):,} entries", unit="chunk"):
-        store.bulk_insert([
-            BulkRow(SCOPE, text, text_hash(normalize(text)), vectors[i], f"answer {i}")
-            for i, text in enumerate(texts[lo : lo + chunk], lo)
-        ])
+        bulk_insert(
+            store,
+            [
+                BulkRow(SCOPE, text, text_hash(normalize(text)), vectors[i], f"answer {i}")
+                for i, text in enumerate(texts[lo : lo + chunk], lo)
+            ],
+        )
     store.close()
     return time.perf_counter() - start
 
@@ -262,17 +268,26 @@ def bench_size(n: int, work: Workload, embedder, args, directory: Path) -> dict:
     rates = interleaved_throughput(lookup, work.unseen, (1, 8, 32), args)
     ceiling = encoder_batching(embedder, work.unseen)
     result = {
-        "entries": n, "real_keys": min(n, len(work.stored)), "fill_s": fill_s,
+        "entries": n,
+        "real_keys": min(n, len(work.stored)),
+        "fill_s": fill_s,
         "approximate": n > cache.index.approximate_after,
-        "floor_p50_ms": floor, "floor_p99_ms": percentile(floor_e + floor_h, 99),
-        "hit_p50_ms": statistics.median(hit), "hit_p99_ms": percentile(hit, 99),
+        "floor_p50_ms": floor,
+        "floor_p99_ms": percentile(floor_e + floor_h, 99),
+        "hit_p50_ms": statistics.median(hit),
+        "hit_p99_ms": percentile(hit, 99),
         "hit_p50_ratio": statistics.median(hit) / statistics.median(floor_h),
         "hit_p99_ratio": percentile(hit, 99) / percentile(floor_h, 99),
-        "exact_p50_ms": statistics.median(exact), "exact_p99_ms": percentile(exact, 99),
-        "lookups_per_s": rates, "scaling_32_vs_1": rates[32] / rates[1], "encoder_32_vs_1": ceiling,
+        "exact_p50_ms": statistics.median(exact),
+        "exact_p99_ms": percentile(exact, 99),
+        "lookups_per_s": rates,
+        "scaling_32_vs_1": rates[32] / rates[1],
+        "encoder_32_vs_1": ceiling,
         "recall_at_1": recall_at_1(cache, work.paraphrase_vectors, vectors),
-        "rebuild_s": rebuild["seconds"], "snapshot_load_s": from_snapshot["seconds"],
-        "snapshot_save_s": rebuild["save_seconds"], "snapshot_mb": rebuild["snapshot_mb"],
+        "rebuild_s": rebuild["seconds"],
+        "snapshot_load_s": from_snapshot["seconds"],
+        "snapshot_save_s": rebuild["save_seconds"],
+        "snapshot_mb": rebuild["snapshot_mb"],
         "bytes_per_entry": (from_snapshot["rss_after_mb"] - from_snapshot["rss_before_mb"]) * 2**20 / n,
         "bytes_per_entry_rebuild": (rebuild["rss_after_mb"] - rebuild["rss_before_mb"]) * 2**20 / n,
     }
@@ -308,8 +323,11 @@ def bench_gptcache(work: Workload, embedder, args, directory: Path) -> dict:
     manager.import_data(texts, [f"answer {i}" for i in range(n)], list(vectors), [None] * n)
     gpt = Cache()
     gpt.init(
-        pre_embedding_func=get_prompt, embedding_func=sbert.to_embeddings, data_manager=manager,
-        similarity_evaluation=SearchDistanceEvaluation(), config=Config(similarity_threshold=0.0),
+        pre_embedding_func=get_prompt,
+        embedding_func=sbert.to_embeddings,
+        data_manager=manager,
+        similarity_evaluation=SearchDistanceEvaluation(),
+        config=Config(similarity_threshold=0.0),
     )
     url = f"sqlite:///{directory / 'memcache_vs.db'}"
     fill_store(url, texts, vectors)
@@ -325,7 +343,8 @@ def bench_gptcache(work: Workload, embedder, args, directory: Path) -> dict:
         latency, _ = paired(fn, work.paraphrases, lambda q: None)
         rates = [throughput(fn, work.unseen, 8, args.seconds) for _ in range(args.rounds)]
         out[name] = {
-            "hit_p50_ms": statistics.median(latency), "hit_p99_ms": percentile(latency, 99),
+            "hit_p50_ms": statistics.median(latency),
+            "hit_p99_ms": percentile(latency, 99),
             "lookups_per_s_8": statistics.median(rates),
         }
     out["lookups_ratio_8"] = out["memcache"]["lookups_per_s_8"] / out["gptcache"]["lookups_per_s_8"]
@@ -349,20 +368,26 @@ def machine() -> str:
     import faiss
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, no GPU used; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, faiss {faiss.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, no GPU used; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, faiss {faiss.__version__}"
+    )
 
 
 def markdown(results: dict) -> str:
     sizes = results["sizes"]
     lines = [
-        "# Benchmarks", "",
-        f"Produced by `{results['command']}` on {results['date']}.", "",
-        f"Machine: {results['machine']}.", "",
+        "# Benchmarks",
+        "",
+        f"Produced by `{results['command']}` on {results['date']}.",
+        "",
+        f"Machine: {results['machine']}.",
+        "",
         "Every latency is a median (p50) or 99th percentile over the run's lookups; every ratio is to a "
         "reference measured in the same run. Stored keys: real Quora questions encoded by the real model "
         f"(first {sizes[0]['real_keys']:,}), then synthetic keys near them (see eval/bench.py). Lookups: real "
-        "questions, encoded by the real all-MiniLM-L6-v2 on the CPU.", "",
+        "questions, encoded by the real all-MiniLM-L6-v2 on the CPU.",
+        "",
         "| entries | index | floor p50 ms | hit p50 ms | hit p99 ms | p50 / floor | p99 / floor p99 | exact p50 ms "
         "| recall@1 | lookups/s 1 / 8 / 32 | 32 vs 1 | encoder alone 32 vs 1 | bytes / entry | cold: rebuild s "
         "| cold: snapshot s |",
@@ -399,14 +424,19 @@ def markdown(results: dict) -> str:
             f"GPTCache {g['gptcache_version']} (sqlite + faiss, its SBERT embedding loading the same model files, "
             f"similarity threshold 0 so every lookup is a hit) and memcache on the same {g['entries']:,} entries "
             f"and the same questions, in the same process one after the other (they served the same answer for "
-            f"{g['same_answer']:.0%} of the questions).", "",
-            "| system | hit p50 ms | hit p99 ms | lookups/s, 8 callers |", "|---|---|---|---|",
+            f"{g['same_answer']:.0%} of the questions).",
+            "",
+            "| system | hit p50 ms | hit p99 ms | lookups/s, 8 callers |",
+            "|---|---|---|---|",
         ]
         for name in ("gptcache", "memcache"):
             s = g[name]
             lines.append(f"| {name} | {s['hit_p50_ms']:.1f} | {s['hit_p99_ms']:.1f} | {s['lookups_per_s_8']:.0f} |")
-        lines += ["", f"memcache / GPTCache lookups/s with 8 callers: {g['lookups_ratio_8']:.2f}x; "
-                  f"p99 ratio: {g['p99_ratio']:.2f}x."]
+        lines += [
+            "",
+            f"memcache / GPTCache lookups/s with 8 callers: {g['lookups_ratio_8']:.2f}x; "
+            f"p99 ratio: {g['p99_ratio']:.2f}x.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -422,21 +452,31 @@ def targets(results: dict) -> list[str]:
         r = by_size.get(n)
         if r:
             ok = r["hit_p50_ratio"] <= bound and r["hit_p99_ratio"] <= bound
-            out.append(f"- hit within {bound}x of the floor at {n:,}: p50 {r['hit_p50_ratio']:.2f}x, "
-                       f"p99 {r['hit_p99_ratio']:.2f}x: {verdict(ok)}")
+            out.append(
+                f"- hit within {bound}x of the floor at {n:,}: p50 {r['hit_p50_ratio']:.2f}x, "
+                f"p99 {r['hit_p99_ratio']:.2f}x: {verdict(ok)}"
+            )
     for r in results["sizes"]:
-        out.append(f"- exact repeat p50 <= 0.3 ms at {r['entries']:,}: {r['exact_p50_ms']:.3f} ms: "
-                   f"{verdict(r['exact_p50_ms'] <= 0.3)}")
-        out.append(f"- 32 callers >= 4x the lookups/s of 1 at {r['entries']:,}: {r['scaling_32_vs_1']:.1f}x "
-                   f"(the encoder alone gains {r['encoder_32_vs_1']:.1f}x): {verdict(r['scaling_32_vs_1'] >= 4)}")
-        out.append(f"- recall@1 >= 0.99 against exact search at {r['entries']:,}: {r['recall_at_1']:.3f}: "
-                   f"{verdict(r['recall_at_1'] >= 0.99)}")
+        out.append(
+            f"- exact repeat p50 <= 0.3 ms at {r['entries']:,}: {r['exact_p50_ms']:.3f} ms: "
+            f"{verdict(r['exact_p50_ms'] <= 0.3)}"
+        )
+        out.append(
+            f"- 32 callers >= 4x the lookups/s of 1 at {r['entries']:,}: {r['scaling_32_vs_1']:.1f}x "
+            f"(the encoder alone gains {r['encoder_32_vs_1']:.1f}x): {verdict(r['scaling_32_vs_1'] >= 4)}"
+        )
+        out.append(
+            f"- recall@1 >= 0.99 against exact search at {r['entries']:,}: {r['recall_at_1']:.3f}: "
+            f"{verdict(r['recall_at_1'] >= 0.99)}"
+        )
     g = results.get("gptcache")
     if g and "skipped" not in g:
         lower = g["memcache"]["hit_p99_ms"] < g["gptcache"]["hit_p99_ms"]
-        out.append(f"- >= 2x GPTCache's lookups/s with 8 callers, lower p99: {g['lookups_ratio_8']:.2f}x, p99 "
-                   f"{g['memcache']['hit_p99_ms']:.1f} vs {g['gptcache']['hit_p99_ms']:.1f} ms: "
-                   f"{verdict(g['lookups_ratio_8'] >= 2 and lower)}")
+        out.append(
+            f"- >= 2x GPTCache's lookups/s with 8 callers, lower p99: {g['lookups_ratio_8']:.2f}x, p99 "
+            f"{g['memcache']['hit_p99_ms']:.1f} vs {g['gptcache']['hit_p99_ms']:.1f} ms: "
+            f"{verdict(g['lookups_ratio_8'] >= 2 and lower)}"
+        )
     return out
 
 
@@ -448,7 +488,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     work = Workload(args.pairs, args.real, args.repeats, embedder)
     results: dict = {
         "command": "memcache bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "memcache bench",
-        "date": date.today().isoformat(), "machine": machine(), "sizes": [],
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "sizes": [],
     }
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         directory = Path(tmp)
@@ -468,7 +510,9 @@ def run_bench(args: argparse.Namespace) -> dict:
 
 def add_bench_command(sub) -> None:
     bench = sub.add_parser("bench", help="latency vs the embedding floor, throughput, memory, cold start, GPTCache")
-    bench.add_argument("pairs", help="Quora pairs JSONL (source of real questions), e.g. ../shared/data/qqp_pairs_dev.jsonl")
+    bench.add_argument(
+        "pairs", help="Quora pairs JSONL (source of real questions), e.g. ../shared/data/qqp_pairs_dev.jsonl"
+    )
     bench.add_argument("--entries", default="100000,1000000", help="store sizes, comma-separated")
     bench.add_argument("--real", type=int, default=20_000, help="real questions encoded and stored")
     bench.add_argument("--repeats", type=int, default=1000, help="timed lookups per latency row")

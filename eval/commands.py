@@ -10,11 +10,11 @@ from pathlib import Path
 
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
-from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
-from memcache.types import Decision
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import WARMUP_HITS, across_seeds, summarize
 from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs
+from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
+from memcache.types import Decision
 
 SWEEP_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
 
@@ -33,10 +33,24 @@ class Stream:
     limit: int | None = None
 
     def replay(
-        self, policy: Policy, embedder, *, seed: int, warm=(), progress: bool = False, shadow_audits: bool = True,
-        oos_from: int | None = None, oos_ramp: bool = False,
+        self,
+        policy: Policy,
+        embedder,
+        *,
+        seed: int,
+        warm=(),
+        progress: bool = False,
+        shadow_audits: bool = True,
+        oos_from: int | None = None,
+        oos_ramp: bool = False,
     ) -> list[QueryRecord]:
-        options = {"policy": policy, "embedder": embedder, "seed": seed, "progress": progress, "shadow_audits": shadow_audits}
+        options = {
+            "policy": policy,
+            "embedder": embedder,
+            "seed": seed,
+            "progress": progress,
+            "shadow_audits": shadow_audits,
+        }
         if self.kind == "pairs":  # no out-of-scope queries: run_eval refuses --oos-from here
             return replay_pairs(self.items, **options)
         return replay_intents(self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, limit=self.limit, **options)
@@ -68,7 +82,12 @@ def _where_text(where: dict[str, set[str]] | None) -> str:
 
 
 def load_stream(
-    path: str, fmt: str, splits: str | None, text_col: str, label_col: str, limit: int | None = None,
+    path: str,
+    fmt: str,
+    splits: str | None,
+    text_col: str,
+    label_col: str,
+    limit: int | None = None,
     where: dict[str, set[str]] | None = None,
 ) -> Stream:
     if limit is not None and limit < 1:
@@ -107,7 +126,7 @@ class LabelCollector:
         entry_id, s1, features = neighbourhood_features(candidates, entries)
         return Decision("miss", entry_id, s1, 0.0, features)
 
-    def observe(self, features: Sequence[float], correct: bool) -> None:
+    def observe(self, features: Sequence[float], correct: bool, *, key: int | None = None) -> None:
         self.labels.append((tuple(features), bool(correct)))
 
 
@@ -123,8 +142,18 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-REPORT_COLUMNS = ("seed", "max_false_hit_rate", "queries", "hit_rate", "false_hit_rate", "max_running_false_hit_rate",
-                  "correct_hit_rate", "strong_calls", "first_hit_query", "lookup_p50_ms")
+REPORT_COLUMNS = (
+    "seed",
+    "max_false_hit_rate",
+    "queries",
+    "hit_rate",
+    "false_hit_rate",
+    "max_running_false_hit_rate",
+    "correct_hit_rate",
+    "strong_calls",
+    "first_hit_query",
+    "lookup_p50_ms",
+)
 MORE_COLUMNS = ("reusable_rate", "lookup_p99_ms", "claimed_false_hit_rate", "claim_shortfall", "policy_claim_ratio")
 LEGEND = (
     "rates are shares of queries, false_hit_rate of hits (wrong hits / hits); max_running_false_hit_rate: the worst "
@@ -137,19 +166,34 @@ MORE_LEGEND = (
     "estimate of that factor, from its audits"
 )
 AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
-ACROSS_SEEDS_COLUMNS = ("max_false_hit_rate", "seeds", "false_hit_rate_mean", "false_hit_rate_max", "seeds_over_bound",
-                        "seeds_crossed_after_warmup", "correct_hit_rate_mean", "correct_hit_rate_min",
-                        "strong_calls_mean", "strong_calls_max")
+ACROSS_SEEDS_COLUMNS = (
+    "max_false_hit_rate",
+    "seeds",
+    "false_hit_rate_mean",
+    "false_hit_rate_max",
+    "seeds_over_bound",
+    "seeds_crossed_after_warmup",
+    "correct_hit_rate_mean",
+    "correct_hit_rate_min",
+    "strong_calls_mean",
+    "strong_calls_max",
+)
 
 
 def run_eval(args: argparse.Namespace) -> dict:
     if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
-        raise ConfigError("--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)")
+        raise ConfigError(
+            "--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)"
+        )
     if args.oos_ramp and args.oos_from is None:
         raise ConfigError("--oos-ramp needs --oos-from N, where the out-of-scope share starts rising")
     where = parse_where(args.where)
     stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where)
-    warm = load_stream(args.data, args.format, args.warm, args.text_col, args.label_col, where=where).items if args.warm else ()
+    warm = (
+        load_stream(args.data, args.format, args.warm, args.text_col, args.label_col, where=where).items
+        if args.warm
+        else ()
+    )
     # The first replay encodes each query online (its latencies include the model); later
     # replays of the same stream reuse those vectors, so their latencies exclude encoding.
     embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
@@ -165,24 +209,41 @@ def run_eval(args: argparse.Namespace) -> dict:
             policy = CalibratedPolicy(bound, seed=audit_seed)
         shadow = not args.escalate_audits
         records = stream.replay(
-            policy, embedder, seed=seed, warm=warm, progress=True, shadow_audits=shadow,
-            oos_from=args.oos_from, oos_ramp=args.oos_ramp,
+            policy,
+            embedder,
+            seed=seed,
+            warm=warm,
+            progress=True,
+            shadow_audits=shadow,
+            oos_from=args.oos_from,
+            oos_ramp=args.oos_ramp,
         )
         summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
-        runs.append({
-            "seed": seed, "audit_seed": audit_seed, **summary, "shadow_audits": shadow,
-            "latency_includes_encoding": not runs, "shifts_detected": list(policy.shifts_detected),
-            "policy_claim_ratio": policy.claim_ratio,
-            "_records": records,
-        })
+        runs.append(
+            {
+                "seed": seed,
+                "audit_seed": audit_seed,
+                **summary,
+                "shadow_audits": shadow,
+                "latency_includes_encoding": not runs,
+                "shifts_detected": list(policy.shifts_detected),
+                "policy_claim_ratio": policy.claim_ratio,
+                "_records": records,
+            }
+        )
         if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
-            after = summarize(records[args.oos_from:], max_false_hit_rate=bound)
+            after = summarize(records[args.oos_from :], max_false_hit_rate=bound)
             runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     sweep = []
     if args.sweep:
         for threshold in SWEEP_THRESHOLDS:
             records = stream.replay(
-                ThresholdPolicy(threshold), embedder, seed=seeds[0], warm=warm, oos_from=args.oos_from, oos_ramp=args.oos_ramp
+                ThresholdPolicy(threshold),
+                embedder,
+                seed=seeds[0],
+                warm=warm,
+                oos_from=args.oos_from,
+                oos_ramp=args.oos_ramp,
             )
             sweep.append({"threshold": threshold, **summarize(records)})
     report = {
@@ -211,10 +272,10 @@ def run_eval(args: argparse.Namespace) -> dict:
         which = ",".join(map(str, seeds))
         if audit_seeds is not None:
             which += "; audit seeds " + ",".join(map(str, audit_seeds))
-        print("\nacross seeds (%s):" % which)
+        print(f"\nacross seeds ({which}):")
         print(_table(report["across_seeds"], ACROSS_SEEDS_COLUMNS))
     if sweep:
-        print("\nstatic cosine thresholds (same stream, seed %d):" % seeds[0])
+        print(f"\nstatic cosine thresholds (same stream, seed {seeds[0]}):")
         print(_table(sweep, ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))
     if args.json:
         Path(args.json).write_text(json.dumps(report["runs"][0] if len(runs) == 1 and not sweep else report, indent=2))
@@ -223,8 +284,11 @@ def run_eval(args: argparse.Namespace) -> dict:
 
         first = runs[0]
         plot_report(
-            args.plot, title=f"{Path(args.data).name} ({args.splits or 'all'}{_where_text(where)}), seed {first['seed']}",
-            records=first["_records"], summary=first, sweep=sweep,
+            args.plot,
+            title=f"{Path(args.data).name} ({args.splits or 'all'}{_where_text(where)}), seed {first['seed']}",
+            records=first["_records"],
+            summary=first,
+            sweep=sweep,
         )
     return report
 
@@ -240,7 +304,11 @@ def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
     policy.load_labels(collector.labels)
     policy.save(args.out)
     threshold = "none (bound not reachable on this data)" if policy.threshold is None else f"{policy.threshold:.4f}"
-    kept = "" if policy.labels_in_use == len(collector.labels) else f" (the newest {policy.labels_in_use:,} kept: max_labels)"
+    kept = (
+        ""
+        if policy.labels_in_use == len(collector.labels)
+        else f" (the newest {policy.labels_in_use:,} kept: max_labels)"
+    )
     print(f"{len(collector.labels)} labels{kept}; confidence cut-off {threshold}; wrote {args.out}")
     return policy
 
@@ -248,19 +316,29 @@ def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="JSONL or CSV file of labeled queries")
     parser.add_argument(
-        "--format", choices=("intents", "pairs", "groups", "csv"), default="intents",
+        "--format",
+        choices=("intents", "pairs", "groups", "csv"),
+        default="intents",
         help="groups: a pairs file replayed as one stream, duplicates joined into groups",
     )
-    parser.add_argument("--splits", default=None, help="comma-separated splits to replay; 'oos' keeps out-of-scope rows")
+    parser.add_argument(
+        "--splits", default=None, help="comma-separated splits to replay; 'oos' keeps out-of-scope rows"
+    )
     parser.add_argument("--text-col", default="text")
     parser.add_argument("--label-col", default="label")
     parser.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
     parser.add_argument(
-        "--limit", type=int, default=None, metavar="N",
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
         help="a short stream: the first N queries of each shuffled replay (pairs files: the first N pairs)",
     )
     parser.add_argument(
-        "--where", action="append", default=None, metavar="FIELD=V1,V2",
+        "--where",
+        action="append",
+        default=None,
+        metavar="FIELD=V1,V2",
         help="keep only intent rows whose FIELD is one of the values, e.g. --where domain=travel,home; repeatable",
     )
 
@@ -271,7 +349,8 @@ def add_eval_commands(sub) -> None:
     ev.add_argument("--warm", default=None, help="splits written to the cache before the replay")
     ev.add_argument("--seed", default="0", help="shuffle seed, or several: 0,1,2 (also the audit coin's seed)")
     ev.add_argument(
-        "--audit-seed", default=None,
+        "--audit-seed",
+        default=None,
         help="the policy's audit-coin seed, or several, replayed on each shuffle (default: the shuffle seed); "
         "one shuffle with many coins shows how much of a run is the coin",
     )
@@ -281,16 +360,21 @@ def add_eval_commands(sub) -> None:
     ev.add_argument("--plot", default=None, help="write a PNG plot here")
     ev.add_argument("--sweep", action="store_true", help="also replay static cosine thresholds for comparison")
     ev.add_argument(
-        "--oos-from", type=int, default=None, metavar="N",
+        "--oos-from",
+        type=int,
+        default=None,
+        metavar="N",
         help="traffic that changes: out-of-scope queries arrive only from query N on (reported separately)",
     )
     ev.add_argument(
-        "--oos-ramp", action="store_true",
+        "--oos-ramp",
+        action="store_true",
         help="with --oos-from N: a gradual change, the out-of-scope share rising linearly from none at N to the end",
     )
     ev.add_argument("--all-columns", action="store_true", help="print every figure of each run, not only the main ones")
     ev.add_argument(
-        "--escalate-audits", action="store_true",
+        "--escalate-audits",
+        action="store_true",
         help="an audited query gets the strong model's answer (default: the stored answer is served while it is checked)",
     )
     ev.set_defaults(func=lambda args: run_eval(args) and 0)

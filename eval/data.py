@@ -55,14 +55,17 @@ def _kept(row: Mapping, where: Where | None) -> bool:
     return where is None or all(str(row.get(field, "")) in values for field, values in where.items())
 
 
-def load_intents(path: str | Path, splits: Iterable[str] | None = None, where: Where | None = None) -> list[LabeledQuery]:
+def load_intents(
+    path: str | Path, splits: Iterable[str] | None = None, where: Where | None = None
+) -> list[LabeledQuery]:
     """JSONL rows {"text", "label", "split", ...}; keep only `splits`, and rows matching `where`
     ({field: values}, e.g. {"domain": {"travel", "home"}}), when given."""
     wanted = set(splits) if splits else None
     rows = []
     for row in _read_jsonl(Path(path)):
         if "text" not in row or "label" not in row:
-            raise ConfigError(f"{path}: intent rows need 'text' and 'label' keys, got {sorted(row)}")
+            hint = "; this looks like a pairs file: add --format pairs (or groups)" if {"a", "b"} <= set(row) else ""
+            raise ConfigError(f"{path}: intent rows need 'text' and 'label' keys, got {sorted(row)}{hint}")
         if (wanted is None or row.get("split", "") in wanted) and _kept(row, where):
             rows.append(LabeledQuery(row["text"], str(row["label"]), row.get("split", "")))
     return rows
@@ -114,8 +117,13 @@ def pair_groups(pairs: Iterable[LabeledPair]) -> list[LabeledQuery]:
 
 
 def load_csv(
-    path: str | Path, *, text_col: str = "text", label_col: str = "label", split_col: str = "split",
-    splits: Iterable[str] | None = None, where: Where | None = None,
+    path: str | Path,
+    *,
+    text_col: str = "text",
+    label_col: str = "label",
+    split_col: str = "split",
+    splits: Iterable[str] | None = None,
+    where: Where | None = None,
 ) -> list[LabeledQuery]:
     wanted = set(splits) if splits else None
     try:

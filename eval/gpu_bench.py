@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit("gpu_bench: no CUDA device visible to torch (pass --device cpu for a dry run)")
     from memcache.cache import MemCache
     from memcache.embedding import SentenceTransformerEmbedder
+    from memcache.eval.bench import fill_store, interleaved_throughput, paired, served_by, with_synthetic_keys
     from memcache.gpu_index import faiss_gpu_knn
     from memcache.policy import ThresholdPolicy
-    from memcache.eval.bench import fill_store, with_synthetic_keys, interleaved_throughput, paired, served_by
 
     card = torch.cuda.get_device_name(0) if on_gpu else "CPU (dry run)"
     embedder = SentenceTransformerEmbedder(device=args.device, batch_size=256)
@@ -76,10 +76,17 @@ def main(argv: list[str] | None = None) -> dict:
         bench_args = argparse.Namespace(rounds=1, seconds=args.seconds)
         rates = interleaved_throughput(lookup, asked, (1, 32, 128), bench_args)
         result = {
-            "card": card, "index": type(cache.index).__name__, "faiss_gpu_kernel": faiss_gpu_knn() is not None,
-            "entries": args.entries, "encode_per_s_batch_1024": encode_per_s, "fill_s": fill_s, "load_s": load_s,
-            "floor_p50_ms": statistics.median(floor), "hit_p50_ms": statistics.median(hit),
-            "hit_p99_ms": float(np.percentile(hit, 99)), "hit_p50_ratio": statistics.median(hit) / statistics.median(floor),
+            "card": card,
+            "index": type(cache.index).__name__,
+            "faiss_gpu_kernel": faiss_gpu_knn() is not None,
+            "entries": args.entries,
+            "encode_per_s_batch_1024": encode_per_s,
+            "fill_s": fill_s,
+            "load_s": load_s,
+            "floor_p50_ms": statistics.median(floor),
+            "hit_p50_ms": statistics.median(hit),
+            "hit_p99_ms": float(np.percentile(hit, 99)),
+            "hit_p50_ratio": statistics.median(hit) / statistics.median(floor),
             "lookups_per_s": rates,
         }
         cache.close()
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"| {card} | {result['index']} | {args.entries:,} | {encode_per_s:,.0f} | {result['floor_p50_ms']:.2f} | "
         f"{result['hit_p50_ms']:.2f} | {result['hit_p50_ratio']:.2f}x | "
-        + " / ".join(f"{rates[c]:,.0f}" for c in (1, 32, 128)) + " |"
+        + " / ".join(f"{rates[c]:,.0f}" for c in (1, 32, 128))
+        + " |"
     )
     return result
 

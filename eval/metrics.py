@@ -8,7 +8,6 @@ import numpy as np
 
 from memcache.eval.replay import QueryRecord
 
-
 WARMUP_HITS = 100  # the running false-hit rate is judged after this many served hits
 
 
@@ -27,7 +26,9 @@ def running_false_hit_rates(records: Sequence[QueryRecord]) -> list[tuple[int, f
     return out
 
 
-def summarize(records: Sequence[QueryRecord], *, max_false_hit_rate: float | None = None, claimed: float | None = None) -> dict:
+def summarize(
+    records: Sequence[QueryRecord], *, max_false_hit_rate: float | None = None, claimed: float | None = None
+) -> dict:
     """Rates are shares in [0, 1]; latencies are milliseconds of `MemCache.lookup`.
 
     `max_running_false_hit_rate` is the highest served false-hit rate so far, taken at every hit
@@ -87,17 +88,21 @@ def across_seeds(runs: Sequence[dict]) -> list[dict]:
         worst = [run.get("max_running_false_hit_rate") for run in group]
         correct = np.array([run["correct_hit_rate"] for run in group])
         strong = np.array([run["strong_calls"] for run in group])
-        rows.append({
-            "max_false_hit_rate": bound,
-            "seeds": len(group),
-            "false_hit_rate_mean": float(false_hits.mean()),
-            "false_hit_rate_max": float(false_hits.max()),
-            "seeds_over_bound": int((false_hits > bound).sum()) if bound is not None else None,
-            # streams whose running rate went over the bound after the warm-up, at any point
-            "seeds_crossed_after_warmup": None if bound is None else sum(w is not None and w > bound for w in worst),
-            "correct_hit_rate_mean": float(correct.mean()),
-            "correct_hit_rate_min": float(correct.min()),
-            "strong_calls_mean": float(strong.mean()),
-            "strong_calls_max": float(strong.max()),
-        })
+        rows.append(
+            {
+                "max_false_hit_rate": bound,
+                "seeds": len(group),
+                "false_hit_rate_mean": float(false_hits.mean()),
+                "false_hit_rate_max": float(false_hits.max()),
+                "seeds_over_bound": int((false_hits > bound).sum()) if bound is not None else None,
+                # streams whose running rate went over the bound after the warm-up, at any point
+                "seeds_crossed_after_warmup": None
+                if bound is None
+                else sum(w is not None and w > bound for w in worst),
+                "correct_hit_rate_mean": float(correct.mean()),
+                "correct_hit_rate_min": float(correct.min()),
+                "strong_calls_mean": float(strong.mean()),
+                "strong_calls_max": float(strong.max()),
+            }
+        )
     return rows

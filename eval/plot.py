@@ -41,13 +41,22 @@ def plot_report(
 
 def _hits_against_false_hits(axis, sweep: Sequence[dict], summary: dict, bound: float | None) -> None:
     axis.plot(
-        [row["false_hit_rate"] for row in sweep], [row["correct_hit_rate"] for row in sweep],
-        "o-", color="grey", label="static cosine threshold",
+        [row["false_hit_rate"] for row in sweep],
+        [row["correct_hit_rate"] for row in sweep],
+        "o-",
+        color="grey",
+        label="static cosine threshold",
     )
     for row in sweep:
         axis.annotate(f"{row['threshold']:.2f}", (row["false_hit_rate"], row["correct_hit_rate"]), fontsize=7)
-    axis.plot([summary["false_hit_rate"]], [summary["correct_hit_rate"]], "*", ms=14, color="tab:red",
-              label="memcache (calibrated)")
+    axis.plot(
+        [summary["false_hit_rate"]],
+        [summary["correct_hit_rate"]],
+        "*",
+        ms=14,
+        color="tab:red",
+        label="memcache (calibrated)",
+    )
     if bound:
         axis.axvline(bound, ls="--", color="tab:red", lw=1, label=f"bound {bound:.0%}")
     axis.set_xlabel("false-hit rate (wrong hits / hits)")
@@ -61,13 +70,16 @@ def _running_rate(axis, records: Sequence[QueryRecord], bound: float | None) -> 
     if running:
         xs = [i + 1 for i, _, _ in running]
         axis.plot(xs, [rate for _, rate, _ in running], color="tab:blue", label="served false-hit rate so far")
-        axis.plot(xs, [claimed for _, _, claimed in running], color="tab:green", ls=":", label="claimed by the confidences")
+        axis.plot(
+            xs, [claimed for _, _, claimed in running], color="tab:green", ls=":", label="claimed by the confidences"
+        )
         if len(running) >= WARMUP_HITS:
             warm_end = running[WARMUP_HITS - 1][0] + 1
             axis.axvspan(0, warm_end, color="grey", alpha=0.15, label=f"warm-up (first {WARMUP_HITS} hits)")
     else:
-        axis.text(0.5, 0.5, "no hits served: no region met the bound", ha="center", va="center",
-                  transform=axis.transAxes)
+        axis.text(
+            0.5, 0.5, "no hits served: no region met the bound", ha="center", va="center", transform=axis.transAxes
+        )
     axis.set_xlim(0, max(len(records), 1))
     if bound:
         axis.axhline(bound, ls="--", color="tab:red", lw=1, label="bound")

@@ -34,9 +34,20 @@ def synthetic_labels(n: int, seed: int = 0) -> list[tuple[list[float], bool]]:
     """Ten features in the ranges real lookups have; right more often at higher similarity."""
     rng = np.random.default_rng(seed)
     s = rng.uniform(0.4, 1.0, n)
-    x = np.column_stack([s, rng.uniform(0, 0.3, n), rng.uniform(0.5, 1, n), rng.uniform(0.1, 1, n),
-                         rng.uniform(0, 0.2, n), s - 0.2, s - 0.05, s - 0.02, rng.uniform(-0.1, 0.3, n),
-                         rng.uniform(-0.2, 0.05, n)])
+    x = np.column_stack(
+        [
+            s,
+            rng.uniform(0, 0.3, n),
+            rng.uniform(0.5, 1, n),
+            rng.uniform(0.1, 1, n),
+            rng.uniform(0, 0.2, n),
+            s - 0.2,
+            s - 0.05,
+            s - 0.02,
+            rng.uniform(-0.1, 0.3, n),
+            rng.uniform(-0.2, 0.05, n),
+        ]
+    )
     right = rng.random(n) < 1 / (1 + np.exp(-(s - 0.75) * 40))
     assert x.shape[1] == len(FEATURE_NAMES)
     return list(zip(x.tolist(), right.tolist()))
@@ -86,8 +97,12 @@ def measure(n: int, max_labels: int | None, refits: int) -> dict:
         policy.refit()
         times.append(time.perf_counter() - start)
     row = {
-        "labels_observed": n, "max_labels": max_labels, "labels_in_use": policy.labels_in_use,
-        "load_and_fit_s": load_s, "refit_s_median": statistics.median(times), "labels_mib": held_mb,
+        "labels_observed": n,
+        "max_labels": max_labels,
+        "labels_in_use": policy.labels_in_use,
+        "load_and_fit_s": load_s,
+        "refit_s_median": statistics.median(times),
+        "labels_mib": held_mb,
     }
     for name, cls in (("outside_lock", CalibratedPolicy), ("inside_lock", FitInsideLock)):
         variant = cls(0.02, seed=0, max_labels=max_labels)
@@ -115,11 +130,11 @@ def markdown(rows: list[dict]) -> str:
 def page(report: dict, argv: list[str]) -> str:
     return f"""# The policy's learning at scale
 
-Produced by `python -m memcache.eval.policy_bench {' '.join(argv)}` on {time.strftime('%Y-%m-%d')}.
+Produced by `python -m memcache.eval.policy_bench {" ".join(argv)}` on {time.strftime("%Y-%m-%d")}.
 
-Machine: {report['machine']}.
+Machine: {report["machine"]}.
 
-{markdown(report['rows'])}
+{markdown(report["rows"])}
 
 How to read it: *labels observed* is how many paid answers the policy has learned from; *kept* is
 what it fits on (`CalibratedPolicy(max_labels=50_000)`, the default, or every label). *refit* is

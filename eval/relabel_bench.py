@@ -87,10 +87,13 @@ def measure(index: FaissIndex, keys: np.ndarray, window: int, piece: int) -> dic
     for thread in threads:
         thread.join()
     return {
-        "relabel_s": relabel_s[0], "lookups": len(lookups),
-        "lookup_ms_p50": float(np.percentile(lookups, 50)), "lookup_ms_max": max(lookups),
+        "relabel_s": relabel_s[0],
+        "lookups": len(lookups),
+        "lookup_ms_p50": float(np.percentile(lookups, 50)),
+        "lookup_ms_max": max(lookups),
         "adds": len(adds),
-        "add_ms_p50": float(np.percentile(adds, 50)) if adds else None, "add_ms_max": max(adds) if adds else None,
+        "add_ms_p50": float(np.percentile(adds, 50)) if adds else None,
+        "add_ms_max": max(adds) if adds else None,
     }
 
 
@@ -122,8 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         add = "-" if r["add_ms_p50"] is None else f"{r['add_ms_p50']:.1f} / {r['add_ms_max']:.0f} ms"
-        print(f"| {r['keys']:,} | {r['setup']} | {r['relabel_s']:.1f} s | "
-              f"{r['lookup_ms_p50']:.1f} / {r['lookup_ms_max']:.1f} ms | {r['adds']} | {add} |")
+        print(
+            f"| {r['keys']:,} | {r['setup']} | {r['relabel_s']:.1f} s | "
+            f"{r['lookup_ms_p50']:.1f} / {r['lookup_ms_max']:.1f} ms | {r['adds']} | {add} |"
+        )
     report = {"machine": machine(), "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

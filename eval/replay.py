@@ -24,9 +24,9 @@ import numpy as np
 from memcache.cache import MemCache
 from memcache.embedding import Embedder
 from memcache.errors import ConfigError
+from memcache.eval.data import OOS, LabeledPair, LabeledQuery
 from memcache.judge import ExactJudge
 from memcache.policy import Policy
-from memcache.eval.data import OOS, LabeledPair, LabeledQuery
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,10 @@ def _label_of(answer: str) -> str:
 
 def _cache(policy: Policy, embedder: Embedder, directory: str, shadow_audits: bool) -> MemCache:
     return MemCache(
-        f"sqlite:///{Path(directory) / 'replay.db'}", embedder=embedder, policy=policy, judge=ExactJudge(),
+        f"sqlite:///{Path(directory) / 'replay.db'}",
+        embedder=embedder,
+        policy=policy,
+        judge=ExactJudge(),
         relabel_in_background=False,  # the same stream and seed give the same report
         shadow_audits=shadow_audits,
     )
@@ -180,7 +183,9 @@ def replay_intents(
             if served is not None:
                 label = _label_of(served.answer)
                 correct = label == query.label and label != OOS
-                record = QueryRecord("hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None)
+                record = QueryRecord(
+                    "hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None
+                )
             else:
                 record = QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms)
             if result.hit is None:  # a miss or an audit: the strong model is paid, its answer written back
@@ -218,9 +223,17 @@ def replay_pairs(
                 decision = result.decision
                 similarity = decision.similarity if np.isfinite(decision.similarity) else None
                 if served is not None:
-                    records.append(QueryRecord(
-                        "hit", served.answer == answer, reusable, similarity, served.confidence, ms, audited=result.hit is None
-                    ))
+                    records.append(
+                        QueryRecord(
+                            "hit",
+                            served.answer == answer,
+                            reusable,
+                            similarity,
+                            served.confidence,
+                            ms,
+                            audited=result.hit is None,
+                        )
+                    )
                 else:
                     records.append(QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms))
                 if result.hit is None:

@@ -49,12 +49,16 @@ def streams_of(family: str) -> list[ShortStream]:
     domains = FAMILIES[family]
     out = [ShortStream(f"{d}/train", "one domain, train, 1,000", (d,), ("train",), 1000) for d in domains]
     out += [ShortStream(f"{d}/test+val", "one domain, test+val, 750", (d,), ("test", "val")) for d in domains]
-    out += [ShortStream("+".join(c) + "/test", "three domains, test, 1,350", c, ("test",))
-            for c in itertools.combinations(domains, 3)]
+    out += [
+        ShortStream("+".join(c) + "/test", "three domains, test, 1,350", c, ("test",))
+        for c in itertools.combinations(domains, 3)
+    ]
     return out
 
 
-def static_replay(queries: Sequence[LabeledQuery], vectors: np.ndarray, thresholds: Sequence[float]) -> dict[float, tuple[int, int]]:
+def static_replay(
+    queries: Sequence[LabeledQuery], vectors: np.ndarray, thresholds: Sequence[float]
+) -> dict[float, tuple[int, int]]:
     """{threshold: (hits, wrong hits)} of static cosine cut-offs on one ordered stream.
 
     The engine's semantics with `ThresholdPolicy`, computed directly: the nearest stored query at or
@@ -79,8 +83,14 @@ def static_replay(queries: Sequence[LabeledQuery], vectors: np.ndarray, threshol
 
 
 def run_family(
-    data: str, family: str, *, seeds: Sequence[int] = (0, 1), bound: float = 0.02,
-    policy: Callable[[int], Policy] | None = None, embedder=None, progress: bool = False,
+    data: str,
+    family: str,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    bound: float = 0.02,
+    policy: Callable[[int], Policy] | None = None,
+    embedder=None,
+    progress: bool = False,
 ) -> dict:
     """Replay every stream of `family` with the policy and with static cut-offs; the report."""
     memo = MemoEmbedder(embedder or SentenceTransformerEmbedder())
@@ -98,10 +108,19 @@ def run_family(
             for threshold, (hits, wrong) in curve.items():
                 static.setdefault(threshold, []).append((len(order), hits, wrong))
             if progress:
-                print(f"{stream.name} seed {seed}: {summary['false_hit_rate']:.4f} false, "
-                      f"{summary['correct_hit_rate']:.4f} correct", flush=True)
-    return {"family": family, "bound": bound, "seeds": list(seeds), "runs": runs,
-            "rows": table(runs, bound), "best_static": best_static(static, bound)}
+                print(
+                    f"{stream.name} seed {seed}: {summary['false_hit_rate']:.4f} false, "
+                    f"{summary['correct_hit_rate']:.4f} correct",
+                    flush=True,
+                )
+    return {
+        "family": family,
+        "bound": bound,
+        "seeds": list(seeds),
+        "runs": runs,
+        "rows": table(runs, bound),
+        "best_static": best_static(static, bound),
+    }
 
 
 def table(runs: Sequence[dict], bound: float) -> list[dict]:
@@ -113,15 +132,19 @@ def table(runs: Sequence[dict], bound: float) -> list[dict]:
     for kind, group in groups.items():
         rates = np.array([run["false_hit_rate"] for run in group])
         worst = [run["max_running_false_hit_rate"] for run in group]
-        out.append({
-            "streams": kind, "n": len(group),
-            "false_hit_rate_mean": float(rates.mean()), "false_hit_rate_max": float(rates.max()),
-            "over_bound": f"{int((rates > bound).sum())}/{len(group)}",
-            "crossed_after_warmup": f"{sum(w is not None and w > bound for w in worst)}/{len(group)}",
-            "correct_hit_rate_mean": float(np.mean([run["correct_hit_rate"] for run in group])),
-            "strong_calls_mean": float(np.mean([run["strong_calls"] for run in group])),
-            "first_hit_median": float(np.median([run["first_hit_query"] or 0 for run in group])),
-        })
+        out.append(
+            {
+                "streams": kind,
+                "n": len(group),
+                "false_hit_rate_mean": float(rates.mean()),
+                "false_hit_rate_max": float(rates.max()),
+                "over_bound": f"{int((rates > bound).sum())}/{len(group)}",
+                "crossed_after_warmup": f"{sum(w is not None and w > bound for w in worst)}/{len(group)}",
+                "correct_hit_rate_mean": float(np.mean([run["correct_hit_rate"] for run in group])),
+                "strong_calls_mean": float(np.mean([run["strong_calls"] for run in group])),
+                "first_hit_median": float(np.median([run["first_hit_query"] or 0 for run in group])),
+            }
+        )
     return out
 
 
@@ -134,8 +157,12 @@ def best_static(static: dict[float, list[tuple[int, int, int]]], bound: float) -
         correct = float(np.mean([(hits - wrong) / n for n, hits, wrong in rows]))
         if np.mean(rates) <= bound and (best is None or correct > best["correct_hit_rate_mean"]):
             over = sum(rate > bound for rate in rates)
-            best = {"threshold": threshold, "correct_hit_rate_mean": correct,
-                    "false_hit_rate_mean": float(np.mean(rates)), "over_bound": f"{over}/{len(rows)}"}
+            best = {
+                "threshold": threshold,
+                "correct_hit_rate_mean": correct,
+                "false_hit_rate_mean": float(np.mean(rates)),
+                "over_bound": f"{over}/{len(rows)}",
+            }
     return best
 
 
@@ -147,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-false-hit-rate", type=float, default=0.02)
     parser.add_argument("--json", default=None, help="write the report here")
     args = parser.parse_args(argv)
-    report = run_family(args.data, args.family, seeds=[int(s) for s in args.seed.split(",")],
-                        bound=args.max_false_hit_rate, progress=True)
+    report = run_family(
+        args.data,
+        args.family,
+        seeds=[int(s) for s in args.seed.split(",")],
+        bound=args.max_false_hit_rate,
+        progress=True,
+    )
     for row in report["rows"]:
         print(json.dumps(row))
     print("best static cut-off in hindsight:", json.dumps(report["best_static"]))

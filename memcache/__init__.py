@@ -8,14 +8,15 @@ from memcache.errors import (
     EscalationError,
     InvalidRequestError,
     MemcacheError,
+    SnapshotError,
     StoreError,
 )
 from memcache.index import FaissIndex, VectorIndex
 from memcache.judge import EmbeddingJudge, ExactJudge, Judge, LLMJudge
-from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy
+from memcache.policy import CalibratedPolicy, LearningPolicy, Policy, ThresholdPolicy
 from memcache.shift import ShiftDetector
 from memcache.store import Store
-from memcache.types import CacheEntry, CacheHit, CacheInfo, Decision, LookupResult, Scope, Stats
+from memcache.types import CacheEntry, CacheHit, CacheInfo, Decision, LookupResult, PolicyStatus, Scope, Stats
 
 __all__ = [
     "CacheEntry",
@@ -33,12 +34,15 @@ __all__ = [
     "InvalidRequestError",
     "Judge",
     "LLMJudge",
+    "LearningPolicy",
     "LookupResult",
     "MemCache",
     "MemcacheError",
     "Policy",
+    "PolicyStatus",
     "Scope",
     "SentenceTransformerEmbedder",
+    "SnapshotError",
     "ShiftDetector",
     "Stats",
     "Store",

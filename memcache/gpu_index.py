@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memcache.errors import ConfigError
+from memcache.errors import ConfigError, InvalidRequestError
 
 
 @dataclass
@@ -70,7 +70,7 @@ class TorchIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
         ids_list = [int(i) for i in ids]
         if len(ids_list) != len(vectors):
-            raise ValueError("ids and vectors differ in length")
+            raise InvalidRequestError(f"{len(ids_list)} ids for {len(vectors)} vectors: pass one id per vector")
         with self._lock:
             fresh = [i for i, key_id in enumerate(ids_list) if key_id not in self._scope_of]
             if not fresh:

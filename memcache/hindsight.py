@@ -59,8 +59,13 @@ class HindsightWindow:
             return due
 
     def examples(
-        self, search: Search, entry_of: Callable[[int], int | None], k: int, centroids: EntryCentroids | None = None,
-        *, piece: int = SEARCH_PIECE,
+        self,
+        search: Search,
+        entry_of: Callable[[int], int | None],
+        k: int,
+        centroids: EntryCentroids | None = None,
+        *,
+        piece: int = SEARCH_PIECE,
     ) -> list[HindsightExample]:
         """Each live key of the window with its in-scope neighbours now, its own key left out.
 

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from memcache.errors import ConfigError
+from memcache.errors import ConfigError, InvalidRequestError, SnapshotError
 
 SNAPSHOT_MAGIC = b"MEMCACHE-INDEX-1\n"
 BULK = 10_000  # an add this large is a bulk load: built at once, on every core
@@ -178,7 +178,7 @@ class FaissIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dimension)
         ids_arr = np.asarray(ids, dtype=np.int64)
         if len(ids_arr) != len(vectors):
-            raise ValueError("ids and vectors differ in length")
+            raise InvalidRequestError(f"{len(ids_arr)} ids for {len(vectors)} vectors: pass one id per vector")
         with self._lock.exclusive():
             fresh = [i for i, key_id in enumerate(ids_arr.tolist()) if key_id not in self._scope_of]
             if not fresh:  # no empty partition: a search of one would ask FAISS for 0 neighbours
@@ -344,8 +344,12 @@ class FaissIndex:
                 "dimension": self.dimension,
                 "meta": meta or {},
                 "partitions": [
-                    {"scope_key": key, "approximate": part.approximate, "tombstones": sorted(part.tombstones),
-                     "bytes": int(blob.nbytes)}
+                    {
+                        "scope_key": key,
+                        "approximate": part.approximate,
+                        "tombstones": sorted(part.tombstones),
+                        "bytes": int(blob.nbytes),
+                    }
                     for (key, part), blob in zip(parts, blobs)
                 ],
             }
@@ -378,7 +382,7 @@ class FaissIndex:
             manifest = _read_manifest(handle)
             dimension = manifest.get("dimension")
             if not isinstance(dimension, int) or not 0 < dimension <= 65_536:
-                raise ValueError(f"{path}: bad dimension {dimension!r}")
+                raise SnapshotError(f"{path}: bad dimension {dimension!r}")
             index = cls(dimension, **kwargs)
             for spec in manifest.get("partitions", []):
                 index._load_partition(faiss, handle, spec, size - handle.tell(), path)
@@ -388,14 +392,14 @@ class FaissIndex:
         """Read one partition of a snapshot; anything that does not add up is a ValueError."""
         length, approximate = spec.get("bytes"), spec.get("approximate")
         if not isinstance(length, int) or not 0 < length <= left or not isinstance(approximate, bool):
-            raise ValueError(f"{path} is truncated or damaged (a partition of {length!r} bytes, {left} left)")
+            raise SnapshotError(f"{path} is truncated or damaged (a partition of {length!r} bytes, {left} left)")
         blob = np.frombuffer(handle.read(length), dtype=np.uint8)
         inner = faiss.deserialize_index(blob)
         if not isinstance(inner, faiss.IndexIDMap2) or inner.d != self.dimension:
-            raise ValueError(f"{path} is damaged (a partition is not a {self.dimension}-wide id map)")
+            raise SnapshotError(f"{path} is damaged (a partition is not a {self.dimension}-wide id map)")
         graph = faiss.downcast_index(inner.index)
         if approximate != isinstance(graph, faiss.IndexHNSWFlat):
-            raise ValueError(f"{path} is damaged (a partition's kind does not match its manifest)")
+            raise SnapshotError(f"{path} is damaged (a partition's kind does not match its manifest)")
         part = _Partition(inner, approximate=approximate)
         if approximate:
             graph.hnsw.efSearch = self.ef_search
@@ -403,7 +407,7 @@ class FaissIndex:
         part.ids = set(faiss.vector_to_array(inner.id_map).tolist()) - part.tombstones
         scope_key = spec.get("scope_key")
         if not isinstance(scope_key, str) or scope_key in self._partitions or part.ids & self._scope_of.keys():
-            raise ValueError(f"{path} is damaged (a scope or an id appears twice)")
+            raise SnapshotError(f"{path} is damaged (a scope or an id appears twice)")
         if part.ids:
             self._partitions[scope_key] = part
             for key_id in part.ids:
@@ -412,14 +416,14 @@ class FaissIndex:
 
 def _read_manifest(handle) -> dict:
     if handle.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
-        raise ValueError("not a memcache index snapshot")
+        raise SnapshotError("not a memcache index snapshot")
     raw = handle.read(8)
     if len(raw) != 8:
-        raise ValueError("the snapshot is truncated")
+        raise SnapshotError("the snapshot is truncated")
     (length,) = struct.unpack("<Q", raw)
     if length > 1 << 30:
-        raise ValueError("the snapshot's header is damaged")
+        raise SnapshotError("the snapshot's header is damaged")
     manifest = json.loads(handle.read(length).decode("utf-8"))
     if not isinstance(manifest, dict) or not isinstance(manifest.get("meta", {}), dict):
-        raise ValueError("the snapshot's header is damaged")
+        raise SnapshotError("the snapshot's header is damaged")
     return manifest

@@ -7,8 +7,9 @@ LiteLLM exception as `__cause__`; nothing is written back after a failure.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from memcache.errors import EscalationError
@@ -18,8 +19,12 @@ NORMAL_FINISH = frozenset({"stop", "end_turn", "eos"})
 
 
 def _litellm():
+    """LiteLLM, imported on first use: with its price table read locally unless the user chose
+    otherwise, and without its debug banners (memcache reports provider errors in one line)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    litellm.suppress_debug_info = True
     return litellm
 
 
@@ -35,6 +40,11 @@ async def acompletion(model: str, messages: list, **kwargs: Any):
         return await _litellm().acompletion(model=model, messages=messages, **kwargs)
     except Exception as exc:
         raise EscalationError(f"strong model {model!r} failed: {exc}") from exc
+
+
+def answer_text(model: str, messages: list, **kwargs: Any) -> str | None:
+    """The verified text of one strong call (a shadow audit's check), or None."""
+    return verified_text(completion(model, messages, **kwargs))
 
 
 def verified_text(response: Any) -> str | None:
@@ -118,19 +128,30 @@ class StreamAssembler:
 
 
 class _Stream:
-    """What both stream twins share: the info, the completion hook, and error translation."""
+    """What both stream twins share: the info, the assembly of the text, the completion hook,
+    and error translation; each twin only iterates its own way."""
 
     def __init__(self, chunks: Any, info: CacheInfo, on_complete: Callable[[str], Any] | None = None) -> None:
         self._chunks = chunks
         self.cache_info = info
         self._on_complete = on_complete
+        self._assembler = StreamAssembler()
+
+    def _seen(self, chunk: Any) -> Any:
+        self._assembler.add(chunk)
+        return chunk
+
+    def _completion(self) -> Any:
+        """What `on_complete` returns for a stream that ended normally (None otherwise)."""
+        text = self._assembler.text()
+        return None if text is None or self._on_complete is None else self._on_complete(text)
 
     @staticmethod
     def _failed(exc: Exception) -> EscalationError:
         return EscalationError(f"strong model stream failed: {exc}")
 
     def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
+        close = getattr(self._chunks, "close", None)  # the chunks are LiteLLM's stream or a replay
         if close:
             close()
 
@@ -142,38 +163,30 @@ class CacheStream(_Stream):
     """
 
     def __iter__(self) -> Iterator[Any]:
-        assembler = StreamAssembler()
         try:
             for chunk in self._chunks:
-                assembler.add(chunk)
-                yield chunk
-        except EscalationError:
-            raise
+                yield self._seen(chunk)
         except Exception as exc:
             raise self._failed(exc) from exc
-        text = assembler.text()
-        if text is not None and self._on_complete is not None:
-            self._on_complete(text)
+        self._completion()
 
 
 class AsyncCacheStream(_Stream):
-    """Async twin of CacheStream; `on_complete` is awaited."""
+    """Async twin of CacheStream; `on_complete` is awaited. The chunks may be a plain iterable
+    (a stored answer replayed)."""
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        assembler = StreamAssembler()
+        chunks = self._chunks if isinstance(self._chunks, AsyncIterable) else _async_iter(self._chunks)
         try:
-            if hasattr(self._chunks, "__aiter__"):
-                async for chunk in self._chunks:
-                    assembler.add(chunk)
-                    yield chunk
-            else:
-                for chunk in self._chunks:
-                    assembler.add(chunk)
-                    yield chunk
-        except EscalationError:
-            raise
+            async for chunk in chunks:
+                yield self._seen(chunk)
         except Exception as exc:
             raise self._failed(exc) from exc
-        text = assembler.text()
-        if text is not None and self._on_complete is not None:
-            await self._on_complete(text)
+        done = self._completion()
+        if done is not None:
+            await done
+
+
+async def _async_iter(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item

@@ -32,10 +32,31 @@ MAX_NESTING = 64  # deepest nesting of lists and dicts accepted in messages and 
 # Keyword arguments that change how a call is made, not what it answers.
 TRANSPORT_PARAMS = frozenset(
     {
-        "stream", "stream_options", "timeout", "request_timeout", "api_key", "api_base", "base_url",
-        "api_version", "organization", "user", "metadata", "mock_response", "num_retries",
-        "max_retries", "extra_headers", "headers", "custom_llm_provider", "caching", "cache",
-        "litellm_logging_obj", "logger_fn", "drop_params", "fallbacks", "client", "proxy_url",
+        "stream",
+        "stream_options",
+        "timeout",
+        "request_timeout",
+        "api_key",
+        "api_base",
+        "base_url",
+        "api_version",
+        "organization",
+        "user",
+        "metadata",
+        "mock_response",
+        "num_retries",
+        "max_retries",
+        "extra_headers",
+        "headers",
+        "custom_llm_provider",
+        "caching",
+        "cache",
+        "litellm_logging_obj",
+        "logger_fn",
+        "drop_params",
+        "fallbacks",
+        "client",
+        "proxy_url",
     }
 )
 _INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # control, format (zero-width), separators
@@ -70,7 +91,10 @@ def canonical(value: Any, *, what: str, depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         if all(isinstance(key, str) for key in value):
             return {key: canonical(item, what=what, depth=depth + 1) for key, item in value.items()}
-        pairs = [[canonical(k, what=what, depth=depth + 1), canonical(v, what=what, depth=depth + 1)] for k, v in value.items()]
+        pairs = [
+            [canonical(k, what=what, depth=depth + 1), canonical(v, what=what, depth=depth + 1)]
+            for k, v in value.items()
+        ]
         return ["dict", sorted(pairs, key=lambda pair: json.dumps(pair[0], sort_keys=True))]
     if isinstance(value, (list, tuple)):
         return [canonical(item, what=what, depth=depth + 1) for item in value]
@@ -96,7 +120,9 @@ def canonical(value: Any, *, what: str, depth: int = 0) -> Any:
     if callable(getattr(value, "model_dump", None)) and not isinstance(value, type):  # pydantic model instance
         return ["model", _qualified(type(value)), canonical(value.model_dump(mode="json"), what=what, depth=depth + 1)]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: canonical(getattr(value, f.name), what=what, depth=depth + 1) for f in dataclasses.fields(value)}
+        fields = {
+            f.name: canonical(getattr(value, f.name), what=what, depth=depth + 1) for f in dataclasses.fields(value)
+        }
         return ["dataclass", _qualified(type(value)), fields]
     raise InvalidRequestError(
         f"{what} holds a {_qualified(type(value))}, which memcache cannot tell apart by value; pass plain data "
@@ -206,13 +232,17 @@ def split_messages(messages: Any, *, max_chars: int) -> Conversation:
     if last_user is None:
         raise InvalidRequestError("messages has no user turn; the last user message is what gets cached")
     if total > max_chars:
-        raise InvalidRequestError(f"messages hold {total} characters, over the limit of {max_chars}; raise max_query_chars")
+        raise InvalidRequestError(
+            f"messages hold {total} characters, over the limit of {max_chars}; raise max_query_chars"
+        )
     turn = messages[last_user]
     text, parts = _content_text(turn.get("content"), what=f"messages[{last_user}]")
     check_text(text, what="the last user message", max_chars=max_chars)
     others = {key: value for key, value in turn.items() if key not in ("role", "content")}
     return Conversation(
-        query=text, earlier=tuple(messages[:last_user]), after=tuple(messages[last_user + 1 :]),
+        query=text,
+        earlier=tuple(messages[:last_user]),
+        after=tuple(messages[last_user + 1 :]),
         query_extras=(*parts, others) if others else tuple(parts),
     )
 
@@ -260,3 +290,17 @@ def build_scope(
         context_fingerprint=context_fp,
         key=key,
     )
+
+
+def parse_request(
+    request: Any, *, model: str, tenant: str | None, params: Mapping[str, Any], max_chars: int
+) -> tuple[str, Scope]:
+    """(the text to embed, the scope) of a prompt string or an OpenAI-style message list."""
+    if isinstance(request, (str, bytes)) or not isinstance(request, Sequence):
+        turn = Conversation(check_text(request, what="the query", max_chars=max_chars))
+    else:
+        turn = split_messages(request, max_chars=max_chars)
+    scope = build_scope(
+        tenant=tenant, model=model, params=params, earlier=turn.earlier, extra_parts=turn.query_extras, after=turn.after
+    )
+    return turn.query, scope

@@ -18,9 +18,9 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -36,8 +36,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    create_engine,
     bindparam,
+    create_engine,
     delete,
     event,
     func,
@@ -60,7 +60,7 @@ T = TypeVar("T")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def text_hash(text: str) -> str:
@@ -87,7 +87,9 @@ class EntryRow(Base):
     model: Mapped[str] = mapped_column(Text)
     scope_json: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
-    payload: Mapped[str | None] = mapped_column(Text, nullable=True)  # opaque, for adapters (e.g. LangChain generations)
+    payload: Mapped[str | None] = mapped_column(
+        Text, nullable=True
+    )  # opaque, for adapters (e.g. LangChain generations)
     answer_hash: Mapped[str] = mapped_column(String(64))
     source_model: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -180,22 +182,70 @@ class StoredAnswer(NamedTuple):
 
 
 @dataclass(frozen=True)
-class BulkRow:
-    """One new answer with its one key, for `Store.bulk_insert`."""
-
-    scope: Scope
-    query: str
-    normalized_hash: str
-    embedding: np.ndarray
-    answer: str
-
-
-@dataclass(frozen=True)
 class WriteResult:
     entry_id: int
     key_id: int
     new_entry: bool
     new_key: bool
+
+
+def _write_label(conn: Connection, label: Label, now: datetime) -> None:
+    """Store a label and count the check on the entry it judged (inside the write-back's transaction)."""
+    conn.execute(
+        LabelRow.__table__.insert().values(
+            features=json.dumps(list(label.features)),
+            correct=label.correct,
+            created_at=now,
+            claimed_confidence=label.claimed_confidence,
+        )
+    )
+    conn.execute(
+        update(EntryRow)
+        .where(EntryRow.id == label.entry_id)
+        .values(checks=EntryRow.checks + 1, failures=EntryRow.failures + (0 if label.correct else 1))
+    )
+
+
+def _add_answer(
+    conn: Connection, scope: Scope, query: str, normalized_hash: str, blob: bytes | None, answer: str,
+    source_model: str, expires_at: datetime | None, payload: str | None, label: Label | None, now: datetime,
+) -> WriteResult:  # fmt: skip
+    """`Store.add_answer` inside its transaction: the label, the entry (or the equal one), the key, the change."""
+    answer_hash = text_hash(answer)
+    if label is not None:
+        _write_label(conn, label, now)
+    entry_id = conn.execute(
+        select(EntryRow.id).where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash).limit(1)
+    ).scalar()
+    new_entry = entry_id is None
+    if new_entry:
+        entry_id = conn.execute(
+            EntryRow.__table__.insert()
+            .values(_new_entry(scope, answer, answer_hash, source_model, now, expires_at, payload))
+            .returning(EntryRow.id)
+        ).scalar_one()
+    else:
+        key_id = conn.execute(
+            select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash).limit(1)
+        ).scalar()
+        if expires_at is not None:
+            conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
+        if key_id is not None:
+            return WriteResult(entry_id, key_id, new_entry=False, new_key=False)
+    key_id = conn.execute(
+        KeyRow.__table__.insert()
+        .values(
+            entry_id=entry_id,
+            scope_key=scope.key,
+            query=query,
+            normalized_hash=normalized_hash,
+            embedding=blob,
+            created_at=now,
+        )
+        .returning(KeyRow.id)
+    ).scalar_one()
+    conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
+    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
 
 
 def _retryable(exc: SQLAlchemyError) -> bool:
@@ -219,15 +269,31 @@ def _stored_key(row) -> StoredKey:
 
 
 def _new_entry(
-    scope: Scope, answer: str, answer_hash: str, source_model: str, now: datetime,
-    expires_at: datetime | None = None, payload: str | None = None,
+    scope: Scope,
+    answer: str,
+    answer_hash: str,
+    source_model: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+    payload: str | None = None,
 ) -> dict:
-    """Column values of a new entry row (for `add_answer` and `bulk_insert` alike)."""
+    """Column values of a new entry row (for `add_answer`, and bulk loads in `memcache.eval.bulk`)."""
     return {
-        "scope_key": scope.key, "tenant": scope.tenant, "model": scope.model,
-        "scope_json": json.dumps(scope.__dict__), "answer": answer, "payload": payload, "answer_hash": answer_hash,
-        "source_model": source_model, "created_at": now, "last_used_at": now, "hit_count": 0, "verified": True,
-        "expires_at": expires_at, "checks": 0, "failures": 0,
+        "scope_key": scope.key,
+        "tenant": scope.tenant,
+        "model": scope.model,
+        "scope_json": json.dumps(scope.__dict__),
+        "answer": answer,
+        "payload": payload,
+        "answer_hash": answer_hash,
+        "source_model": source_model,
+        "created_at": now,
+        "last_used_at": now,
+        "hit_count": 0,
+        "verified": True,
+        "expires_at": expires_at,
+        "checks": 0,
+        "failures": 0,
     }
 
 
@@ -291,6 +357,7 @@ def _migrate_3_to_4(conn: Connection) -> None:
 def _sqlite_autoincrement(conn: Connection) -> None:
     """Rebuild every table with AUTOINCREMENT (the steps SQLite documents for ALTER TABLE;
     `_prepare_schema` turns foreign keys off first, so dropping a table cascades nothing)."""
+
     def highest(*columns) -> int:
         return max((conn.execute(select(func.max(column))).scalar() or 0) for column in columns)
 
@@ -372,7 +439,7 @@ class Store:
         except ModuleNotFoundError as exc:
             raise StoreError(
                 f"the driver for {self._safe_url()} is not installed ({exc.name}); "
-                "for PostgreSQL: pip install \"memcache[postgres]\""
+                'for PostgreSQL: pip install "memcache[postgres]"'
             ) from exc
 
     def _safe_url(self) -> str:
@@ -490,91 +557,13 @@ class Store:
         concurrent writer that inserts the same answer or key first is re-read.
         """
         now = utcnow()
-        answer_hash = text_hash(answer)
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
 
-        def work(conn: Connection) -> WriteResult:
-            if label is not None:
-                conn.execute(
-                    LabelRow.__table__.insert().values(
-                        features=json.dumps(list(label.features)), correct=label.correct, created_at=now,
-                        claimed_confidence=label.claimed_confidence,
-                    )
-                )
-                conn.execute(
-                    update(EntryRow)
-                    .where(EntryRow.id == label.entry_id)
-                    .values(checks=EntryRow.checks + 1, failures=EntryRow.failures + (0 if label.correct else 1))
-                )
-            entry_id = conn.execute(
-                select(EntryRow.id).where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash).limit(1)
-            ).scalar()
-            new_entry = entry_id is None
-            if new_entry:
-                entry_id = conn.execute(
-                    EntryRow.__table__.insert()
-                    .values(_new_entry(scope, answer, answer_hash, source_model, now, expires_at, payload))
-                    .returning(EntryRow.id)
-                ).scalar_one()
-            else:
-                key_id = conn.execute(
-                    select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash).limit(1)
-                ).scalar()
-                if expires_at is not None:
-                    conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
-                if key_id is not None:
-                    return WriteResult(entry_id, key_id, new_entry=False, new_key=False)
-            key_id = conn.execute(
-                KeyRow.__table__.insert()
-                .values(
-                    entry_id=entry_id, scope_key=scope.key, query=query,
-                    normalized_hash=normalized_hash, embedding=blob, created_at=now,
-                )
-                .returning(KeyRow.id)
-            ).scalar_one()
-            conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
-            return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
-
-        return self._transact("write-back", work)
-
-    def bulk_insert(self, rows: Sequence[BulkRow]) -> int:
-        """Insert many new answers, one key each, in one transaction with batched statements.
-
-        For loading data known to be new (benchmarks, seeding a store): unlike `add_answer`
-        it does not merge equal answers, so an answer already stored in the scope raises
-        StoreError and nothing of the batch is written. Returns the number inserted.
-        """
-        if not rows:
-            return 0
-        now = utcnow()
-
-        def work(conn: Connection) -> int:
-            entry_ids = conn.execute(
-                EntryRow.__table__.insert().returning(EntryRow.id, sort_by_parameter_order=True),
-                [_new_entry(r.scope, r.answer, text_hash(r.answer), r.scope.model, now) for r in rows],
-            ).scalars().all()
-            key_ids = conn.execute(
-                KeyRow.__table__.insert().returning(KeyRow.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "entry_id": entry_id, "scope_key": r.scope.key, "query": r.query,
-                        "normalized_hash": r.normalized_hash,
-                        "embedding": np.asarray(r.embedding, dtype=np.float32).tobytes(), "created_at": now,
-                    }
-                    for r, entry_id in zip(rows, entry_ids)
-                ],
-            ).scalars().all()
-            conn.execute(
-                ChangeRow.__table__.insert(),
-                [{"kind": "key", "entry_id": e, "key_id": k, "created_at": now} for e, k in zip(entry_ids, key_ids)],
-            )
-            return len(rows)
-
-        try:
-            with self.engine.begin() as conn:  # not retried: a duplicate is the caller's error
-                return work(conn)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"bulk insert failed, nothing was stored: {exc}") from exc
+        return self._transact(
+            "write-back",
+            lambda conn: _add_answer(conn, scope, query, normalized_hash, blob, answer, source_model, expires_at,
+                                     payload, label, now),
+        )  # fmt: skip
 
     def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:
         """Apply buffered hit counters: {entry_id: (hits, last_hit_at)}."""
@@ -604,7 +593,10 @@ class Store:
                 now = utcnow()
                 conn.execute(
                     ChangeRow.__table__.insert(),
-                    [{"kind": "drop", "entry_id": entry_id, "key_id": None, "created_at": now} for entry_id in sorted(gone)],
+                    [
+                        {"kind": "drop", "entry_id": entry_id, "key_id": None, "created_at": now}
+                        for entry_id in sorted(gone)
+                    ],
                 )
             return len(gone), key_ids
 
@@ -639,9 +631,17 @@ class Store:
             with self._read("export") as conn:
                 entries = conn.execute(
                     select(
-                        EntryRow.id, EntryRow.scope_json, EntryRow.answer, EntryRow.payload, EntryRow.source_model,
-                        EntryRow.created_at, EntryRow.expires_at,
-                    ).where(EntryRow.id > last).order_by(EntryRow.id).limit(chunk)
+                        EntryRow.id,
+                        EntryRow.scope_json,
+                        EntryRow.answer,
+                        EntryRow.payload,
+                        EntryRow.source_model,
+                        EntryRow.created_at,
+                        EntryRow.expires_at,
+                    )
+                    .where(EntryRow.id > last)
+                    .order_by(EntryRow.id)
+                    .limit(chunk)
                 ).all()
                 if not entries:
                     return
@@ -654,8 +654,12 @@ class Store:
                     queries.setdefault(entry_id, []).append(query)
             for entry_id, scope_json, answer, payload, source_model, created_at, expires_at in entries:
                 yield {
-                    "scope": json.loads(scope_json), "answer": answer, "queries": queries.get(entry_id, []),
-                    "payload": payload, "source_model": source_model, "created_at": created_at.isoformat(),
+                    "scope": json.loads(scope_json),
+                    "answer": answer,
+                    "queries": queries.get(entry_id, []),
+                    "payload": payload,
+                    "source_model": source_model,
+                    "created_at": created_at.isoformat(),
                     "expires_at": None if expires_at is None else expires_at.isoformat(),
                 }
             last = entries[-1][0]
@@ -664,8 +668,9 @@ class Store:
         """One entry's answer and the scope it belongs to, by primary key: the only read on a hit."""
         with self._read("reading an answer") as conn:
             row = conn.execute(
-                select(EntryRow.answer, EntryRow.expires_at, EntryRow.payload, EntryRow.scope_key)
-                .where(EntryRow.id == entry_id)
+                select(EntryRow.answer, EntryRow.expires_at, EntryRow.payload, EntryRow.scope_key).where(
+                    EntryRow.id == entry_id
+                )
             ).first()
         return None if row is None else StoredAnswer(*row)
 
@@ -679,9 +684,17 @@ class Store:
             )
         entry = row[0] if isinstance(row[0], EntryRow) else row
         return CacheEntry(
-            id=entry.id, scope_key=entry.scope_key, tenant=entry.tenant, answer=entry.answer,
-            source_model=entry.source_model, created_at=entry.created_at, last_hit_at=entry.last_hit_at,
-            hit_count=entry.hit_count, verified=entry.verified, expires_at=entry.expires_at, queries=queries,
+            id=entry.id,
+            scope_key=entry.scope_key,
+            tenant=entry.tenant,
+            answer=entry.answer,
+            source_model=entry.source_model,
+            created_at=entry.created_at,
+            last_hit_at=entry.last_hit_at,
+            hit_count=entry.hit_count,
+            verified=entry.verified,
+            expires_at=entry.expires_at,
+            queries=queries,
         )
 
     def last_change_id(self) -> int:
@@ -763,6 +776,7 @@ class Store:
         Kept as the newest label id at the alarm: the audits stored after it are the ones the
         hold has had, so `shift_hold_left` needs no write per audit.
         """
+
         def work(conn: Connection) -> None:
             after = conn.execute(select(func.max(LabelRow.id))).scalar() or 0
             _set_meta(conn, "shift_hold", json.dumps({"after_label_id": after, "audits": int(audits)}))
@@ -777,7 +791,8 @@ class Store:
                 return 0
             hold = json.loads(value)
             done = conn.execute(
-                select(func.count()).select_from(LabelRow)
+                select(func.count())
+                .select_from(LabelRow)
                 .where(LabelRow.id > hold["after_label_id"], LabelRow.claimed_confidence.is_not(None))
             ).scalar_one()
         return max(0, int(hold["audits"]) - done)

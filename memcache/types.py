@@ -93,6 +93,8 @@ class Decision:
             can later be turned into a training label.
         held: an audit that must not serve the stored answer while it is checked (the policy
             is re-checking the bound after a traffic shift), even with shadow audits on.
+        shift_detected: this lookup set off the policy's traffic-shift alarm (and its hold,
+            which the caller persists so a restart resumes it).
     """
 
     action: Outcome
@@ -101,6 +103,27 @@ class Decision:
     confidence: float
     features: tuple[float, ...] = ()
     held: bool = False
+    shift_detected: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """Where a policy stands: what `stats()`, `memcache stats` and the proxy's `/metrics` report.
+
+    `estimated_false_hit_rate` is the policy's upper estimate of the served false-hit rate at its
+    current cut-off (None while it serves nothing); `target` the rate that cut-off was certified
+    against (below the bound while it warms up); `claim_ratio` what its audits found wrong over
+    what the served confidences claimed; `shifts_detected` the traffic changes it saw in this
+    process and `shift_hold_remaining` the would-be hits it still escalates unserved after one.
+    None where the policy does not learn.
+    """
+
+    max_false_hit_rate: float
+    estimated_false_hit_rate: float | None = None
+    target: float | None = None
+    claim_ratio: float | None = None
+    shifts_detected: int | None = None
+    shift_hold_remaining: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +176,8 @@ class Stats:
     """Counters since this process opened the cache, plus store totals.
 
     `audits` counts every audit; an audit served while it is checked (a shadow audit) is also
-    one of the `hits`, an escalated one is neither a hit nor a miss. `claim_ratio` is what the
+    one of the `hits`, an escalated one is neither a hit nor a miss. The policy's figures are
+    those of `PolicyStatus` (`target`: the rate its cut-off is certified against now). `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
     `CalibratedPolicy.claim_ratio`); None for policies without one. `shifts_detected` counts the
     traffic changes the policy saw in this process (see `memcache.shift`), and
@@ -174,6 +198,7 @@ class Stats:
     labels: int
     max_false_hit_rate: float
     estimated_false_hit_rate: float | None
+    target: float | None = None
     claim_ratio: float | None = None
     shifts_detected: int | None = None
     shift_hold_remaining: int | None = None

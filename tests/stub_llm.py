@@ -43,9 +43,7 @@ class StubLLM:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with stub._lock:
                     stub.calls.append(body)
-                prompt = next(
-                    (m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
-                )
+                prompt = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
                 if isinstance(prompt, list):
                     prompt = " ".join(p.get("text", "") for p in prompt if isinstance(p, dict))
                 if "FAIL-500" in prompt:
@@ -93,9 +91,13 @@ class StubLLM:
                         self.close_connection = True
                         return
                     chunk = {
-                        "id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
                         "model": body.get("model", "stub"),
-                        "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}],
+                        "choices": [
+                            {"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}
+                        ],
                     }
                     try:
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -105,7 +107,9 @@ class StubLLM:
                     if "DRIP" in answer:
                         time.sleep(0.2)
                 done = {
-                    "id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
                     "model": body.get("model", "stub"),
                     "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                 }
@@ -119,7 +123,7 @@ class StubLLM:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def start(self) -> "StubLLM":
+    def start(self) -> StubLLM:
         self._thread.start()
         return self
 

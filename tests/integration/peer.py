@@ -1,9 +1,9 @@
 """Another memcache process for multi-instance tests: reads commands from stdin, one per line.
 
-  write <tenant>|<question>|<answer>   -> "ok <entry id>"
-  invalidate <entry id>                -> "ok <True|False>"
-  forget <tenant>                      -> "ok <entries deleted>"
-  lookup <tenant>|<question>           -> "ok <served answer, or None>"
+write <tenant>|<question>|<answer>   -> "ok <entry id>"
+invalidate <entry id>                -> "ok <True|False>"
+forget <tenant>                      -> "ok <entries deleted>"
+lookup <tenant>|<question>           -> "ok <served answer, or None>"
 """
 
 import os

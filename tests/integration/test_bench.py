@@ -16,11 +16,30 @@ from memcache.cli import main
 
 def test_bench_writes_every_figure_and_the_table(tmp_path, data_dir):
     out, figures = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
-    code = main([
-        "bench", str(data_dir / "qqp_pairs_dev.jsonl"), "--entries", "1500,3000", "--real", "1000",
-        "--repeats", "20", "--seconds", "0.3", "--rounds", "1", "--gptcache-entries", "500",
-        "--workdir", str(tmp_path), "--out", str(out), "--json", str(figures),
-    ])
+    code = main(
+        [
+            "bench",
+            str(data_dir / "qqp_pairs_dev.jsonl"),
+            "--entries",
+            "1500,3000",
+            "--real",
+            "1000",
+            "--repeats",
+            "20",
+            "--seconds",
+            "0.3",
+            "--rounds",
+            "1",
+            "--gptcache-entries",
+            "500",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--json",
+            str(figures),
+        ]
+    )
     assert code == 0
     results = json.loads(figures.read_text())
     small, large = results["sizes"]
@@ -40,9 +59,26 @@ def test_bench_writes_every_figure_and_the_table(tmp_path, data_dir):
 
 def test_gpu_script_dry_run_on_cpu(tmp_path, data_dir):
     done = subprocess.run(
-        [sys.executable, "-m", "memcache.eval.gpu_bench", "--device", "cpu", "--pairs", str(data_dir / "qqp_pairs_dev.jsonl"),
-         "--entries", "3000", "--real", "500", "--seconds", "0.3"],
-        capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "memcache.eval.gpu_bench",
+            "--device",
+            "cpu",
+            "--pairs",
+            str(data_dir / "qqp_pairs_dev.jsonl"),
+            "--entries",
+            "3000",
+            "--real",
+            "500",
+            "--seconds",
+            "0.3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
@@ -52,9 +88,24 @@ def test_gpu_script_dry_run_on_cpu(tmp_path, data_dir):
 def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
     figures = tmp_path / "policy.json"
     done = subprocess.run(
-        [sys.executable, "-m", "memcache.eval.policy_bench", "--sizes", "20000", "--max-labels", "1000",
-         "--refits", "1", "--json", str(figures)],
-        capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "memcache.eval.policy_bench",
+            "--sizes",
+            "20000",
+            "--max-labels",
+            "1000",
+            "--refits",
+            "1",
+            "--json",
+            str(figures),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     capped, every = json.loads(figures.read_text())["rows"]
@@ -68,8 +119,22 @@ def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
 def test_relabel_bench_reports_each_setup(tmp_path):
     figures = tmp_path / "relabel.json"
     done = subprocess.run(
-        [sys.executable, "-m", "memcache.eval.relabel_bench", "--keys", "3000", "--window", "500", "--json", str(figures)],
-        capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "memcache.eval.relabel_bench",
+            "--keys",
+            "3000",
+            "--window",
+            "500",
+            "--json",
+            str(figures),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(figures.read_text())["rows"]

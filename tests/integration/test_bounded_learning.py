@@ -20,7 +20,10 @@ def test_a_restart_loads_the_newest_labels_and_claims_the_policy_keeps(url, embe
     with MemCache(url, embedder=embedder, policy=CalibratedPolicy(0.05, seed=0)) as cache:
         for i in range(30):
             cache.write_back(cache.lookup(f"What is the weather like in city number {i}?"), "Weather answer")
-        for claimed, question in ((0.9, "what's the weather like in city number 3"), (0.8, "weather in city number 7?")):
+        for claimed, question in (
+            (0.9, "what's the weather like in city number 3"),
+            (0.8, "weather in city number 7?"),
+        ):
             result = cache.lookup(question)  # two audits, stored with the confidence they were served with
             audit = replace(result, decision=replace(result.decision, action="audit", confidence=claimed))
             cache.write_back(audit, "Weather answer")

@@ -185,15 +185,38 @@ def test_concurrent_threads_share_encode_calls(cache, embedder):
 
 async def test_concurrent_asyncio_callers(db_url, embedder, stub_llm, llm_kwargs):
     with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.9), strong_model=MODEL) as cache:
-        topics = ["octopuses", "glaciers", "tax law", "violins", "espresso", "volcanoes", "chess", "tulips",
-                  "submarines", "honeybees", "origami", "comets", "sourdough", "falconry", "opera", "cacti",
-                  "bitcoin", "sumo wrestling", "lighthouses", "penguins"]
+        topics = [
+            "octopuses",
+            "glaciers",
+            "tax law",
+            "violins",
+            "espresso",
+            "volcanoes",
+            "chess",
+            "tulips",
+            "submarines",
+            "honeybees",
+            "origami",
+            "comets",
+            "sourdough",
+            "falconry",
+            "opera",
+            "cacti",
+            "bitcoin",
+            "sumo wrestling",
+            "lighthouses",
+            "penguins",
+        ]
         questions = [f"Give me one fun fact about {topic}." for topic in topics]  # distinct: no cross-hits at 0.9
         before = embedder.encode_calls
-        first = await asyncio.gather(*(cache.acompletion(messages=[{"role": "user", "content": q}], **llm_kwargs) for q in questions))
+        first = await asyncio.gather(
+            *(cache.acompletion(messages=[{"role": "user", "content": q}], **llm_kwargs) for q in questions)
+        )
         assert [r.choices[0].message.content for r in first] == [f"Answer to: {q}" for q in questions]
         assert embedder.encode_calls - before < 2 * len(questions)
-        again = await asyncio.gather(*(cache.acompletion(messages=[{"role": "user", "content": q}], **llm_kwargs) for q in questions))
+        again = await asyncio.gather(
+            *(cache.acompletion(messages=[{"role": "user", "content": q}], **llm_kwargs) for q in questions)
+        )
         assert all(cache_info(r).outcome == "hit" for r in again)
         assert [r.choices[0].message.content for r in again] == [r.choices[0].message.content for r in first]
 
@@ -281,7 +304,7 @@ def test_bad_store_url_is_a_store_error(url, embedder):
 
 
 def test_bad_configuration_is_a_config_error(db_url, embedder):
-    for kwargs in ({"max_false_hit_rate": 0}, {"ttl": -1}, {"neighbours": 0}, {"max_query_chars": 0}):
+    for kwargs in ({"max_false_hit_rate": 0}, {"ttl": -1}, {"max_query_chars": 0}):
         with pytest.raises(ConfigError):
             MemCache(db_url, embedder=embedder, **kwargs)
     assert not Path(db_url.removeprefix("sqlite:///")).exists()  # refused before anything was created
@@ -298,8 +321,12 @@ def test_decorator_sync_and_async(cache):
         calls.append(prompt)
         return f"{style}: an answer about {prompt}"
 
-    assert answer("How do vaccines work?") == answer("how do vaccines work") == "plain: an answer about How do vaccines work?"
-    assert answer("How do vaccines work?", style="poem") .startswith("poem")
+    assert (
+        answer("How do vaccines work?")
+        == answer("how do vaccines work")
+        == "plain: an answer about How do vaccines work?"
+    )
+    assert answer("How do vaccines work?", style="poem").startswith("poem")
     assert len(calls) == 2
 
     @cache.cached(tenant="t2", model="async_answer")
@@ -331,7 +358,16 @@ def test_calibrated_policy_learns_from_paid_answers_and_survives_restart(db_url,
 def test_cli_ask_stats_forget(tmp_path, stub_llm):
     env = {**os.environ, "MEMCACHE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     base = [sys.executable, "-m", "memcache.cli"]
-    ask = base + ["ask", "What is the largest planet?", "--model", MODEL, "--api-base", stub_llm.base_url, "--api-key", "k"]
+    ask = base + [
+        "ask",
+        "What is the largest planet?",
+        "--model",
+        MODEL,
+        "--api-base",
+        stub_llm.base_url,
+        "--api-key",
+        "k",
+    ]
     first = subprocess.run(ask, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "Answer to: What is the largest planet?" and "[miss" in first.stderr

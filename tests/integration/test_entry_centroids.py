@@ -97,16 +97,17 @@ def test_invalidated_entry_takes_its_centroid_along(db_url, embedder):
     with MemCache(db_url, embedder=embedder, policy=policy) as cache:
         fill(cache)
         entry = cache.lookup(PASSWORD_QUESTIONS[0]).hit.entry_id
-        assert len(cache._centroids) == 1
+        assert len(cache.memory.centroids) == 1
         assert cache.invalidate(entry)
-        assert len(cache._centroids) == 0 and entry not in entry_similarities(cache, policy)
+        assert len(cache.memory.centroids) == 0 and entry not in entry_similarities(cache, policy)
 
 
 def test_keys_written_by_another_process_move_the_centroid(pg_url, embedder):
     policy = RecordingPolicy()
-    with MemCache(pg_url, embedder=embedder, policy=policy, sync_interval=None) as reader, MemCache(
-        pg_url, embedder=embedder, policy=ThresholdPolicy(0.99), sync_interval=None
-    ) as writer:
+    with (
+        MemCache(pg_url, embedder=embedder, policy=policy, sync_interval=None) as reader,
+        MemCache(pg_url, embedder=embedder, policy=ThresholdPolicy(0.99), sync_interval=None) as writer,
+    ):
         fill(reader, PASSWORD_QUESTIONS[:1])
         entry = reader.lookup(PASSWORD_QUESTIONS[0]).hit.entry_id
         assert entry_similarities(reader, policy)[entry] is None  # one key so far

@@ -140,22 +140,67 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     cli = [sys.executable, "-m", "memcache.cli"]
     calibration = tmp_path / "calibration.json"
     out = subprocess.run(
-        cli + ["calibrate", str(data), "--splits", "test,oos", "--max-false-hit-rate", str(BOUND), "--out", str(calibration)],
-        capture_output=True, text=True, timeout=600,
+        cli
+        + [
+            "calibrate",
+            str(data),
+            "--splits",
+            "test,oos",
+            "--max-false-hit-rate",
+            str(BOUND),
+            "--out",
+            str(calibration),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert CalibratedPolicy.from_file(calibration).labels > 1000
     report_path, plot = tmp_path / "report.json", tmp_path / "report.png"
     out = subprocess.run(
-        cli + ["eval", str(data), "--splits", "test,oos", "--seed", "0,1", "--max-false-hit-rate", str(BOUND),
-               "--json", str(report_path), "--plot", str(plot), "--sweep", "--calibration", str(calibration),
-               "--oos-from", "500", "--oos-ramp", "--all-columns"],
-        capture_output=True, text=True, timeout=600,
+        cli
+        + [
+            "eval",
+            str(data),
+            "--splits",
+            "test,oos",
+            "--seed",
+            "0,1",
+            "--max-false-hit-rate",
+            str(BOUND),
+            "--json",
+            str(report_path),
+            "--plot",
+            str(plot),
+            "--sweep",
+            "--calibration",
+            str(calibration),
+            "--oos-from",
+            "500",
+            "--oos-ramp",
+            "--all-columns",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(report_path.read_text())
-    for key in ("queries", "hits", "hit_rate", "false_hit_rate", "error_rate", "correct_hit_rate", "reusable_rate",
-                "strong_calls", "lookup_p50_ms", "lookup_p95_ms", "lookup_p99_ms", "max_false_hit_rate"):
+    for key in (
+        "queries",
+        "hits",
+        "hit_rate",
+        "false_hit_rate",
+        "error_rate",
+        "correct_hit_rate",
+        "reusable_rate",
+        "strong_calls",
+        "lookup_p50_ms",
+        "lookup_p95_ms",
+        "lookup_p99_ms",
+        "max_false_hit_rate",
+    ):
         assert key in report["runs"][0], key
     assert report["runs"][0]["queries"] == len(clinc_subset)
     for run in report["runs"]:  # how honest the served confidences were, beside the policy's audit estimate
@@ -180,9 +225,26 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
     data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
     report_path = tmp_path / "coins.json"
     out = subprocess.run(
-        [sys.executable, "-m", "memcache.cli", "eval", str(data), "--seed", "3", "--audit-seed", "5,6",
-         "--max-false-hit-rate", str(BOUND), "--json", str(report_path), "--oos-from", "500"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "memcache.cli",
+            "eval",
+            str(data),
+            "--seed",
+            "3",
+            "--audit-seed",
+            "5,6",
+            "--max-false-hit-rate",
+            str(BOUND),
+            "--json",
+            str(report_path),
+            "--oos-from",
+            "500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(report_path.read_text())

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from test_multi_instance import Peer, seen_within
 
 from memcache import ConfigError, InvalidRequestError, MemCache, ThresholdPolicy, cache_info
-from memcache.index import SNAPSHOT_MAGIC, FaissIndex
-from test_multi_instance import Peer, seen_within
+from memcache.index import SNAPSHOT_MAGIC
 
 QA, ANSWER_A = "What is the VPN address for the Berlin office?", "vpn-berlin.acme.example"
 QB, ANSWER_B = "Which port does the build server listen on?", "Port 8443 at globex."
@@ -91,7 +91,9 @@ def test_invalidating_while_another_thread_writes_back(url, embedder):
             i = 0
             while not stop.is_set():
                 tenant = f"t{i % 3}"
-                cache.write_back(f"Question {i % 7} about the quarterly report?", f"{tenant} answer {i % 7}", tenant=tenant)
+                cache.write_back(
+                    f"Question {i % 7} about the quarterly report?", f"{tenant} answer {i % 7}", tenant=tenant
+                )
                 i += 1
 
         def invalidator() -> None:
@@ -112,6 +114,7 @@ def test_invalidating_while_another_thread_writes_back(url, embedder):
                 except BaseException as exc:  # noqa: BLE001 - reported by the test
                     errors.append(exc)
                     stop.set()
+
             return run
 
         threads = [threading.Thread(target=guarded(f)) for f in (writer, invalidator, reader, reader)]
@@ -192,9 +195,9 @@ def test_the_scope_guard_refuses_an_entry_of_another_scope(db_url, embedder, cap
     with cache_at(db_url, embedder, policy=ThresholdPolicy(-1.0)) as cache:
         a = cache.write_back(QA, ANSWER_A, tenant="acme")
         cache.write_back(QB, ANSWER_B, tenant="globex")
-        globex_key = next(k for k, key in cache._keys.items() if key[0] != a.id)
-        scope_b = cache._keys[globex_key][1]
-        cache._keys[globex_key] = (a.id, scope_b, cache._keys[globex_key][2])  # a stale map: key -> acme's entry
+        keys = cache.memory._keys
+        globex_key = next(k for k, key in keys.items() if key.entry_id != a.id)
+        keys[globex_key] = keys[globex_key]._replace(entry_id=a.id)  # a stale map: globex's key -> acme's entry
         with caplog.at_level(logging.ERROR, logger="memcache"):
             assert cache.lookup(QB, tenant="globex").hit is None
         assert "scope guard" in caplog.text
@@ -206,8 +209,13 @@ def test_the_scope_guard_refuses_an_entry_of_another_scope(db_url, embedder, cap
         lambda c: c.lookup("hi", tenant="bad \udcff"),
         lambda c: c.lookup("hi", model="m\udcff"),
         lambda c: c.lookup([{"role": "system", "content": "x \udcff"}, {"role": "user", "content": "hi"}]),
-        lambda c: c.lookup([{"role": "user", "content": "a \udcff"}, {"role": "assistant", "content": "b"},
-                            {"role": "user", "content": "hi"}]),
+        lambda c: c.lookup(
+            [
+                {"role": "user", "content": "a \udcff"},
+                {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "hi"},
+            ]
+        ),
         lambda c: c.lookup("hi", stop=["\udcff"]),
         lambda c: c.lookup("hi", tenant="a\x00b"),
         lambda c: c.lookup("\x00\x00\x00"),
@@ -237,8 +245,17 @@ def _deep(levels: int):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"ttl": math.nan}, {"ttl": 1e12}, {"ttl": 0}, {"sync_interval": math.nan}, {"sync_interval": -1},
-     {"database_url": ""}, {"max_false_hit_rate": "0.02"}, {"max_entries": 0}, {"neighbours": 2.5}],
+    [
+        {"ttl": math.nan},
+        {"ttl": 1e12},
+        {"ttl": 0},
+        {"sync_interval": math.nan},
+        {"sync_interval": -1},
+        {"database_url": ""},
+        {"max_false_hit_rate": "0.02"},
+        {"max_entries": 0},
+        {"max_query_chars": 2.5},
+    ],
 )
 def test_bad_settings_are_a_config_error(kwargs, embedder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -251,7 +268,9 @@ def test_a_nul_byte_on_postgresql_returns_the_paid_answer_and_stores_nothing(pg_
     with cache_at(pg_url, embedder) as cache:
         calls = len(stub_llm.calls)
         response = cache.completion(
-            messages=[{"role": "user", "content": "Spell the null byte: \x00 please"}], model="openai/stub", **llm_kwargs
+            messages=[{"role": "user", "content": "Spell the null byte: \x00 please"}],
+            model="openai/stub",
+            **llm_kwargs,
         )
         assert response.choices[0].message.content.startswith("Answer to:") and len(stub_llm.calls) == calls + 1
         assert not cache_info(response).stored and cache.stats().entries == 0
@@ -261,7 +280,9 @@ def test_stream_must_be_a_boolean(db_url, embedder, stub_llm, llm_kwargs):
     with cache_at(db_url, embedder) as cache:
         calls = len(stub_llm.calls)
         with pytest.raises(InvalidRequestError, match="stream"):
-            cache.completion(messages=[{"role": "user", "content": "hi"}], model="openai/stub", stream="false", **llm_kwargs)
+            cache.completion(
+                messages=[{"role": "user", "content": "hi"}], model="openai/stub", stream="false", **llm_kwargs
+            )
         assert len(stub_llm.calls) == calls
 
 
@@ -271,6 +292,7 @@ def test_decorated_closures_need_their_own_names_and_arguments_count_by_value(db
         def factory(greeting: str):
             def reply(question: str) -> str:
                 return f"{greeting}, {question}"
+
             return reply
 
         with pytest.raises(ConfigError, match="model="):
@@ -284,6 +306,7 @@ def test_decorated_closures_need_their_own_names_and_arguments_count_by_value(db
         def make(level: int):
             def rate(question: str, level: int = level) -> str:  # no closure: siblings differ by their defaults
                 return f"level {level}: {question}"
+
             return rate
 
         low, high = cache.cached(make(1)), cache.cached(make(2))
@@ -331,16 +354,27 @@ def test_the_same_text_up_to_whitespace_only_is_an_exact_repeat(db_url, embedder
 
 
 QUESTIONS = [
-    "Is the deploy green?", "What is the weather in Oslo?", "Summarize the incident report.",
-    "Which plan includes SSO?", "How do I reset my password?", "What did the customer ask for?",
-    "Translate the greeting.", "What is the total on the invoice?", "Who is on call tonight?",
+    "Is the deploy green?",
+    "What is the weather in Oslo?",
+    "Summarize the incident report.",
+    "Which plan includes SSO?",
+    "How do I reset my password?",
+    "What did the customer ask for?",
+    "Translate the greeting.",
+    "What is the total on the invoice?",
+    "Who is on call tonight?",
     "Can I merge this pull request?",
 ]
 
 
 def _schema(kind: str) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "Answer", "schema": {
-        "type": "object", "properties": {"value": {"type": kind}}, "required": ["value"]}}}
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "Answer",
+            "schema": {"type": "object", "properties": {"value": {"type": kind}}, "required": ["value"]},
+        },
+    }
 
 
 def _pairs():
@@ -348,21 +382,44 @@ def _pairs():
     for i in range(110):
         q = QUESTIONS[i % len(QUESTIONS)]
         user = [{"role": "user", "content": q}]
-        call = {"role": "assistant", "content": None, "tool_calls": [
-            {"id": f"c{i}", "type": "function", "function": {"name": "status", "arguments": "{}"}}]}
+        call = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": f"c{i}", "type": "function", "function": {"name": "status", "arguments": "{}"}}],
+        }
         yield {"request": q, "tenant": f"acme-{i}"}, {"request": q, "tenant": f"acme-{i}x"}
-        yield ({"request": user + [call, {"role": "tool", "tool_call_id": f"c{i}", "content": "72F sunny"}]},
-               {"request": user + [call, {"role": "tool", "tool_call_id": f"c{i}", "content": f"-{i}F blizzard"}]})
+        yield (
+            {"request": user + [call, {"role": "tool", "tool_call_id": f"c{i}", "content": "72F sunny"}]},
+            {"request": user + [call, {"role": "tool", "tool_call_id": f"c{i}", "content": f"-{i}F blizzard"}]},
+        )
         yield {"request": user + [call, {"role": "tool", "tool_call_id": f"c{i}", "content": "ok"}]}, {"request": user}
-        yield ({"request": user + [{"role": "assistant", "content": "Yes, "}]},
-               {"request": user + [{"role": "assistant", "content": f"No {i}, "}]})
+        yield (
+            {"request": user + [{"role": "assistant", "content": "Yes, "}]},
+            {"request": user + [{"role": "assistant", "content": f"No {i}, "}]},
+        )
         yield {"request": user, "temperature": 0.0}, {"request": user, "temperature": round(0.1 * (i % 9 + 1), 1)}
         yield {"request": user, "seed": i}, {"request": user, "seed": i + 1}
-        yield {"request": user, "response_format": _schema("integer")}, {"request": user, "response_format": _schema("string")}
-        yield ({"request": [{"role": "system", "content": f"Policy v{i}"}] + user},
-               {"request": [{"role": "system", "content": f"Policy v{i + 1}"}] + user})
-        yield ({"request": [{"role": "user", "content": f"About ticket {i}"}, {"role": "assistant", "content": "ok"}] + user},
-               {"request": [{"role": "user", "content": f"About ticket {i + 1}"}, {"role": "assistant", "content": "ok"}] + user})
+        yield (
+            {"request": user, "response_format": _schema("integer")},
+            {"request": user, "response_format": _schema("string")},
+        )
+        yield (
+            {"request": [{"role": "system", "content": f"Policy v{i}"}] + user},
+            {"request": [{"role": "system", "content": f"Policy v{i + 1}"}] + user},
+        )
+        yield (
+            {
+                "request": [{"role": "user", "content": f"About ticket {i}"}, {"role": "assistant", "content": "ok"}]
+                + user
+            },
+            {
+                "request": [
+                    {"role": "user", "content": f"About ticket {i + 1}"},
+                    {"role": "assistant", "content": "ok"},
+                ]
+                + user
+            },
+        )
         yield {"request": user, "model": f"model-{i}"}, {"request": user, "model": f"model-{i}b"}
         yield {"request": q, "fn_args": [i]}, {"request": q, "fn_args": [i + 0.5]}
 

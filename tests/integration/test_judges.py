@@ -32,7 +32,7 @@ def test_the_judge_decides_the_label_of_a_paid_answer(db_url, embedder):
     class Recorder(ThresholdPolicy):
         labels: list = []
 
-        def observe(self, features, correct):
+        def observe(self, features, correct, *, key=None):  # the Policy protocol
             self.labels.append(correct)
 
     policy = Recorder(0.99)

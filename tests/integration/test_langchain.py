@@ -55,8 +55,12 @@ def test_generations_come_back_faithfully(lc_cache):
     from langchain_core.outputs import ChatGeneration
 
     prompt = '[{"lc": 1, "type": "constructor", "id": ["langchain", "schema", "messages", "HumanMessage"], "kwargs": {"content": "Ping?", "type": "human"}}]'
-    stored = [ChatGeneration(message=AIMessage("Pong.", response_metadata={"model": "x", "tokens": 3}),
-                             generation_info={"finish_reason": "stop"})]
+    stored = [
+        ChatGeneration(
+            message=AIMessage("Pong.", response_metadata={"model": "x", "tokens": 3}),
+            generation_info={"finish_reason": "stop"},
+        )
+    ]
     assert lc_cache.lookup(prompt, "llm-a") is None
     lc_cache.update(prompt, "llm-a", stored)
     back = lc_cache.lookup(prompt, "llm-a")

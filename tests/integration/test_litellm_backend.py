@@ -23,7 +23,9 @@ def backend(db_url, embedder):
 
 
 def call(text, llm_kwargs, **kwargs):
-    return litellm.completion(model=MODEL, messages=[{"role": "user", "content": text}], caching=True, **llm_kwargs, **kwargs)
+    return litellm.completion(
+        model=MODEL, messages=[{"role": "user", "content": text}], caching=True, **llm_kwargs, **kwargs
+    )
 
 
 def test_miss_then_paraphrase_hit_reported_the_litellm_way(backend, stub_llm, llm_kwargs):

@@ -17,7 +17,9 @@ PEER = Path(__file__).with_name("peer.py")
 
 class Peer:
     def __init__(self, url: str, *, wait: bool = True) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(PEER), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PEER), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         if wait:
             self.ready()
 

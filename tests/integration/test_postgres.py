@@ -9,7 +9,9 @@ import pytest
 from memcache import MemCache, ThresholdPolicy
 
 URL = os.environ.get("MEMCACHE_TEST_DATABASE_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="MEMCACHE_TEST_DATABASE_URL is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+pytestmark = pytest.mark.skipif(
+    not URL, reason="MEMCACHE_TEST_DATABASE_URL is not set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+)
 
 
 def test_write_back_lookup_and_restart_on_postgres(pg_url, embedder):

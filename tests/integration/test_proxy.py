@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -15,11 +15,10 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 import uvicorn  # noqa: E402
+from policies import AuditEveryHit  # noqa: E402
 
 from memcache import CalibratedPolicy, MemCache, ThresholdPolicy  # noqa: E402
 from memcache.adapters.proxy import ProxyConfig, Upstream, create_app  # noqa: E402
-from policies import AuditEveryHit  # noqa: E402
-
 
 AUTH = {"Authorization": "Bearer sk-team-a"}
 
@@ -40,7 +39,9 @@ def serving(db_url, embedder, stub_llm, policy):
     )
     with MemCache(db_url, embedder=embedder, policy=policy) as cache:
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(cache, config), host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(cache, config), host="127.0.0.1", port=port, log_level="warning")
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -102,11 +103,15 @@ def test_keys_are_tenants_and_unknown_keys_are_refused(proxy):
 def test_streamed_miss_and_streamed_hit(proxy):
     base, cache = proxy
     messages = [{"role": "user", "content": "List three kinds of clouds."}]
-    with client(base).chat.completions.with_streaming_response.create(model="gpt-test", messages=messages, stream=True) as r:
+    with client(base).chat.completions.with_streaming_response.create(
+        model="gpt-test", messages=messages, stream=True
+    ) as r:
         assert r.headers["x-memcache-cache"] == "miss"
         text = "".join(c.choices[0].delta.content or "" for c in r.parse() if c.choices)
     assert text == "Answer to: List three kinds of clouds."
-    with client(base).chat.completions.with_streaming_response.create(model="gpt-test", messages=messages, stream=True) as r:
+    with client(base).chat.completions.with_streaming_response.create(
+        model="gpt-test", messages=messages, stream=True
+    ) as r:
         assert r.headers["x-memcache-cache"] == "hit"
         assert "".join(c.choices[0].delta.content or "" for c in r.parse() if c.choices) == text
     assert cache.stats().entries == 1
@@ -114,11 +119,15 @@ def test_streamed_miss_and_streamed_hit(proxy):
 
 def test_client_disconnect_mid_stream_stores_nothing(proxy):
     base, cache = proxy
-    body = {"model": "gpt-test", "stream": True,
-            "messages": [{"role": "user", "content": "DRIP tell me a slow story about a lighthouse keeper and the sea"}]}
+    body = {
+        "model": "gpt-test",
+        "stream": True,
+        "messages": [{"role": "user", "content": "DRIP tell me a slow story about a lighthouse keeper and the sea"}],
+    }
     with httpx.Client(timeout=10) as http:
-        with http.stream("POST", f"{base}/v1/chat/completions", json=body,
-                         headers={"Authorization": "Bearer sk-team-a"}) as response:
+        with http.stream(
+            "POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-team-a"}
+        ) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if line.startswith("data:"):
@@ -132,13 +141,25 @@ def test_fifty_concurrent_clients(proxy):
 
     async def run():
         async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-team-a", max_retries=0) as aclient:
-            topics = ["volcanoes", "jazz music", "tax returns", "knitting", "black holes",
-                      "sourdough bread", "chess openings", "marathon training", "tulip bulbs", "python decorators"]
+            topics = [
+                "volcanoes",
+                "jazz music",
+                "tax returns",
+                "knitting",
+                "black holes",
+                "sourdough bread",
+                "chess openings",
+                "marathon training",
+                "tulip bulbs",
+                "python decorators",
+            ]
             questions = [f"Give me one tip about {topics[i % 10]}." for i in range(50)]
-            responses = await asyncio.gather(*(
-                aclient.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": q}])
-                for q in questions
-            ))
+            responses = await asyncio.gather(
+                *(
+                    aclient.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": q}])
+                    for q in questions
+                )
+            )
             return questions, responses
 
     questions, responses = asyncio.run(run())
@@ -156,11 +177,17 @@ def test_models_health_metrics_and_errors(proxy):
         assert [m["id"] for m in http.get(f"{base}/v1/models", headers=auth).json()["data"]] == ["gpt-test"]
         bad = http.post(f"{base}/v1/chat/completions", headers=auth, json={"model": "gpt-test", "messages": []})
         assert bad.status_code == 400 and "messages" in bad.json()["error"]["message"]
-        unknown = http.post(f"{base}/v1/chat/completions", headers=auth,
-                            json={"model": "other", "messages": [{"role": "user", "content": "hi"}]})
+        unknown = http.post(
+            f"{base}/v1/chat/completions",
+            headers=auth,
+            json={"model": "other", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert unknown.status_code == 404
-        upstream_down = http.post(f"{base}/v1/chat/completions", headers=auth,
-                                  json={"model": "gpt-test", "messages": [{"role": "user", "content": "FAIL-500 hi"}]})
+        upstream_down = http.post(
+            f"{base}/v1/chat/completions",
+            headers=auth,
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": "FAIL-500 hi"}]},
+        )
         assert upstream_down.status_code == 502
         ask(base, "How many moons does Mars have?")
         ask(base, "How many moons does Mars have?")
@@ -182,8 +209,10 @@ def test_metrics_report_the_traffic_shifts_a_calibrated_policy_detected(db_url, 
 
 def test_config_file(tmp_path):
     path = tmp_path / "memcache.toml"
-    path.write_text('database_url = "sqlite:///x.db"\n[models.fast]\nmodel = "openai/gpt-4o-mini"\napi_base = "http://h/v1"\n'
-                    '[keys]\n"sk-1" = "team-1"\n')
+    path.write_text(
+        'database_url = "sqlite:///x.db"\n[models.fast]\nmodel = "openai/gpt-4o-mini"\napi_base = "http://h/v1"\n'
+        '[keys]\n"sk-1" = "team-1"\n'
+    )
     config = ProxyConfig.from_file(path)
     assert config.models["fast"] == Upstream("openai/gpt-4o-mini", {"api_base": "http://h/v1"})
     assert config.keys == {"sk-1": "team-1"} and config.shadow_audits
@@ -205,12 +234,28 @@ def test_tenant_header_without_configured_keys(db_url, embedder, stub_llm):
         app = create_app(cache, ProxyConfig(models={"m": upstream}))
         with TestClient(app) as http:
             body = {"model": "m", "messages": [{"role": "user", "content": "Where is the office?"}]}
-            assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers["x-memcache-cache"] == "miss"
-            assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers["x-memcache-cache"] == "hit"
-            assert http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "b"}).headers["x-memcache-cache"] == "miss"
+            assert (
+                http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers[
+                    "x-memcache-cache"
+                ]
+                == "miss"
+            )
+            assert (
+                http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "a"}).headers[
+                    "x-memcache-cache"
+                ]
+                == "hit"
+            )
+            assert (
+                http.post("/v1/chat/completions", json=body, headers={"X-Memcache-Tenant": "b"}).headers[
+                    "x-memcache-cache"
+                ]
+                == "miss"
+            )
 
 
 # -- a hostile client: the proxy forwards only what the operator allowed --------------------------
+
 
 def post(base, body, key="sk-team-a"):
     """POST a chat completion: `body` as a dict (sent as JSON) or raw bytes."""
@@ -230,17 +275,31 @@ def attacker():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("api_base", None), ("base_url", None), ("mock_response", "canned answer"), ("api_key", "sk-stolen"),
-     ("tenant", "team-b"), ("timeout", 1), ("headers", {"x": "y"}), ("extra_headers", {"x": "y"}),
-     ("custom_llm_provider", "openai"), ("num_retries", 5), ("metadata", {"a": 1}), ("caching", False)],
+    [
+        ("api_base", None),
+        ("base_url", None),
+        ("mock_response", "canned answer"),
+        ("api_key", "sk-stolen"),
+        ("tenant", "team-b"),
+        ("timeout", 1),
+        ("headers", {"x": "y"}),
+        ("extra_headers", {"x": "y"}),
+        ("custom_llm_provider", "openai"),
+        ("num_retries", 5),
+        ("metadata", {"a": 1}),
+        ("caching", False),
+    ],
 )
 def test_routing_credential_and_test_fields_are_refused_and_nothing_is_called_or_stored(
     proxy, attacker, stub_llm, field, value
 ):
     base, cache = proxy
     calls = len(stub_llm.calls)
-    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "What is the admin password?"}],
-            field: attacker.base_url if value is None else value}
+    body = {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "What is the admin password?"}],
+        field: attacker.base_url if value is None else value,
+    }
     response = post(base, body)
     assert response.status_code == 400 and repr(field) in response.json()["error"]["message"]
     assert attacker.calls == [] and len(stub_llm.calls) == calls and cache.stats().entries == 0
@@ -252,19 +311,28 @@ USER_HI = '"messages": [{"role": "user", "content": "hi"}]'
 @pytest.mark.parametrize(
     "raw",
     [
-        '{"model": "gpt-test", %s, "stream": "false"}' % USER_HI,
-        '{"model": "gpt-test", %s, "temperature": "hot"}' % USER_HI,
-        '{"model": "gpt-test", %s, "n": true}' % USER_HI,
+        f'{{"model": "gpt-test", {USER_HI}, "stream": "false"}}',
+        f'{{"model": "gpt-test", {USER_HI}, "temperature": "hot"}}',
+        f'{{"model": "gpt-test", {USER_HI}, "n": true}}',
         '{"model": "gpt-test", "messages": "hi"}',
-        '{"model": 5, %s}' % USER_HI,
-        '{"model": "gpt-test", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, '
-        '{"type": "data", "d": %s1%s}]}]}' % ("[" * 990, "]" * 990),
+        f'{{"model": 5, {USER_HI}}}',
+        '{{"model": "gpt-test", "messages": [{{"role": "user", "content": [{{"type": "text", "text": "hi"}}, '
+        '{{"type": "data", "d": {}1{}}}]}}]}}'.format("[" * 990, "]" * 990),
         '{"model": "gpt-test", "messages": [{"role": "system", "content": "x \\udcff"}, {"role": "user", "content": "hi"}]}',
         '{"model": "gpt-test", "messages": [{"role": "user", "content": "\\u200b\\u200b"}]}',
-        '{"model": "gpt-test", %s, "tools": %s%s}' % (USER_HI, "[" * 5000, "]" * 5000),
+        '{{"model": "gpt-test", {}, "tools": {}{}}}'.format(USER_HI, "[" * 5000, "]" * 5000),
     ],
-    ids=["stream-string", "temperature-string", "n-bool", "messages-string", "model-number", "deep-content",
-         "lone-surrogate", "invisible-query", "deep-anywhere"],
+    ids=[
+        "stream-string",
+        "temperature-string",
+        "n-bool",
+        "messages-string",
+        "model-number",
+        "deep-content",
+        "lone-surrogate",
+        "invisible-query",
+        "deep-anywhere",
+    ],
 )
 def test_no_500_from_a_clients_body(proxy, stub_llm, raw):
     base, cache = proxy
@@ -287,7 +355,9 @@ def test_bodies_are_bounded_before_they_are_parsed(db_url, embedder, stub_llm):
             assert http.post("/v1/chat/completions", content=b"{not json").status_code == 400
 
 
-def test_operator_switches_allowed_fields_key_from_env_and_metrics_key(db_url, embedder, stub_llm, tmp_path, monkeypatch):
+def test_operator_switches_allowed_fields_key_from_env_and_metrics_key(
+    db_url, embedder, stub_llm, tmp_path, monkeypatch
+):
     from fastapi.testclient import TestClient
 
     monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env")
@@ -298,7 +368,10 @@ def test_operator_switches_allowed_fields_key_from_env_and_metrics_key(db_url, e
     )
     config = ProxyConfig.from_file(path)
     assert config.models["m"].kwargs["api_key"] == "sk-from-env" and "api_key_env" not in config.models["m"].kwargs
-    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache, TestClient(create_app(cache, config)) as http:
+    with (
+        MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache,
+        TestClient(create_app(cache, config)) as http,
+    ):
         body = {"model": "m", "messages": [{"role": "user", "content": "Where is the office?"}], "num_retries": 0}
         first = http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-a"})
         assert first.status_code == 200 and stub_llm.calls[-1]["messages"][-1]["content"] == "Where is the office?"
@@ -317,5 +390,7 @@ def test_operator_switches_allowed_fields_key_from_env_and_metrics_key(db_url, e
 def test_a_nul_byte_on_postgresql_still_answers_the_client(pg_url, embedder, stub_llm):
     with serving(pg_url, embedder, stub_llm, ThresholdPolicy(0.8)) as (base, cache):
         response = post(base, {"model": "gpt-test", "messages": [{"role": "user", "content": "Say \u0000 twice"}]})
-        assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"].startswith("Answer to")
+        assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"].startswith(
+            "Answer to"
+        )
         assert cache.stats().entries == 0

@@ -7,11 +7,11 @@ import asyncio
 import threading
 
 import pytest
+from policies import AuditEveryHit, HoldEveryHit
 
 from memcache import CalibratedPolicy, MemCache, cache_info
-from memcache import cache as cache_module
-from memcache.policy import poisson_upper
-from policies import AuditEveryHit, HoldEveryHit
+from memcache import controller as controller_module
+from memcache.certify import poisson_upper
 
 MODEL = "openai/stub-strong"
 STORED = "Paris is the capital of France."
@@ -92,7 +92,12 @@ def test_failed_audit_writes_nothing_and_the_user_keeps_the_hit(make_cache, stub
     assert response.choices[0].message.content == STORED and cache_info(response).audited
     cache.wait_for_learning()
     after = cache.stats()
-    assert (after.entries, after.keys, after.labels, after.write_backs) == (before.entries, before.keys, before.labels, before.write_backs)
+    assert (after.entries, after.keys, after.labels, after.write_backs) == (
+        before.entries,
+        before.keys,
+        before.labels,
+        before.write_backs,
+    )
 
 
 def test_streamed_audited_hit_is_checked_without_streaming(make_cache, stub_llm, llm_kwargs):
@@ -120,7 +125,9 @@ def test_async_completion_audits_on_a_worker_thread(make_cache, stub_llm, llm_kw
     cache = make_cache()
 
     async def run():
-        response = await cache.acompletion(messages=[{"role": "user", "content": PARAPHRASE}], model=MODEL, **llm_kwargs)
+        response = await cache.acompletion(
+            messages=[{"role": "user", "content": PARAPHRASE}], model=MODEL, **llm_kwargs
+        )
         await cache.await_learning()
         return response
 
@@ -159,7 +166,7 @@ def test_decorated_functions_are_asked_after_the_stored_answer_is_returned(db_ur
 
 
 def test_too_many_unfinished_audits_make_callers_wait(db_url, embedder, monkeypatch):
-    monkeypatch.setattr(cache_module, "MAX_PENDING_AUDITS", 1)
+    monkeypatch.setattr(controller_module, "MAX_PENDING_AUDITS", 1)
     release = threading.Event()
     with MemCache(db_url, embedder=embedder, policy=AuditEveryHit(0.75)) as cache:
 

@@ -16,10 +16,18 @@ STORED = {
 }
 NEAR = ["passport renewal, how?", "renewing a passport", "which city is france's capital", "router reset steps"]
 FAR = [
-    "best sourdough starter ratio", "who painted the sistine chapel ceiling", "how deep is the mariana trench",
-    "recommend a sci-fi novel", "symptoms of vitamin d deficiency", "rules of cricket for beginners",
-    "how do volcanoes form", "tips for a marathon taper week", "history of the printing press",
-    "what do axolotls eat", "how to knit a scarf", "why is the sky blue",
+    "best sourdough starter ratio",
+    "who painted the sistine chapel ceiling",
+    "how deep is the mariana trench",
+    "recommend a sci-fi novel",
+    "symptoms of vitamin d deficiency",
+    "rules of cricket for beginners",
+    "how do volcanoes form",
+    "tips for a marathon taper week",
+    "history of the printing press",
+    "what do axolotls eat",
+    "how to knit a scarf",
+    "why is the sky blue",
 ]
 HOLD = 4
 

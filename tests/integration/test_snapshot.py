@@ -56,7 +56,9 @@ def test_cache_on_the_torch_index(db_url, embedder):
     """The GPU path's index, here on the CPU, under the real engine: hits, scopes, deletes."""
     from memcache.gpu_index import TorchIndex
 
-    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.75), index=TorchIndex(384, device="cpu")) as cache:
+    with MemCache(
+        db_url, embedder=embedder, policy=ThresholdPolicy(0.75), index=TorchIndex(384, device="cpu")
+    ) as cache:
         entry = cache.write_back("How do I renew my passport?", "Fill in form DS-82 and mail it.", tenant="a")
         assert cache.lookup("passport renewal: how?", tenant="a").hit.answer == "Fill in form DS-82 and mail it."
         assert cache.lookup("passport renewal: how?", tenant="b").hit is None

@@ -43,8 +43,12 @@ def _create_v1_store(url: str, embedder) -> None:
                 " :created, NULL, 0, true, NULL, 1, 0)"
             ),
             {
-                "scope_key": scope.key, "tenant": scope.tenant, "model": scope.model,
-                "scope_json": json.dumps(scope.__dict__), "answer": ANSWER, "answer_hash": text_hash(ANSWER),
+                "scope_key": scope.key,
+                "tenant": scope.tenant,
+                "model": scope.model,
+                "scope_json": json.dumps(scope.__dict__),
+                "answer": ANSWER,
+                "answer_hash": text_hash(ANSWER),
                 "created": created,
             },
         )
@@ -55,15 +59,26 @@ def _create_v1_store(url: str, embedder) -> None:
                     "INSERT INTO memcache_keys (entry_id, scope_key, query, normalized_hash, embedding, created_at)"
                     " VALUES (1, :scope_key, :query, :norm, :embedding, :created)"
                 ),
-                {"scope_key": scope.key, "query": query, "norm": text_hash(v1_normal_form(query)), "embedding": vector,
-                 "created": created},
+                {
+                    "scope_key": scope.key,
+                    "query": query,
+                    "norm": text_hash(v1_normal_form(query)),
+                    "embedding": vector,
+                    "created": created,
+                },
             )
-        conn.execute(sqlalchemy.text(
-            "INSERT INTO memcache_labels (features, correct, created_at) VALUES ('[0.9, 0.1, 1.0, 2.0, 0.0]', true, :c)"
-        ), {"c": created})
-        conn.execute(sqlalchemy.text(
-            "INSERT INTO memcache_changes (kind, entry_id, key_id, created_at) VALUES ('key', 1, 1, :c), ('key', 1, 2, :c)"
-        ), {"c": created})
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO memcache_labels (features, correct, created_at) VALUES ('[0.9, 0.1, 1.0, 2.0, 0.0]', true, :c)"
+            ),
+            {"c": created},
+        )
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO memcache_changes (kind, entry_id, key_id, created_at) VALUES ('key', 1, 1, :c), ('key', 1, 2, :c)"
+            ),
+            {"c": created},
+        )
     engine.dispose()
 
 
@@ -78,7 +93,7 @@ def _check_migrated(url: str, embedder) -> None:
             last_used = conn.execute(sqlalchemy.text("SELECT last_used_at FROM memcache_entries")).scalar_one()
             claimed = conn.execute(sqlalchemy.text("SELECT claimed_confidence FROM memcache_labels")).scalar_one()
         assert last_used is not None and claimed is None  # v3: labels from before have no audit claim
-        assert len(cache._centroids) == 1  # the entry with two keys has its centroid
+        assert len(cache.memory.centroids) == 1  # the entry with two keys has its centroid
         entry = cache.write_back("Where is the nearest branch?", "Use the branch finder.", paid=False)
         assert cache.store.least_recently_used(1) == [1] and entry.id == 2  # the old entry is evicted first
         assert cache.invalidate(entry.id)  # v4: the newest entry's id does not come back
@@ -133,18 +148,24 @@ def test_store_from_a_newer_library_is_refused_untouched(db_url):
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_bulk_insert_is_one_transaction_and_visible_to_a_cache(backend, tmp_path, request, embedder):
+    from memcache.eval.bulk import BulkRow, bulk_insert
     from memcache.scope import normalize
-    from memcache.store import BulkRow
 
     url = f"sqlite:///{tmp_path / 'bulk.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     scope = build_scope(tenant=None, model="bulk", params={}, earlier=[], extra_parts=[])
-    questions = ["How do I renew my passport?", "What is the capital of Australia?", "How many legs does a spider have?"]
+    questions = [
+        "How do I renew my passport?",
+        "What is the capital of Australia?",
+        "How many legs does a spider have?",
+    ]
     vectors = embedder.embed(questions)
-    rows = [BulkRow(scope, q, text_hash(normalize(q)), v, f"answer {i}") for i, (q, v) in enumerate(zip(questions, vectors))]
+    rows = [
+        BulkRow(scope, q, text_hash(normalize(q)), v, f"answer {i}") for i, (q, v) in enumerate(zip(questions, vectors))
+    ]
     store = Store(url)
-    assert store.bulk_insert(rows[:2]) == 2
+    assert bulk_insert(store, rows[:2]) == 2
     with pytest.raises(StoreError):  # "answer 1" is already stored in this scope: the whole batch fails
-        store.bulk_insert(rows[1:])
+        bulk_insert(store, rows[1:])
     assert store.counts()[:2] == (2, 2) and store.last_change_id() == 2
     store.close()
     with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.75)) as cache:

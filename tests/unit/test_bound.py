@@ -49,7 +49,9 @@ def run_stream(policy: CalibratedPolicy, seed: int, queries: int, served_centre:
 
 def test_a_stream_whose_true_error_is_known_stays_under_the_bound():
     bound, streams = 0.02, 12
-    results = [run_stream(CalibratedPolicy(bound, seed=seed, detect_shifts=False), seed, 1200) for seed in range(streams)]
+    results = [
+        run_stream(CalibratedPolicy(bound, seed=seed, detect_shifts=False), seed, 1200) for seed in range(streams)
+    ]
     rates = [w / h for h, w, _ in results if h]
     assert len(rates) >= streams - 2 and sum(h for h, _, _ in results) > 1000  # it serves
     assert np.mean(rates) <= bound

@@ -64,5 +64,7 @@ def test_gap_is_the_mean_similarity_to_the_keys_minus_theirs_to_one_another():
     for n, key in enumerate(keys[2:], start=3):
         centroids.add_key(4, key, n, lambda: pytest.fail("not read again"))
     assert centroids.gap(4, query) == pytest.approx(brute_gap(keys, query), abs=1e-5)
-    assert centroids.gap(4, keys[2], leave_out=keys[2]) == pytest.approx(brute_gap(keys[:2] + keys[3:], keys[2]), abs=1e-5)
+    assert centroids.gap(4, keys[2], leave_out=keys[2]) == pytest.approx(
+        brute_gap(keys[:2] + keys[3:], keys[2]), abs=1e-5
+    )
     assert centroids.gap(9, query) is None

@@ -77,8 +77,11 @@ def test_pairs_become_one_stream_of_groups(tmp_path):
     rows = pair_groups(pairs)
     label = {r.text: r.label for r in rows}
     assert len(rows) == 7  # each distinct question once (the two spellings of the Java one are one)
-    python = {label["How do I learn Python?"], label["What is the best way to learn Python?"],
-              label["Best resources for learning Python?"]}
+    python = {
+        label["How do I learn Python?"],
+        label["What is the best way to learn Python?"],
+        label["Best resources for learning Python?"],
+    }
     assert len(python) == 1 and OOS not in python  # joined transitively
     assert label["How do I learn Java?"] == label["Is Java hard?"] == OOS  # in no duplicate group
     assert label["Is coffee healthy?"] == label["Is coffee bad for you?"] not in python | {OOS}
@@ -92,9 +95,14 @@ def test_where_keeps_rows_by_field_and_limit_cuts_the_shuffled_stream(tmp_path):
     from memcache.eval.commands import load_stream, parse_where
 
     path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join(
-        json.dumps({"text": f"q{i}", "label": f"l{i % 3}", "split": "test", "domain": ["travel", "home", "work"][i % 3]})
-        for i in range(30)))
+    path.write_text(
+        "\n".join(
+            json.dumps(
+                {"text": f"q{i}", "label": f"l{i % 3}", "split": "test", "domain": ["travel", "home", "work"][i % 3]}
+            )
+            for i in range(30)
+        )
+    )
     where = parse_where(["domain=travel,home"])
     assert where == {"domain": {"travel", "home"}}
     stream = load_stream(str(path), "intents", "test", "text", "label", limit=5, where=where)

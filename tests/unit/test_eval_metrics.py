@@ -5,13 +5,22 @@ from memcache.eval.replay import QueryRecord
 
 
 def run(bound, seed, false_hit_rate, correct, strong):
-    return {"max_false_hit_rate": bound, "seed": seed, "false_hit_rate": false_hit_rate, "correct_hit_rate": correct,
-            "strong_calls": strong}
+    return {
+        "max_false_hit_rate": bound,
+        "seed": seed,
+        "false_hit_rate": false_hit_rate,
+        "correct_hit_rate": correct,
+        "strong_calls": strong,
+    }
 
 
 def test_across_seeds_groups_by_bound_and_counts_the_seeds_over_it():
-    runs = [run(0.02, 0, 0.015, 0.45, 0.60), run(0.02, 1, 0.021, 0.47, 0.58), run(0.02, 2, 0.012, 0.43, 0.62),
-            run(0.05, 0, 0.03, 0.55, 0.49)]
+    runs = [
+        run(0.02, 0, 0.015, 0.45, 0.60),
+        run(0.02, 1, 0.021, 0.47, 0.58),
+        run(0.02, 2, 0.012, 0.43, 0.62),
+        run(0.05, 0, 0.03, 0.55, 0.49),
+    ]
     tight, loose = across_seeds(runs)
     assert tight["max_false_hit_rate"] == 0.02 and tight["seeds"] == 3 and tight["seeds_over_bound"] == 1
     assert tight["false_hit_rate_mean"] == pytest.approx(0.016) and tight["false_hit_rate_max"] == 0.021
@@ -47,7 +56,9 @@ def hit(correct):
 def test_the_running_rate_is_judged_after_the_warm_up_and_the_first_hit_is_reported():
     from memcache.eval.metrics import WARMUP_HITS
 
-    records = [QueryRecord("miss", None, False, 0.5, 0.2, 1.0)] * 7 + [hit(False)] * 3 + [hit(True)] * (WARMUP_HITS + 50)
+    records = (
+        [QueryRecord("miss", None, False, 0.5, 0.2, 1.0)] * 7 + [hit(False)] * 3 + [hit(True)] * (WARMUP_HITS + 50)
+    )
     summary = summarize(records, max_false_hit_rate=0.02)
     assert summary["first_hit_query"] == 7
     assert summary["max_running_false_hit_rate"] == pytest.approx(3 / WARMUP_HITS)  # the worst from the 100th hit on
@@ -57,6 +68,8 @@ def test_the_running_rate_is_judged_after_the_warm_up_and_the_first_hit_is_repor
 
 
 def test_across_seeds_counts_the_streams_whose_running_rate_crossed_the_bound():
-    runs = [{**run(0.02, seed, 0.015, 0.45, 0.6), "max_running_false_hit_rate": worst}
-            for seed, worst in enumerate((0.019, 0.031, None, 0.02))]
+    runs = [
+        {**run(0.02, seed, 0.015, 0.45, 0.6), "max_running_false_hit_rate": worst}
+        for seed, worst in enumerate((0.019, 0.031, None, 0.02))
+    ]
     assert across_seeds(runs)[0]["seeds_crossed_after_warmup"] == 1

@@ -31,7 +31,12 @@ def unit(*values):
 def test_each_key_is_asked_again_without_itself_and_only_in_its_scope():
     search, window = ExactSearch(), HindsightWindow(100)
     entry_of = {1: 10, 2: 10, 3: 11, 4: 12}
-    for key, scope, vector in [(1, "a", unit(1, 0)), (2, "a", unit(1, 0.1)), (3, "a", unit(0, 1)), (4, "b", unit(1, 0))]:
+    for key, scope, vector in [
+        (1, "a", unit(1, 0)),
+        (2, "a", unit(1, 0.1)),
+        (3, "a", unit(0, 1)),
+        (4, "b", unit(1, 0)),
+    ]:
         search.add(scope, key, vector)
         window.add(key, scope, vector)
     examples = {e.key_id: e for e in window.examples(search.search, entry_of.get, k=5)}

@@ -1,10 +1,37 @@
 import memcache
 
 EXPECTED_ALL = {
-    "CacheEntry", "CacheHit", "CacheInfo", "CalibratedPolicy", "ConfigError", "Decision", "Embedder",
-    "EmbeddingError", "EmbeddingJudge", "EscalationError", "ExactJudge", "FaissIndex", "InvalidRequestError",
-    "Judge", "LLMJudge", "LookupResult", "MemCache", "MemcacheError", "Policy", "Scope",
-    "SentenceTransformerEmbedder", "ShiftDetector", "Stats", "Store", "StoreError", "ThresholdPolicy", "VectorIndex", "cache_info",
+    "CacheEntry",
+    "CacheHit",
+    "CacheInfo",
+    "CalibratedPolicy",
+    "ConfigError",
+    "Decision",
+    "Embedder",
+    "EmbeddingError",
+    "EmbeddingJudge",
+    "EscalationError",
+    "ExactJudge",
+    "FaissIndex",
+    "InvalidRequestError",
+    "Judge",
+    "LLMJudge",
+    "LearningPolicy",
+    "LookupResult",
+    "MemCache",
+    "MemcacheError",
+    "Policy",
+    "PolicyStatus",
+    "Scope",
+    "SentenceTransformerEmbedder",
+    "ShiftDetector",
+    "SnapshotError",
+    "Stats",
+    "Store",
+    "StoreError",
+    "ThresholdPolicy",
+    "VectorIndex",
+    "cache_info",
 }
 
 
@@ -13,7 +40,14 @@ def test_all_is_pinned():
 
 
 def test_every_error_is_a_memcache_error():
-    for name in ("InvalidRequestError", "ConfigError", "EmbeddingError", "StoreError", "EscalationError"):
+    for name in (
+        "InvalidRequestError",
+        "ConfigError",
+        "EmbeddingError",
+        "StoreError",
+        "EscalationError",
+        "SnapshotError",
+    ):
         assert issubclass(getattr(memcache, name), memcache.MemcacheError)
 
 

@@ -45,9 +45,7 @@ def test_a_negative_position_or_a_ramp_without_a_start_is_refused():
         shuffled(QUERIES, 0, oos_ramp=True)
 
 
-@pytest.mark.parametrize(
-    "options", [["--oos-from", "-1"], ["--format", "pairs", "--oos-from", "10"], ["--oos-ramp"]]
-)
+@pytest.mark.parametrize("options", [["--oos-from", "-1"], ["--format", "pairs", "--oos-from", "10"], ["--oos-ramp"]])
 def test_the_cli_refuses_an_oos_from_it_cannot_apply_before_loading_anything(tmp_path, capsys, options):
     from memcache.cli import main
 

@@ -17,7 +17,13 @@ def test_normalize_joins_whitespace_only():
 
 @pytest.mark.parametrize(
     "one, other",
-    [("What is 10² + 1?", "What is 102 + 1?"), ("½", "1⁄2"), ("Ⅳ", "IV"), ("H₂O", "H2O"), ("print('A  B')", "print('a b')")],
+    [
+        ("What is 10² + 1?", "What is 102 + 1?"),
+        ("½", "1⁄2"),
+        ("Ⅳ", "IV"),
+        ("H₂O", "H2O"),
+        ("print('A  B')", "print('a b')"),
+    ],
 )
 def test_exact_form_folds_no_case_and_no_compatibility_forms(one, other):
     assert normalize(one) != normalize(other)
@@ -42,9 +48,13 @@ def test_transport_params_do_not_change_the_key():
 
 def test_split_messages_takes_the_last_user_turn():
     turn = split_messages(
-        [{"role": "system", "content": "s"}, {"role": "user", "content": "one"},
-         {"role": "assistant", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "two"}]},
-         {"role": "assistant", "content": "prefill"}],
+        [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": [{"type": "text", "text": "two"}]},
+            {"role": "assistant", "content": "prefill"},
+        ],
         max_chars=1000,
     )
     assert turn.query == "two" and len(turn.earlier) == 3 and turn.query_extras == ()
@@ -53,8 +63,14 @@ def test_split_messages_takes_the_last_user_turn():
 
 @pytest.mark.parametrize(
     "messages",
-    [[], "hello", [{"role": "system", "content": "s"}], [{"content": "no role"}], [{"role": "user", "content": "  "}],
-     [{"role": "user", "content": 42}]],
+    [
+        [],
+        "hello",
+        [{"role": "system", "content": "s"}],
+        [{"content": "no role"}],
+        [{"role": "user", "content": "  "}],
+        [{"role": "user", "content": 42}],
+    ],
 )
 def test_bad_messages_are_refused(messages):
     with pytest.raises(InvalidRequestError):
@@ -62,7 +78,8 @@ def test_bad_messages_are_refused(messages):
 
 
 @pytest.mark.parametrize(
-    "text", ["", "   \n", 5, None, b"bytes", "bad \udcff utf-8", "x" * 101, "\x00\x00", "\u200b\u200d\ufeff", "\x00 \u200b"]
+    "text",
+    ["", "   \n", 5, None, b"bytes", "bad \udcff utf-8", "x" * 101, "\x00\x00", "\u200b\u200d\ufeff", "\x00 \u200b"],
 )
 def test_bad_text_is_refused(text):
     with pytest.raises(InvalidRequestError):
@@ -75,16 +92,25 @@ def conversation_scope(messages, **kwargs):
     return build_scope(earlier=turn.earlier, extra_parts=turn.query_extras, after=turn.after, **args).key
 
 
-WEATHER = [{"role": "user", "content": "What is the weather in Oslo?"},
-           {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
-            "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]}]
+WEATHER = [
+    {"role": "user", "content": "What is the weather in Oslo?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+        ],
+    },
+]
 
 
 @pytest.mark.parametrize(
     "after_one, after_other",
     [
-        ([{"role": "tool", "tool_call_id": "c1", "content": "72F sunny"}],
-         [{"role": "tool", "tool_call_id": "c1", "content": "-10F blizzard"}]),
+        (
+            [{"role": "tool", "tool_call_id": "c1", "content": "72F sunny"}],
+            [{"role": "tool", "tool_call_id": "c1", "content": "-10F blizzard"}],
+        ),
         ([{"role": "tool", "tool_call_id": "c1", "content": "72F sunny"}], []),
     ],
     ids=["tool-result", "tool-result-vs-none"],
@@ -108,11 +134,14 @@ def test_developer_and_system_are_one_instruction_channel_and_names_count():
         return conversation_scope([message, {"role": "user", "content": "hi"}])
 
     assert with_instruction({"role": "system", "content": "Be terse."}) == with_instruction(
-        {"role": "developer", "content": "Be terse."})
+        {"role": "developer", "content": "Be terse."}
+    )
     assert with_instruction({"role": "system", "content": "Be terse.", "name": "a"}) != with_instruction(
-        {"role": "system", "content": "Be terse.", "name": "b"})
+        {"role": "system", "content": "Be terse.", "name": "b"}
+    )
     assert conversation_scope([{"role": "user", "content": "What is my name?", "name": "alice"}]) != conversation_scope(
-        [{"role": "user", "content": "What is my name?", "name": "bob"}])
+        [{"role": "user", "content": "What is my name?", "name": "bob"}]
+    )
 
 
 def test_no_tenant_is_not_the_tenant_called_default():
@@ -165,8 +194,10 @@ def test_deep_nesting_is_a_typed_error_not_a_recursion_error():
     for _ in range(990):
         deep = [deep]
     with pytest.raises(InvalidRequestError, match="nested"):
-        split_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "data", "d": deep}]}],
-                       max_chars=100_000)
+        split_messages(
+            [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "data", "d": deep}]}],
+            max_chars=100_000,
+        )
     with pytest.raises(InvalidRequestError, match="nested"):
         scope(params={"tools": deep})
 

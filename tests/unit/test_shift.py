@@ -47,14 +47,18 @@ def test_a_gradual_change_is_seen_by_the_slow_scale():
     follows the change along without alarming; the (300, 900) scale sees it."""
     rng = np.random.default_rng(4)
     before = rng.normal(0.75, 0.08, 3000)
-    after = np.where(rng.random(3000) < np.linspace(0, 0.5, 3000), rng.normal(0.5, 0.08, 3000), rng.normal(0.75, 0.08, 3000))
+    after = np.where(
+        rng.random(3000) < np.linspace(0, 0.5, 3000), rng.normal(0.5, 0.08, 3000), rng.normal(0.75, 0.08, 3000)
+    )
     stream = np.concatenate([before, after])
     assert alarms(ShiftDetector(scales=((100, 300),)), stream) == []
     found = alarms(ShiftDetector(), stream)
     assert found and 3300 < found[0] < 5000  # and again after the cooldown while the change goes on
 
 
-@pytest.mark.parametrize("kwargs", [{"scales": ((5, 300),)}, {"scales": ((100, 0),)}, {"scales": ()}, {"quantile": 1.0}, {"z": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"scales": ((5, 300),)}, {"scales": ((100, 0),)}, {"scales": ()}, {"quantile": 1.0}, {"z": 0}]
+)
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         ShiftDetector(**kwargs)

@@ -1,0 +1,284 @@
+"""The controller: deciding each lookup, and learning from every answer that was paid for.
+
+It asks the policy, keeps the per-process counters, turns paid answers into labels, schedules
+the hindsight relabel, runs shadow audits (on worker threads or the caller's event loop),
+persists traffic-shift holds, restores what a learning policy learned from the store at start-up,
+and flushes hit counters. Every background thread or task it starts is waited for by `wait`
+(or `await_wait`) and released by `close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
+from dataclasses import replace
+from datetime import datetime
+
+import numpy as np
+
+from memcache.hindsight import HindsightWindow
+from memcache.judge import Judge
+from memcache.memory import Memory
+from memcache.policy import LearningPolicy, Policy, PolicyStatus
+from memcache.store import utcnow
+from memcache.types import CacheHit, Label, LookupResult, Scope
+
+NEIGHBOURS = 10  # in-scope keys the policy sees per lookup (its features are defined on ten)
+AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
+MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit makes its caller wait again
+HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
+COUNTERS = ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs")
+log = logging.getLogger("memcache")
+
+
+def _start_unless_running(current: threading.Thread | None, target: Callable[[], None], name: str) -> threading.Thread:
+    """`current` while it still runs, else a new daemon thread on `target`: one job of a kind at a time."""
+    if current is not None and current.is_alive():
+        return current
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+class Controller:
+    """Decides per lookup and learns per paid answer, for one `MemCache`.
+
+    Args:
+        policy: the decision rule; a `LearningPolicy` also gets labels from the store at start-up,
+            audit outcomes, hindsight labels and a persisted shift hold.
+        memory: where candidates, answers and entry records come from.
+        judge: whether a paid answer agrees with the nearest stored one (the label).
+        hindsight_window: recent paid keys asked again of today's index (0: off).
+        relabel_in_background: ask them on a thread (False: inline, for reproducible replays).
+        shadow_audits: serve an audited would-be hit while the strong model checks it.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        memory: Memory,
+        judge: Judge,
+        *,
+        hindsight_window: int = 4000,
+        relabel_in_background: bool = True,
+        shadow_audits: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.learning = policy if isinstance(policy, LearningPolicy) else None
+        self.memory = memory
+        self.store = memory.store
+        self.judge = judge
+        self.shadow_audits = shadow_audits
+        self.relabel_in_background = relabel_in_background
+        self._hindsight = HindsightWindow(hindsight_window if self.learning is not None else 0)
+        self._lock = threading.Lock()
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._pending_hits: dict[int, tuple[int, datetime]] = {}
+        self._flusher: threading.Thread | None = None
+        self._relabeler: threading.Thread | None = None
+        self._audits: set[Future] = set()  # shadow audits' strong calls still running (threads)
+        self._audit_tasks: set[asyncio.Task] = set()  # ... and on an event loop (async `cached`)
+        self._audit_pool: ThreadPoolExecutor | None = None
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Hand a learning policy what the store kept: audit claims (before the labels, whose
+        refit uses them), the newest labels it keeps, and a shift hold a restart interrupted."""
+        if self.learning is None:
+            return
+        self.learning.load_audit_claims(self.store.iter_audit_claims(limit=self.learning.claim_limit))
+        labels = list(self.store.iter_labels(limit=self.learning.label_limit))
+        if labels:
+            self.learning.load_labels(labels)
+        self.learning.resume_hold(self.store.shift_hold_left())
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def decide(self, query: str, scope: Scope, vector: np.ndarray) -> LookupResult:
+        """Ask the policy about the nearest in-scope entries; serve a hit if its answer still lives."""
+        candidates = self.memory.candidates(scope.key, vector, NEIGHBOURS)
+        decision = self.policy.decide(candidates, self.memory.entry_stats)
+        if (
+            decision.shift_detected and self.learning is not None
+        ):  # one store write per alarm: a restart resumes the hold
+            self.store.start_shift_hold(self.learning.shift_hold_audits)
+        hit = None
+        if decision.action == "hit":
+            row = self.memory.answer(decision.entry_id, scope.key)
+            if row is None:  # expired or deleted since it was indexed
+                decision = replace(decision, action="miss")
+            else:
+                self.count_hit(decision.entry_id, exact=False)
+                hit = CacheHit(
+                    row.answer, decision.entry_id, decision.similarity, decision.confidence, payload=row.payload
+                )
+        with self._lock:
+            self._counters["lookups"] += hit is None
+            self._counters["misses"] += decision.action == "miss"
+            self._counters["audits"] += decision.action == "audit"
+        return LookupResult(hit, decision, scope, query, embedding=vector)
+
+    def shadow_hit(self, result: LookupResult) -> CacheHit | None:
+        """The stored answer an audit may serve while the strong model checks it, else None
+        (see `MemCache.shadow_hit`)."""
+        decision = result.decision
+        if not self.shadow_audits or result.hit is not None or decision.action != "audit" or decision.held:
+            return None
+        if decision.entry_id is None or self.pending_audits >= MAX_PENDING_AUDITS:
+            return None
+        row = self.memory.answer(decision.entry_id, result.scope.key)
+        if row is None:
+            return None
+        self.count_hit(decision.entry_id, exact=False, new_lookup=False)  # the lookup was counted as an audit
+        return CacheHit(row.answer, decision.entry_id, decision.similarity, decision.confidence, payload=row.payload)
+
+    def status(self) -> PolicyStatus:
+        """The policy's bound, estimate, claim check and shift hold, as one record."""
+        if self.learning is not None:
+            return self.learning.status()
+        return PolicyStatus(max_false_hit_rate=self.policy.max_false_hit_rate)
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counters)
+
+    def count_hit(self, entry_id: int, *, exact: bool, new_lookup: bool = True) -> None:
+        """Count a served hit here, and buffer it for the entry's counters in the store."""
+        with self._lock:
+            self._counters["lookups"] += new_lookup
+            self._counters["hits"] += 1
+            self._counters["exact_hits"] += exact
+            count, _ = self._pending_hits.get(entry_id, (0, None))
+            self._pending_hits[entry_id] = (count + 1, utcnow())
+            if len(self._pending_hits) >= HIT_FLUSH_AT:  # off the lookup's path: the write would
+                # otherwise land in one unlucky hit's latency
+                self._flusher = _start_unless_running(self._flusher, self.flush, "memcache-hit-counters")
+
+    def flush(self) -> None:
+        """Write buffered hit counters to the store."""
+        with self._lock:
+            pending, self._pending_hits = self._pending_hits, {}
+        self.store.record_hits(pending)
+
+    # -- learning -----------------------------------------------------------------------------
+
+    def label(self, result: LookupResult, answer: str) -> Label | None:
+        """Turn a paid answer into a label: would the nearest entry (not served) have been right?"""
+        decision = result.decision
+        if decision.entry_id is None or not decision.features:
+            return None
+        reference = self.store.answer_of(decision.entry_id)
+        if reference is None or reference.scope_key != result.scope.key:
+            return None
+        agreed = bool(self.judge.same_answer(result.query, answer, reference.answer))
+        claimed = decision.confidence if decision.action == "audit" else None
+        return Label(tuple(decision.features), agreed, decision.entry_id, claimed)
+
+    def learn(self, label: Label | None, key_id: int | None, scope_key: str, vector: np.ndarray) -> None:
+        """Teach the policy a stored label, and remember the paid key for hindsight."""
+        if label is not None:
+            if label.claimed_confidence is not None and self.learning is not None:
+                self.learning.observe_audit(
+                    label.claimed_confidence, label.correct
+                )  # before the refit `observe` may run
+            self.policy.observe(label.features, label.correct, key=key_id)  # a hindsight label may replace it later
+            self.memory.record_check(label.entry_id, label.correct)
+        if key_id is not None and self._hindsight.add(key_id, scope_key, vector):
+            self._start_relabel()
+
+    def _start_relabel(self) -> None:
+        if not self.relabel_in_background:
+            self._relabel()
+            return
+        with self._lock:  # while one still asks, the next due point asks again with what came since
+            self._relabeler = _start_unless_running(self._relabeler, self._relabel, "memcache-hindsight")
+
+    def _relabel(self) -> None:
+        """Ask the hindsight window again of today's index and hand the labels to the policy."""
+        index = self.memory.index
+        if index is None or self.learning is None:
+            return
+        examples = self._hindsight.examples(index.search, self.memory.entry_of, NEIGHBOURS, self.memory.centroids)
+        self.learning.set_hindsight(examples, dict(self.memory.entry_stats))
+
+    # -- shadow audits ----------------------------------------------------------------------------
+
+    @property
+    def pending_audits(self) -> int:
+        return len(self._audits) + len(self._audit_tasks)
+
+    def audit_later(self, ask: Callable[[], str | None], write: Callable[[str], object], entry_id: int | None) -> None:
+        """Run a shadow audit's strong call on an audit thread; its answer goes to `write`."""
+
+        def run() -> None:
+            try:
+                text = ask()
+                if isinstance(text, str) and text.strip():
+                    write(text)
+            except Exception as exc:  # noqa: BLE001 - the user already has an answer; a failed audit writes nothing
+                log.warning("shadow audit of entry %s failed, nothing written back: %s", entry_id, exc)
+
+        with self._lock:
+            if self._audit_pool is None:
+                self._audit_pool = ThreadPoolExecutor(max_workers=AUDIT_WORKERS, thread_name_prefix="memcache-audit")
+            future = self._audit_pool.submit(run)
+            self._audits.add(future)
+
+        def done(finished: Future) -> None:
+            with self._lock:
+                self._audits.discard(finished)
+
+        future.add_done_callback(done)
+
+    def aaudit_later(
+        self, ask: Callable[[], Awaitable[object]], write: Callable[[str], Awaitable[object]], entry_id: int | None
+    ) -> None:
+        """Like `audit_later`, for a coroutine strong model: a task on the caller's event loop."""
+
+        async def run() -> None:
+            try:
+                text = await ask()
+                if isinstance(text, str) and text.strip():
+                    await write(text)
+            except Exception as exc:  # noqa: BLE001 - as in audit_later
+                log.warning("shadow audit of entry %s failed, nothing written back: %s", entry_id, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._audit_tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._audit_tasks.discard)
+
+    # -- waiting and closing ----------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Block until background learning is done: shadow audits on worker threads, then the
+        hindsight relabel they may have started, then a hit-counter flush under way."""
+        with self._lock:
+            audits = list(self._audits)
+        wait_for_futures(audits)
+        for thread in (self._relabeler, self._flusher):
+            if thread is not None:
+                thread.join()
+
+    async def await_tasks(self) -> None:
+        """Wait for shadow audits running on this event loop."""
+        await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        """Wait for background work, flush hit counters, release the audit threads."""
+        try:
+            self.wait()
+            self.flush()
+        finally:
+            if self._audit_pool is not None:
+                self._audit_pool.shutdown(wait=False)
