@@ -31,7 +31,10 @@ NEIGHBOURS = 10  # in-scope keys the policy sees per lookup (its features are de
 AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
 MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit makes its caller wait again
 HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
-COUNTERS = ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs")
+COUNTERS = (
+    "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
+    "spend_micro_usd",
+)  # fmt: skip
 log = logging.getLogger("memcache")
 
 
@@ -76,7 +79,8 @@ class Controller:
         self.relabel_in_background = relabel_in_background
         self._hindsight = HindsightWindow(hindsight_window if self.learning is not None else 0)
         self._lock = threading.Lock()
-        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._counters = dict.fromkeys(COUNTERS, 0)  # this process's, since it started
+        self._unflushed = dict.fromkeys(COUNTERS, 0)  # ... not yet added to the store's lifetime totals
         self._pending_hits: dict[int, tuple[int, datetime]] = {}
         self._flusher: threading.Thread | None = None
         self._relabeler: threading.Thread | None = None
@@ -118,9 +122,9 @@ class Controller:
                     row.answer, decision.entry_id, decision.similarity, decision.confidence, payload=row.payload
                 )
         with self._lock:
-            self._counters["lookups"] += hit is None
-            self._counters["misses"] += decision.action == "miss"
-            self._counters["audits"] += decision.action == "audit"
+            self._add("lookups", int(hit is None))
+            self._add("misses", int(decision.action == "miss"))
+            self._add("audits", int(decision.action == "audit"))
         return LookupResult(hit, decision, scope, query, embedding=vector)
 
     def shadow_hit(self, result: LookupResult) -> CacheHit | None:
@@ -145,9 +149,19 @@ class Controller:
 
     # -- counters -----------------------------------------------------------------------------
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
-            self._counters[name] += 1
+            self._add(name, amount)
+
+    def _add(self, name: str, amount: int) -> None:  # hold the lock
+        self._counters[name] += amount
+        self._unflushed[name] += amount
+
+    def record_strong_call(self, spend_micro_usd: int) -> None:
+        """Count one call of the strong model that memcache made, and what it cost."""
+        with self._lock:
+            self._add("strong_calls", 1)
+            self._add("spend_micro_usd", spend_micro_usd)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -156,9 +170,9 @@ class Controller:
     def count_hit(self, entry_id: int, *, exact: bool, new_lookup: bool = True) -> None:
         """Count a served hit here, and buffer it for the entry's counters in the store."""
         with self._lock:
-            self._counters["lookups"] += new_lookup
-            self._counters["hits"] += 1
-            self._counters["exact_hits"] += exact
+            self._add("lookups", int(new_lookup))
+            self._add("hits", 1)
+            self._add("exact_hits", int(exact))
             count, _ = self._pending_hits.get(entry_id, (0, None))
             self._pending_hits[entry_id] = (count + 1, utcnow())
             if len(self._pending_hits) >= HIT_FLUSH_AT:  # off the lookup's path: the write would
@@ -166,10 +180,11 @@ class Controller:
                 self._flusher = _start_unless_running(self._flusher, self.flush, "memcache-hit-counters")
 
     def flush(self) -> None:
-        """Write buffered hit counters to the store."""
+        """Write buffered hit counters, and this process's counts since the last flush, to the store."""
         with self._lock:
             pending, self._pending_hits = self._pending_hits, {}
-        self.store.record_hits(pending)
+            counts, self._unflushed = self._unflushed, dict.fromkeys(COUNTERS, 0)
+        self.store.record_usage(pending, counts)
 
     # -- learning -----------------------------------------------------------------------------
 

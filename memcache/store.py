@@ -26,6 +26,7 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import sqlalchemy
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -55,7 +56,7 @@ from memcache.errors import StoreError
 from memcache.scope import normalize
 from memcache.types import CacheEntry, Label, Scope
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 T = TypeVar("T")
 
 
@@ -150,6 +151,14 @@ class ChangeRow(Base):
     entry_id: Mapped[int] = mapped_column(Integer)
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CounterRow(Base):
+    """Lifetime totals of all processes on this store (lookups, hits, strong calls, spend, ...)."""
+
+    __tablename__ = "memcache_counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 @dataclass(frozen=True)
@@ -384,8 +393,18 @@ def _sqlite_autoincrement(conn: Connection) -> None:
         raise StoreError(f"rebuilding the tables would break {len(broken)} references; the store was left as it was")
 
 
+def _migrate_4_to_5(conn: Connection) -> None:
+    """v5: `memcache_counters`, so `memcache stats` shows the store's history, not one process's."""
+    CounterRow.__table__.create(conn)
+
+
 # step from version N to N + 1; each runs inside the locked schema transaction
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
+}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -565,20 +584,34 @@ class Store:
                                      payload, label, now),
         )  # fmt: skip
 
-    def record_hits(self, counts: dict[int, tuple[int, datetime]]) -> None:
-        """Apply buffered hit counters: {entry_id: (hits, last_hit_at)}."""
-        if not counts:
+    def record_usage(self, hits: dict[int, tuple[int, datetime]], counts: dict[str, int]) -> None:
+        """Add buffered hit counters of entries ({entry_id: (hits, last_hit_at)}) and lifetime
+        counter increments ({name: increment}), in one transaction."""
+        if not hits and not any(counts.values()):
             return
 
         def work(conn: Connection) -> None:
-            for entry_id, (hits, last) in sorted(counts.items()):  # one lock order for every writer
+            for entry_id, (count, last) in sorted(hits.items()):  # one lock order for every writer
                 conn.execute(
                     update(EntryRow)
                     .where(EntryRow.id == entry_id)
-                    .values(hit_count=EntryRow.hit_count + hits, last_hit_at=last, last_used_at=last)
+                    .values(hit_count=EntryRow.hit_count + count, last_hit_at=last, last_used_at=last)
                 )
+            for name, increment in sorted(counts.items()):
+                if (
+                    increment
+                    and not conn.execute(
+                        update(CounterRow).where(CounterRow.name == name).values(value=CounterRow.value + increment)
+                    ).rowcount
+                ):
+                    conn.execute(CounterRow.__table__.insert().values(name=name, value=increment))
 
-        self._transact("recording hits", work)
+        self._transact("recording usage", work)
+
+    def lifetime_counts(self) -> dict[str, int]:
+        """Every lifetime counter of the store."""
+        with self._read("reading counters") as conn:
+            return {name: int(value) for name, value in conn.execute(select(CounterRow.name, CounterRow.value))}
 
     def delete_entries(self, entry_ids: Iterable[int]) -> tuple[int, list[int]]:
         """Delete entries and their keys; return (entries deleted, key ids to drop from the index)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -176,7 +177,11 @@ class Stats:
     """Counters since this process opened the cache, plus store totals.
 
     `audits` counts every audit; an audit served while it is checked (a shadow audit) is also
-    one of the `hits`, an escalated one is neither a hit nor a miss. The policy's figures are
+    one of the `hits`, an escalated one is neither a hit nor a miss. `strong_calls` counts the
+    strong model's calls memcache made itself (`completion`, `cached`, their audits), and
+    `spend_micro_usd` their cost as LiteLLM priced it (millionths of a dollar; streams and
+    unpriced models add nothing). `lifetime` holds the same counters summed over every process
+    that used the store, this one's included. The policy's figures are
     those of `PolicyStatus` (`target`: the rate its cut-off is certified against now). `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
     `CalibratedPolicy.claim_ratio`); None for policies without one. `shifts_detected` counts the
@@ -202,6 +207,9 @@ class Stats:
     claim_ratio: float | None = None
     shifts_detected: int | None = None
     shift_hold_remaining: int | None = None
+    strong_calls: int = 0
+    spend_micro_usd: int = 0
+    lifetime: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
