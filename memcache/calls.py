@@ -58,8 +58,11 @@ def served_flow(cache: MemCache, result: LookupResult, *, asynchronous: bool) ->
     return (yield (cache._off_loop if asynchronous else flow.now)(cache.shadow_hit, result))
 
 
-def completion_flow(cache: MemCache, messages, model, tenant, kwargs, *, asynchronous: bool) -> flow.Flow[Any]:
-    """`MemCache.completion`, written once."""
+def completion_flow(
+    cache: MemCache, messages, model, tenant, kwargs, *, asynchronous: bool, result: LookupResult | None = None
+) -> flow.Flow[Any]:
+    """`MemCache.completion`, written once; from `result` when the caller has looked up already
+    (the command line serves a hit without importing LiteLLM)."""
     stream = _streams(messages, kwargs)
     model = model or cache.strong_model
     if not model:
@@ -67,13 +70,14 @@ def completion_flow(cache: MemCache, messages, model, tenant, kwargs, *, asynchr
             "no model: pass model=... or construct MemCache(strong_model=...) "
             "(on the command line: --model, or MEMCACHE_STRONG_MODEL)"
         )
-    result = yield from lookup_flow(cache, messages, model, tenant, kwargs, asynchronous=asynchronous)
+    if result is None:
+        result = yield from lookup_flow(cache, messages, model, tenant, kwargs, asynchronous=asynchronous)
     served = yield from served_flow(cache, result, asynchronous=asynchronous)
     replay = llm.AsyncCacheStream if asynchronous else llm.CacheStream
     if served is not None:
         if result.hit is None:  # checked on a worker thread, so it outlives the caller's event loop
             checked = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
-            ask = functools.partial(llm.answer_text, model, list(messages), **checked)
+            ask = functools.partial(_check, cache, model, list(messages), checked)
             cache.controller.audit_later(ask, cache._writer(result, model, False), result.decision.entry_id)
         info = info_of(result, served=served)
         return (
@@ -83,12 +87,20 @@ def completion_flow(cache: MemCache, messages, model, tenant, kwargs, *, asynchr
         )
     call = llm.acompletion if asynchronous else llm.completion
     response = yield lambda: call(model, list(messages), **kwargs)
+    cache.controller.record_strong_call(llm.cost_micro_usd(response))
     write = cache._writer(result, model, asynchronous)
     if stream:
         return replay(response, info_of(result), write)
     text = llm.verified_text(response)
     stored = text is not None and (yield lambda: write(text))
     return llm.attach(response, info_of(result, stored=stored))
+
+
+def _check(cache: MemCache, model: str, messages: list, kwargs: dict) -> str | None:
+    """A shadow audit's strong call: the verified text of one answer, counted and priced."""
+    response = llm.completion(model, messages, **kwargs)
+    cache.controller.record_strong_call(llm.cost_micro_usd(response))
+    return llm.verified_text(response)
 
 
 def cached(cache: MemCache, func: Callable | None, *, model: str | None, tenant: str | None):
@@ -98,7 +110,10 @@ def cached(cache: MemCache, func: Callable | None, *, model: str | None, tenant:
         name = model or checks.function_name(fn)
 
         def steps(request, args: tuple, kwargs: dict, asynchronous: bool) -> flow.Flow[Any]:
-            call = functools.partial(fn, request, *args, **kwargs)
+            def call():  # the function is the strong model: each run is a strong call
+                cache.controller.record_strong_call(0)
+                return fn(request, *args, **kwargs)
+
             params = {"fn_args": list(args), "fn_kwargs": kwargs}
             return _cached_flow(cache, call, request, params, name, tenant, asynchronous=asynchronous)
 

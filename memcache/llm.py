@@ -7,6 +7,7 @@ LiteLLM exception as `__cause__`; nothing is written back after a failure.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -16,6 +17,8 @@ from memcache.errors import EscalationError
 from memcache.types import CacheInfo
 
 NORMAL_FINISH = frozenset({"stop", "end_turn", "eos"})
+MAX_ERROR_CHARS = 300
+log = logging.getLogger("memcache")
 
 
 def _litellm():
@@ -28,23 +31,48 @@ def _litellm():
     return litellm
 
 
+def _call_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What LiteLLM is called with. `caching=False`: memcache is the cache, and a `litellm.cache`
+    the application set elsewhere must not answer for the strong model (its answer would be
+    written back and audits checked against it). A server named by `api_base`, with no key given
+    or set, gets a placeholder key: LiteLLM's OpenAI client refuses to call without one, and a
+    local server needs none."""
+    kwargs = {**kwargs, "caching": False}
+    if kwargs.get("api_base") and not kwargs.get("api_key") and not os.environ.get("OPENAI_API_KEY"):
+        kwargs["api_key"] = "no-key"
+    return kwargs
+
+
+def _failed(model: str, exc: Exception) -> EscalationError:
+    """One line for the user (LiteLLM's texts can run to a traceback and a long bug-report URL);
+    the whole exception stays as `__cause__` and in the debug log."""
+    log.debug("strong model %r failed", model, exc_info=exc)
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if len(first) > MAX_ERROR_CHARS:
+        first = first[: MAX_ERROR_CHARS - 1] + "…"
+    return EscalationError(f"strong model {model!r} failed: {first}")
+
+
 def completion(model: str, messages: list, **kwargs: Any):
     try:
-        return _litellm().completion(model=model, messages=messages, **kwargs)
+        return _litellm().completion(model=model, messages=messages, **_call_kwargs(kwargs))
     except Exception as exc:
-        raise EscalationError(f"strong model {model!r} failed: {exc}") from exc
+        raise _failed(model, exc) from exc
 
 
 async def acompletion(model: str, messages: list, **kwargs: Any):
     try:
-        return await _litellm().acompletion(model=model, messages=messages, **kwargs)
+        return await _litellm().acompletion(model=model, messages=messages, **_call_kwargs(kwargs))
     except Exception as exc:
-        raise EscalationError(f"strong model {model!r} failed: {exc}") from exc
+        raise _failed(model, exc) from exc
 
 
-def answer_text(model: str, messages: list, **kwargs: Any) -> str | None:
-    """The verified text of one strong call (a shadow audit's check), or None."""
-    return verified_text(completion(model, messages, **kwargs))
+def cost_micro_usd(response: Any) -> int:
+    """What LiteLLM priced a completed call at, in millionths of a dollar (0 where it could not:
+    a stream, a model missing from its price table)."""
+    hidden = getattr(response, "_hidden_params", None)
+    cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    return round(float(cost) * 1e6) if isinstance(cost, (int, float)) else 0
 
 
 def verified_text(response: Any) -> str | None:

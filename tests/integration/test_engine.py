@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
@@ -259,6 +258,7 @@ def test_llm_failures_propagate_and_write_nothing(cache, llm_kwargs, prompt):
     with pytest.raises(EscalationError) as info:
         ask(cache, prompt, {**llm_kwargs, "timeout": 1})
     assert info.value.__cause__ is not None
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400  # one line; the rest is in __cause__
     assert cache.stats().entries == 0
 
 
@@ -355,9 +355,9 @@ def test_calibrated_policy_learns_from_paid_answers_and_survives_restart(db_url,
         assert restarted.labels == 39
 
 
-def test_cli_ask_stats_forget(tmp_path, stub_llm):
-    env = {**os.environ, "MEMCACHE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    base = [sys.executable, "-m", "memcache.cli"]
+def test_cli_ask_stats_forget(tmp_path, stub_llm, cli):
+    env = {"MEMCACHE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    base = []  # the command line, in-process (the `cli` fixture)
     ask = base + [
         "ask",
         "What is the largest planet?",
@@ -368,27 +368,27 @@ def test_cli_ask_stats_forget(tmp_path, stub_llm):
         "--api-key",
         "k",
     ]
-    first = subprocess.run(ask, env=env, capture_output=True, text=True, timeout=120)
+    first = cli(ask, env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "Answer to: What is the largest planet?" and "[miss" in first.stderr
-    second = subprocess.run(ask, env=env, capture_output=True, text=True, timeout=120)
+    second = cli(ask, env)
     assert "[hit" in second.stderr
-    stats = subprocess.run(base + ["stats", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    stats = cli(base + ["stats", "--json"], env)
     assert '"entries": 1' in stats.stdout
     dump = tmp_path / "dump.jsonl"
-    exported = subprocess.run(base + ["export", str(dump)], env=env, capture_output=True, text=True, timeout=120)
+    exported = cli(base + ["export", str(dump)], env)
     assert "exported 1 entries" in exported.stdout
-    forget = subprocess.run(base + ["forget", "--default-tenant"], env=env, capture_output=True, text=True, timeout=120)
+    forget = cli(base + ["forget", "--default-tenant"], env)
     assert "deleted 1 entries" in forget.stdout
-    imported = subprocess.run(base + ["import", str(dump)], env=env, capture_output=True, text=True, timeout=120)
+    imported = cli(base + ["import", str(dump)], env)
     assert "imported 1 query keys" in imported.stdout
-    assert "[hit" in subprocess.run(ask, env=env, capture_output=True, text=True, timeout=120).stderr
+    assert "[hit" in cli(ask, env).stderr
     snap = tmp_path / "index.snap"
-    written = subprocess.run(base + ["snapshot", str(snap)], env=env, capture_output=True, text=True, timeout=120)
+    written = cli(base + ["snapshot", str(snap)], env)
     assert f"written to {snap}" in written.stdout and snap.exists()
-    with_snap = subprocess.run(ask + ["--snapshot", str(snap)], env=env, capture_output=True, text=True, timeout=120)
+    with_snap = cli(ask + ["--snapshot", str(snap)], env)
     assert "[hit" in with_snap.stderr, with_snap.stderr
-    bad = subprocess.run(base + ["ask", "   ", "--model", MODEL], env=env, capture_output=True, text=True, timeout=120)
+    bad = cli(base + ["ask", "   ", "--model", MODEL], env)
     assert bad.returncode == 2 and "empty" in bad.stderr
 
 

@@ -63,3 +63,15 @@ def test_unverified_answers_are_not_stored(backend, llm_kwargs):
     with pytest.raises(litellm.InternalServerError):
         call("FAIL-500 anything", llm_kwargs)
     assert backend.memcache.stats().entries == 0
+
+
+def test_a_litellm_cache_set_by_the_application_never_answers_for_the_strong_model(
+    backend, tmp_path, embedder, stub_llm, llm_kwargs
+):
+    """memcache is the cache: with `litellm.cache` set, its own strong call still reaches the model."""
+    question = "Name the largest planet in the solar system."
+    call(question, llm_kwargs)  # now in litellm.cache (the backend)
+    calls = len(stub_llm.calls)
+    with MemCache(f"sqlite:///{tmp_path / 'own.db'}", embedder=embedder, strong_model=MODEL) as cache:
+        response = cache.completion(messages=[{"role": "user", "content": question}], **llm_kwargs)
+    assert cache_info(response).outcome == "miss" and len(stub_llm.calls) == calls + 1
