@@ -10,6 +10,7 @@ and returned as they were: message type, content, metadata.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from memcache.errors import ConfigError
 from memcache.types import CacheHit
 
 try:
+    from langchain_core._api import LangChainBetaWarning
     from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
     from langchain_core.load import dumps, loads
     from langchain_core.messages import AIMessage, AIMessageChunk
@@ -86,7 +88,9 @@ class MemCacheSemanticCache(BaseCache):
     @staticmethod
     def _generations(hit: CacheHit, chat: bool) -> list[Generation]:
         if hit.payload:
-            return loads(hit.payload, allowed_objects=_ALLOWED)
+            with warnings.catch_warnings():  # `loads` is a beta API; the warning is ours to carry, not the user's
+                warnings.simplefilter("ignore", LangChainBetaWarning)
+                return loads(hit.payload, allowed_objects=_ALLOWED)
         if chat:
             return [ChatGeneration(message=AIMessage(content=hit.answer))]
         return [Generation(text=hit.answer)]

@@ -1,4 +1,4 @@
-"""The `memcache` command: ask, stats, forget, invalidate, export, import, snapshot, serve, eval, calibrate, bench.
+"""The `memcache` command: demo, ask, stats, forget, invalidate, export, import, snapshot, serve, eval, calibrate, bench.
 
 Sits on top of everything (it may import eval); the engine never imports it. Heavy modules
 (the embedding model, LiteLLM) are imported by the commands that need them.
@@ -41,7 +41,9 @@ def _open(args: argparse.Namespace, **overrides):
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from memcache.cache import cache_info
+    """Looks up first: a hit is printed without importing LiteLLM (the slowest import left on
+    this path); anything else goes on through the completion flow from that lookup."""
+    from memcache import calls, flow
 
     if not args.model:
         print(f"memcache: error: no model: pass --model provider/name or set {MODEL_ENV}", file=sys.stderr)
@@ -49,10 +51,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in (("api_base", args.api_base), ("api_key", args.api_key)) if v}
     if args.mock_response is not None:
         kwargs["mock_response"] = args.mock_response
+    messages = [{"role": "user", "content": args.question}]
     with _open(args) as cache:
-        response = cache.completion(messages=[{"role": "user", "content": args.question}], tenant=args.tenant, **kwargs)
-        info = cache_info(response)
-        print(response.choices[0].message.content)
+        result = cache.lookup(messages, model=args.model, tenant=args.tenant, **kwargs)
+        if result.hit is not None:
+            answer, info = result.hit.answer, calls.info_of(result, served=result.hit)
+        else:
+            run = calls.completion_flow(
+                cache, messages, args.model, args.tenant, kwargs, asynchronous=False, result=result
+            )
+            response = flow.run(run)
+            answer, info = response.choices[0].message.content, calls.cache_info(response)
+        print(answer)
         if info is not None:
             sim = "-" if info.similarity is None else f"{info.similarity:.3f}"
             print(
@@ -64,12 +74,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with _open(args) as cache:
-        stats = cache.stats()
+        stats = asdict(cache.stats())
     if args.json:
-        print(json.dumps(asdict(stats), indent=2))
-    else:
-        for name, value in asdict(stats).items():
-            print(f"{name:28s} {value}")
+        print(json.dumps(stats, indent=2))
+        return 0
+    lifetime = stats.pop("lifetime")
+    counters = ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs",
+                "strong_calls", "spend_micro_usd")  # fmt: skip
+    print("store (every process, since it was created)")
+    for name in ("entries", "keys", "labels"):
+        print(f"  {name:28s} {stats.pop(name)}")
+    for name in counters:
+        print(f"  {name:28s} {lifetime.get(name, 0)}")
+    print("policy")
+    for name in ("max_false_hit_rate", "estimated_false_hit_rate", "target", "claim_ratio", "shifts_detected",
+                 "shift_hold_remaining"):  # fmt: skip
+        print(f"  {name:28s} {stats.pop(name)}")
     return 0
 
 
@@ -233,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     from memcache.eval.bench import add_bench_command
     from memcache.eval.commands import add_eval_commands
+    from memcache.eval.demo import add_demo_command
 
+    add_demo_command(sub)
     add_eval_commands(sub)
     add_bench_command(sub)
     return parser

@@ -165,11 +165,14 @@ def check_text(text: Any, *, what: str, max_chars: int) -> str:
     return text
 
 
-def _check_name(value: Any, *, what: str) -> str:
-    """A tenant or model name: non-empty printable text of at most 255 characters."""
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise InvalidRequestError(f"{what} must be a non-empty string of at most 255 characters")
-    if any(unicodedata.category(char) == "Cc" for char in value) or not value.strip():
+def _check_name(value: Any, *, what: str, max_chars: int | None, printable: bool) -> str:
+    """A tenant or model name: non-empty text, valid UTF-8, without NUL (a store cannot keep it);
+    a tenant is also printable and at most 255 characters (a model may be a long parameter string,
+    as LangChain's is)."""
+    if not isinstance(value, str) or not value.strip() or (max_chars is not None and len(value) > max_chars):
+        limit = "" if max_chars is None else f" of at most {max_chars} characters"
+        raise InvalidRequestError(f"{what} must be a non-empty string{limit}")
+    if "\x00" in value or (printable and any(unicodedata.category(char) == "Cc" for char in value)):
         raise InvalidRequestError(f"{what} must be printable text (no control characters such as NUL)")
     try:
         value.encode("utf-8")
@@ -272,8 +275,8 @@ def build_scope(
     it form the context fingerprint. Unknown parameters count as answer-changing, which can only
     cost hits, never leak.
     """
-    tenant = DEFAULT_TENANT if tenant is None else _check_name(tenant, what="tenant")
-    _check_name(model, what="model")
+    tenant = DEFAULT_TENANT if tenant is None else _check_name(tenant, what="tenant", max_chars=255, printable=True)
+    _check_name(model, what="model", max_chars=None, printable=False)
     system = [_instruction(m) for m in earlier if m.get("role") in ("system", "developer")]
     context = [dict(m) for m in earlier if m.get("role") not in ("system", "developer")]
     answer_params = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and v is not None}

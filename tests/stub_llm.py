@@ -24,7 +24,7 @@ def default_answer(prompt: str) -> str:
 
 
 class StubLLM:
-    def __init__(self, answer_for=default_answer) -> None:
+    def __init__(self, answer_for=default_answer, port: int = 0) -> None:
         self.answer_for = answer_for
         self.calls: list[dict] = []
         self._lock = threading.Lock()
@@ -117,7 +117,7 @@ class StubLLM:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
