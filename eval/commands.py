@@ -12,7 +12,7 @@ from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import WARMUP_HITS, across_seeds, summarize
-from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs
+from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs, shuffled, static_replay
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
 from memcache.types import Decision
 
@@ -54,6 +54,33 @@ class Stream:
         if self.kind == "pairs":  # no out-of-scope queries: run_eval refuses --oos-from here
             return replay_pairs(self.items, **options)
         return replay_intents(self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, limit=self.limit, **options)
+
+    def sweep(self, thresholds, embedder, *, seed: int, warm=(), oos_from=None, oos_ramp=False) -> list[dict]:
+        """One row per static cosine cut-off on the stream in `seed`'s order. Intent streams are
+        computed from one similarity matrix (`static_replay`); pairs streams replay the engine."""
+        if self.kind == "pairs":
+            return [
+                {"threshold": t, **summarize(self.replay(ThresholdPolicy(t), embedder, seed=seed))} for t in thresholds
+            ]
+        order = shuffled(self.items, seed, oos_from, oos_ramp)[: self.limit]
+        vectors = embedder.embed([q.text for q in order])
+        warm_vectors = embedder.embed([q.text for q in warm]) if warm else None
+        rows = []
+        for threshold, (hits, wrong) in static_replay(order, vectors, thresholds, warm, warm_vectors).items():
+            n = len(order)
+            rows.append(
+                {
+                    "threshold": threshold,
+                    "queries": n,
+                    "hits": hits,
+                    "wrong_hits": wrong,
+                    "hit_rate": hits / n if n else 0.0,
+                    "false_hit_rate": wrong / hits if hits else 0.0,
+                    "correct_hit_rate": (hits - wrong) / n if n else 0.0,
+                    "strong_calls": (n - hits) / n if n else 0.0,  # every miss; static cut-offs audit nothing
+                }
+            )
+        return rows
 
 
 def _splits(value: str | None) -> tuple[set[str] | None, bool]:
@@ -236,16 +263,9 @@ def run_eval(args: argparse.Namespace) -> dict:
             runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     sweep = []
     if args.sweep:
-        for threshold in SWEEP_THRESHOLDS:
-            records = stream.replay(
-                ThresholdPolicy(threshold),
-                embedder,
-                seed=seeds[0],
-                warm=warm,
-                oos_from=args.oos_from,
-                oos_ramp=args.oos_ramp,
-            )
-            sweep.append({"threshold": threshold, **summarize(records)})
+        sweep = stream.sweep(
+            SWEEP_THRESHOLDS, embedder, seed=seeds[0], warm=warm, oos_from=args.oos_from, oos_ramp=args.oos_ramp
+        )
     report = {
         "data": str(args.data),
         "format": args.format,

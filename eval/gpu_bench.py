@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--real", type=int, default=50_000, help="real questions encoded and stored")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the throughput run")
+    parser.add_argument("--queries", type=int, default=500, help="single queries timed for the hit p50")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         load_s = time.perf_counter() - start
         lookup = served_by(cache)
         encode = lambda text: embedder.encode_batch([text])  # noqa: E731 - the floor
-        hit, floor = paired(lookup, asked[:500], encode)
+        hit, floor = paired(lookup, asked[: args.queries], encode)
         bench_args = argparse.Namespace(rounds=1, seconds=args.seconds)
         rates = interleaved_throughput(lookup, asked, (1, 32, 128), bench_args)
         result = {

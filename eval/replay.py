@@ -240,3 +240,37 @@ def replay_pairs(
                     cache.write_back(result, answer)
         cache.close()
     return records
+
+
+def static_replay(
+    queries: Sequence[LabeledQuery],
+    vectors: np.ndarray,
+    thresholds: Sequence[float],
+    warm: Sequence[LabeledQuery] = (),
+    warm_vectors: np.ndarray | None = None,
+) -> dict[float, tuple[int, int]]:
+    """{threshold: (hits, wrong hits)} of static cosine cut-offs on one ordered stream.
+
+    The engine's semantics with `ThresholdPolicy`, computed directly from one similarity matrix
+    instead of one engine replay per cut-off: the nearest stored query at or above the cut-off
+    serves its answer, a miss stores the query; `warm` queries are stored first. Out-of-scope
+    answers fit nothing. tests/integration/test_eval.py checks it against the engine.
+    """
+    keys = vectors if warm_vectors is None or not len(warm) else np.vstack([warm_vectors, vectors])
+    similarity = vectors @ keys.T
+    labels = [q.label for q in warm] + [q.label for q in queries]
+    first = len(warm)
+    out = {}
+    for threshold in thresholds:
+        stored: list[int] = list(range(first))
+        hits = wrong = 0
+        for i in range(len(queries)):
+            if stored:
+                j = stored[int(np.argmax(similarity[i, stored]))]
+                if similarity[i, j] >= threshold - 1e-9:
+                    hits += 1
+                    wrong += labels[j] != labels[first + i] or labels[first + i] == OOS
+                    continue
+            stored.append(first + i)
+        out[threshold] = (hits, wrong)
+    return out

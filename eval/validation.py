@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from memcache.embedding import SentenceTransformerEmbedder
-from memcache.eval.data import OOS, LabeledQuery, load_intents
+from memcache.eval.data import load_intents
 from memcache.eval.metrics import summarize
-from memcache.eval.replay import MemoEmbedder, replay_intents, shuffled
+from memcache.eval.replay import MemoEmbedder, replay_intents, shuffled, static_replay
 from memcache.policy import CalibratedPolicy, Policy
 
 FAMILIES = {
@@ -53,32 +53,6 @@ def streams_of(family: str) -> list[ShortStream]:
         ShortStream("+".join(c) + "/test", "three domains, test, 1,350", c, ("test",))
         for c in itertools.combinations(domains, 3)
     ]
-    return out
-
-
-def static_replay(
-    queries: Sequence[LabeledQuery], vectors: np.ndarray, thresholds: Sequence[float]
-) -> dict[float, tuple[int, int]]:
-    """{threshold: (hits, wrong hits)} of static cosine cut-offs on one ordered stream.
-
-    The engine's semantics with `ThresholdPolicy`, computed directly: the nearest stored query at or
-    above the cut-off serves its answer, a miss stores the query. Out-of-scope answers fit nothing.
-    """
-    similarity = vectors @ vectors.T
-    labels = [q.label for q in queries]
-    out = {}
-    for threshold in thresholds:
-        stored: list[int] = []
-        hits = wrong = 0
-        for i in range(len(queries)):
-            if stored:
-                j = stored[int(np.argmax(similarity[i, stored]))]
-                if similarity[i, j] >= threshold - 1e-9:
-                    hits += 1
-                    wrong += labels[j] != labels[i] or labels[i] == OOS
-                    continue
-            stored.append(i)
-        out[threshold] = (hits, wrong)
     return out
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 
-from memcache import CalibratedPolicy
+from memcache import CalibratedPolicy, ThresholdPolicy
+from memcache.eval.commands import Stream
 from memcache.eval.data import OOS, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import summarize
 from memcache.eval.replay import MemoEmbedder, replay_intents, replay_pairs
@@ -113,6 +112,18 @@ def test_shadow_audits_serve_what_escalated_audits_answer(clinc_subset, memo):
     assert s["hits"] == e["hits"] + e["audits"] and s["false_hit_rate"] <= BOUND
 
 
+@pytest.mark.parametrize("threshold", [0.75, 0.9])
+def test_the_static_sweep_computes_what_the_engine_serves(clinc_subset, memo, threshold):
+    """`memcache eval --sweep` computes static cut-offs from one similarity matrix; the engine agrees."""
+    warm, rows = clinc_subset[:100], clinc_subset[100:]
+    stream = Stream("intents", rows)
+    options = {"seed": 4, "warm": warm, "oos_from": 300, "oos_ramp": True}
+    engine = summarize(stream.replay(ThresholdPolicy(threshold), memo, **options))
+    (computed,) = stream.sweep([threshold], memo, **options)
+    assert (computed["hits"], computed["wrong_hits"]) == (engine["hits"], engine["wrong_hits"])
+    assert computed["strong_calls"] == pytest.approx(engine["strong_calls"])
+
+
 def test_quora_pairs_near_duplicates_do_not_break_the_bound(data_dir, embedder):
     pairs = load_pairs(data_dir / "qqp_pairs_dev.jsonl")[:1500]
     memo = MemoEmbedder(embedder)
@@ -134,14 +145,12 @@ def test_quora_groups_stream_holds_the_bound(data_dir, embedder):
     assert report["false_hit_rate"] <= 0.02, report
 
 
-def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
+def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, cli):
     data = tmp_path / "subset.jsonl"
     data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
-    cli = [sys.executable, "-m", "memcache.cli"]
     calibration = tmp_path / "calibration.json"
-    out = subprocess.run(
-        cli
-        + [
+    out = cli(
+        [
             "calibrate",
             str(data),
             "--splits",
@@ -150,17 +159,13 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
             str(BOUND),
             "--out",
             str(calibration),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
     assert out.returncode == 0, out.stderr
     assert CalibratedPolicy.from_file(calibration).labels > 1000
     report_path, plot = tmp_path / "report.json", tmp_path / "report.png"
-    out = subprocess.run(
-        cli
-        + [
+    out = cli(
+        [
             "eval",
             str(data),
             "--splits",
@@ -180,10 +185,7 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
             "500",
             "--oos-ramp",
             "--all-columns",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(report_path.read_text())
@@ -219,16 +221,13 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, clinc_subset):
+def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, clinc_subset, cli):
     """`--audit-seed` separates the audit coin from the shuffle: same stream, one run per coin."""
     data = tmp_path / "subset.jsonl"
     data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
     report_path = tmp_path / "coins.json"
-    out = subprocess.run(
+    out = cli(
         [
-            sys.executable,
-            "-m",
-            "memcache.cli",
             "eval",
             str(data),
             "--seed",
@@ -241,10 +240,7 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
             str(report_path),
             "--oos-from",
             "500",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(report_path.read_text())
