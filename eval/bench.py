@@ -162,18 +162,24 @@ def served_by(cache: MemCache) -> Callable[[str], str]:
     return lookup
 
 
-def paired(fn: Callable, items: Sequence, floor_fn: Callable, block: int = 25) -> tuple[list[float], list[float]]:
-    """Time `fn(item)` and `floor_fn(item)` (ms) in alternating blocks, so drift of a noisy
-    machine hits both alike. Blocks, not single calls: the lookup encodes on the embedder's
-    worker thread and the floor on this one, and torch's OpenMP pool of one thread spins for a
-    while after each call, slowing a call from the other thread that comes right after it."""
-    measured, floor = [], []
+def alternating(items: Sequence, calls: Sequence[Callable], block: int = 25) -> list[list[float]]:
+    """Time each of `calls` on every item (ms) in alternating blocks, so drift of a noisy
+    machine hits all alike. Blocks, not single calls: the lookup encodes on the embedder's
+    worker thread and the floor on this one, and a thread pool that spins for a while after
+    each call slows a call from the other thread that comes right after it."""
+    times: list[list[float]] = [[] for _ in calls]
     for lo in range(0, len(items), block):
-        for sink, call in ((floor, floor_fn), (measured, fn)):
+        for sink, call in zip(times, calls):
             for item in items[lo : lo + block]:
                 start = time.perf_counter()
                 call(item)
                 sink.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def paired(fn: Callable, items: Sequence, floor_fn: Callable, block: int = 25) -> tuple[list[float], list[float]]:
+    """(times of `fn`, times of `floor_fn`), alternating (see `alternating`)."""
+    floor, measured = alternating(items, (floor_fn, fn), block)
     return measured, floor
 
 
@@ -246,6 +252,14 @@ def recall_at_1(cache: MemCache, queries: np.ndarray, vectors: np.ndarray) -> fl
     return float(np.mean(sims[:, 0] >= exact - 1e-5))
 
 
+def torch_encoder(embedder) -> Callable[[str], object]:
+    """Single-query encode of the embedder's model by torch on the CPU (built once)."""
+    from memcache.embedding import shared_encoder
+
+    encoder = shared_encoder(embedder.model_name, "cpu", "torch", embedder.inner_batch_size)
+    return lambda text: encoder.encode([text])
+
+
 def bench_size(n: int, work: Workload, embedder, args, directory: Path) -> dict:
     texts, vectors = work.keys(n)
     url = f"sqlite:///{directory / f'bench_{n}.db'}"
@@ -263,7 +277,9 @@ def bench_size(n: int, work: Workload, embedder, args, directory: Path) -> dict:
     exact_q = [texts[i] for i in rng.choice(popular, args.repeats)]
     lookup = served_by(cache)
     exact, floor_e = paired(lookup, exact_q, encode)
-    hit, floor_h = paired(lookup, work.paraphrases, encode)
+    # torch's single-query encode of the same model: what a cache that embeds with PyTorch pays
+    # (GPTCache's SBERT, LangChain's and RedisVL's sentence-transformers embeddings)
+    hit, floor_h, torch_h = alternating(work.paraphrases, (lookup, encode, torch_encoder(embedder)))
     floor = statistics.median(floor_e + floor_h)
     rates = interleaved_throughput(lookup, work.unseen, (1, 8, 32), args)
     ceiling = encoder_batching(embedder, work.unseen)
@@ -278,6 +294,11 @@ def bench_size(n: int, work: Workload, embedder, args, directory: Path) -> dict:
         "hit_p99_ms": percentile(hit, 99),
         "hit_p50_ratio": statistics.median(hit) / statistics.median(floor_h),
         "hit_p99_ratio": percentile(hit, 99) / percentile(floor_h, 99),
+        "backend": embedder.backend_in_use,
+        "torch_floor_p50_ms": statistics.median(torch_h),
+        "torch_floor_p99_ms": percentile(torch_h, 99),
+        "hit_p50_vs_torch": statistics.median(hit) / statistics.median(torch_h),
+        "hit_p99_vs_torch": percentile(hit, 99) / percentile(torch_h, 99),
         "exact_p50_ms": statistics.median(exact),
         "exact_p99_ms": percentile(exact, 99),
         "lookups_per_s": rates,
@@ -388,16 +409,19 @@ def markdown(results: dict) -> str:
         f"(first {sizes[0]['real_keys']:,}), then synthetic keys near them (see eval/bench.py). Lookups: real "
         "questions, encoded by the real all-MiniLM-L6-v2 on the CPU.",
         "",
-        "| entries | index | floor p50 ms | hit p50 ms | hit p99 ms | p50 / floor | p99 / floor p99 | exact p50 ms "
+        "| entries | index | floor p50 ms | torch floor p50 ms | hit p50 ms | hit p99 ms | p50 / floor "
+        "| p50 / torch floor | p99 / floor p99 | p99 / torch p99 | exact p50 ms "
         "| recall@1 | lookups/s 1 / 8 / 32 | 32 vs 1 | encoder alone 32 vs 1 | bytes / entry | cold: rebuild s "
         "| cold: snapshot s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sizes:
         rates = r["lookups_per_s"]
         lines.append(
             f"| {r['entries']:,} | {'HNSW' if r['approximate'] else 'flat'} | {r['floor_p50_ms']:.1f} | "
-            f"{r['hit_p50_ms']:.1f} | {r['hit_p99_ms']:.1f} | {r['hit_p50_ratio']:.2f}x | {r['hit_p99_ratio']:.2f}x | "
+            f"{r['torch_floor_p50_ms']:.1f} | {r['hit_p50_ms']:.1f} | {r['hit_p99_ms']:.1f} | "
+            f"{r['hit_p50_ratio']:.2f}x | {r['hit_p50_vs_torch']:.2f}x | {r['hit_p99_ratio']:.2f}x | "
+            f"{r['hit_p99_vs_torch']:.2f}x | "
             f"{r['exact_p50_ms']:.3f} | {r['recall_at_1']:.3f} | "
             f"{rates['1']:.0f} / {rates['8']:.0f} / {rates['32']:.0f} | {r['scaling_32_vs_1']:.1f}x | "
             f"{r['encoder_32_vs_1']:.1f}x | "
@@ -405,8 +429,10 @@ def markdown(results: dict) -> str:
         )
     lines += ["", "## Targets", "", *targets(results), ""]
     lines += [
-        "How to read it: *floor* is the model's own single-query encode (`SentenceTransformer.encode`), timed in "
-        "blocks alternating with the lookups it is compared with; *hit* is `MemCache.lookup` of a paraphrase of a "
+        "How to read it: *floor* is the model's own single-query encode by the backend in use "
+        f"({sizes[0].get('backend', 'torch')}), and *torch floor* the same model's single-query encode by PyTorch "
+        "(`SentenceTransformer.encode`: what GPTCache, LangChain or RedisVL pay with this model), both timed in "
+        "blocks alternating with the lookups they are compared with; *hit* is `MemCache.lookup` of a paraphrase of a "
         "stored question that is served (encode, search in scope, decision, answer); *exact* is a repeat of a "
         "stored question (no encode). *lookups/s* is distinct questions asked by 1, 8 or 32 threads at once "
         "(median of interleaved rounds); *encoder alone* is the model encoding 32 texts per call over 1 per call, "
@@ -448,13 +474,13 @@ def targets(results: dict) -> list[str]:
 
     out = []
     by_size = {r["entries"]: r for r in results["sizes"]}
-    for n, bound in ((100_000, 1.3), (1_000_000, 1.5)):
+    for n, bound in ((100_000, 0.5), (1_000_000, 0.6)):
         r = by_size.get(n)
-        if r:
-            ok = r["hit_p50_ratio"] <= bound and r["hit_p99_ratio"] <= bound
+        if r and "hit_p50_vs_torch" in r:
             out.append(
-                f"- hit within {bound}x of the floor at {n:,}: p50 {r['hit_p50_ratio']:.2f}x, "
-                f"p99 {r['hit_p99_ratio']:.2f}x: {verdict(ok)}"
+                f"- hit p50 <= {bound}x of the torch floor at {n:,}: {r['hit_p50_vs_torch']:.2f}x "
+                f"(of the {r['backend']} floor in use: {r['hit_p50_ratio']:.2f}x): "
+                f"{verdict(r['hit_p50_vs_torch'] <= bound)}"
             )
     for r in results["sizes"]:
         out.append(
@@ -473,9 +499,9 @@ def targets(results: dict) -> list[str]:
     if g and "skipped" not in g:
         lower = g["memcache"]["hit_p99_ms"] < g["gptcache"]["hit_p99_ms"]
         out.append(
-            f"- >= 2x GPTCache's lookups/s with 8 callers, lower p99: {g['lookups_ratio_8']:.2f}x, p99 "
+            f"- >= 3x GPTCache's lookups/s with 8 callers, lower p99: {g['lookups_ratio_8']:.2f}x, p99 "
             f"{g['memcache']['hit_p99_ms']:.1f} vs {g['gptcache']['hit_p99_ms']:.1f} ms: "
-            f"{verdict(g['lookups_ratio_8'] >= 2 and lower)}"
+            f"{verdict(g['lookups_ratio_8'] >= 3 and lower)}"
         )
     return out
 

@@ -63,6 +63,8 @@ class MemCache:
         shadow_audits: where memcache calls the strong model itself, serve an audited would-be hit
             at once and let the strong model check it in the background (False: the caller waits).
         device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder and index.
+        embedding_backend: "auto" (ONNX Runtime on the CPU, torch on CUDA), "onnx" or "torch", for
+            the default embedder; None reads MEMCACHE_EMBEDDING_BACKEND.
         seed: seed for the policy's audit coin (reproducible replays).
         progress: show a progress bar while a large index is rebuilt from the store.
         sync_interval: seconds between checks of what other processes wrote or deleted (None: never).
@@ -90,6 +92,7 @@ class MemCache:
         relabel_in_background: bool = True,
         shadow_audits: bool = True,
         device: str = "auto",
+        embedding_backend: str | None = None,
         seed: int | None = None,
         progress: bool = False,
         sync_interval: float | None = 0.5,
@@ -109,7 +112,9 @@ class MemCache:
         self.max_entries = max_entries
         self.policy = policy
         self.embedder = (
-            embedder if embedder is not None else SentenceTransformerEmbedder(embedding_model, device=device)
+            embedder
+            if embedder is not None
+            else SentenceTransformerEmbedder(embedding_model, device=device, backend=embedding_backend)
         )
         self.store = (
             store if store is not None else Store(DEFAULT_DATABASE_URL if database_url is None else database_url)
@@ -347,11 +352,14 @@ class MemCache:
         return self.controller.status()
 
     def stats(self) -> Stats:
-        """Counters of this process and totals of the store."""
+        """Counters of this process, the store's lifetime counters, and its totals."""
         self.flush()
         entries, keys, labels = self.store.counts()
         status = asdict(self.controller.status())
-        return Stats(entries=entries, keys=keys, labels=labels, **status, **self.controller.counters())
+        lifetime = self.store.lifetime_counts()
+        return Stats(
+            entries=entries, keys=keys, labels=labels, **status, **self.controller.counters(), lifetime=lifetime
+        )
 
     # -- background work and closing ----------------------------------------------------------
 

