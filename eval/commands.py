@@ -11,7 +11,7 @@ from pathlib import Path
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import WARMUP_HITS, across_seeds, summarize
+from memcache.eval.metrics import WARMUP_HITS, across_seeds, hit_rates, summarize
 from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs, shuffled, static_replay
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
 from memcache.types import Decision
@@ -74,9 +74,7 @@ class Stream:
                     "queries": n,
                     "hits": hits,
                     "wrong_hits": wrong,
-                    "hit_rate": hits / n if n else 0.0,
-                    "false_hit_rate": wrong / hits if hits else 0.0,
-                    "correct_hit_rate": (hits - wrong) / n if n else 0.0,
+                    **hit_rates(n, hits, wrong),
                     "strong_calls": (n - hits) / n if n else 0.0,  # every miss; static cut-offs audit nothing
                 }
             )

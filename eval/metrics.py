@@ -26,6 +26,16 @@ def running_false_hit_rates(records: Sequence[QueryRecord]) -> list[tuple[int, f
     return out
 
 
+def hit_rates(queries: int, hits: int, wrong: int) -> dict:
+    """The shares every report gives, from its counts (0.0 where a count is zero)."""
+    return {
+        "hit_rate": hits / queries if queries else 0.0,
+        "false_hit_rate": wrong / hits if hits else 0.0,
+        "error_rate": wrong / queries if queries else 0.0,
+        "correct_hit_rate": (hits - wrong) / queries if queries else 0.0,
+    }
+
+
 def summarize(
     records: Sequence[QueryRecord], *, max_false_hit_rate: float | None = None, claimed: float | None = None
 ) -> dict:
@@ -55,10 +65,7 @@ def summarize(
         "wrong_hits": wrong,
         "misses": misses,
         "audits": audits,
-        "hit_rate": hits / n if n else 0.0,
-        "false_hit_rate": wrong / hits if hits else 0.0,
-        "error_rate": wrong / n if n else 0.0,
-        "correct_hit_rate": (hits - wrong) / n if n else 0.0,
+        **hit_rates(n, hits, wrong),
         "reusable_rate": sum(r.reusable for r in records) / n if n else 0.0,
         "strong_calls": sum(r.paid for r in records) / n if n else 0.0,  # misses + audits
         "lookup_p50_ms": float(np.percentile(latencies, 50)),

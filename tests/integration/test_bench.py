@@ -17,6 +17,12 @@ from memcache.cli import main
 from memcache.eval import gpu_bench
 
 
+def run_module(cwd, module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m memcache.eval.MODULE ARGS` in a fresh process, as the docs run it."""
+    command = [sys.executable, "-m", f"memcache.eval.{module}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ}, cwd=cwd)
+
+
 def test_bench_writes_every_figure_and_the_table(tmp_path, data_dir):
     out, figures = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
     code = main(
@@ -85,25 +91,8 @@ def test_gpu_script_dry_run_on_cpu(data_dir, capsys):
 
 def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
     figures = tmp_path / "policy.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memcache.eval.policy_bench",
-            "--sizes",
-            "20000",
-            "--max-labels",
-            "1000",
-            "--refits",
-            "1",
-            "--json",
-            str(figures),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ},
-        cwd=tmp_path,
+    done = run_module(
+        tmp_path, "policy_bench", "--sizes", "20000", "--max-labels", "1000", "--refits", "1", "--json", str(figures)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     capped, every = json.loads(figures.read_text())["rows"]
@@ -116,24 +105,7 @@ def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
 
 def test_relabel_bench_reports_each_setup(tmp_path):
     figures = tmp_path / "relabel.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "memcache.eval.relabel_bench",
-            "--keys",
-            "3000",
-            "--window",
-            "500",
-            "--json",
-            str(figures),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ},
-        cwd=tmp_path,
-    )
+    done = run_module(tmp_path, "relabel_bench", "--keys", "3000", "--window", "500", "--json", str(figures))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(figures.read_text())["rows"]
     assert [r["setup"] for r in rows] == ["pieces, shared lock", "one batch, shared lock", "one batch, plain lock"]
