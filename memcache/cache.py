@@ -109,16 +109,11 @@ class MemCache:
                 else CalibratedPolicy(max_false_hit_rate, seed=seed)
             )
         self.strong_model, self.max_query_chars, self.ttl, self.verify = strong_model, max_query_chars, ttl, verify
-        self.max_entries = max_entries
-        self.policy = policy
-        self.embedder = (
-            embedder
-            if embedder is not None
-            else SentenceTransformerEmbedder(embedding_model, device=device, backend=embedding_backend)
-        )
-        self.store = (
-            store if store is not None else Store(DEFAULT_DATABASE_URL if database_url is None else database_url)
-        )
+        self.max_entries, self.policy = max_entries, policy
+        if embedder is None:
+            embedder = SentenceTransformerEmbedder(embedding_model, device=device, backend=embedding_backend)
+        self.embedder = embedder
+        self.store = store if store is not None else Store(database_url or DEFAULT_DATABASE_URL)  # "" refused above
         self.memory = Memory(
             self.store, index=index, device=device, sync_interval=sync_interval, snapshot=snapshot, progress=progress
         )
