@@ -240,6 +240,8 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
             str(report_path),
             "--oos-from",
             "500",
+            "--limit",
+            "800",  # the coins' plumbing; the bound on the whole subset is test_bound_held_on_clinc_over_seeds
         ]
     )
     assert out.returncode == 0, out.stderr

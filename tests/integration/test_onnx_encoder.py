@@ -113,7 +113,7 @@ def test_the_backend_is_chosen_by_argument_or_environment(monkeypatch, tmp_path)
 
 def test_the_encoder_comparison_replays_one_stream_per_encoder(data_dir, capsys):
     report = backends.main(
-        [str(data_dir / "clinc150.jsonl"), "--splits", "test", "--encoders", "onnx,int8", "--limit", "300"]
+        [str(data_dir / "clinc150.jsonl"), "--splits", "test", "--encoders", "onnx,int8", "--limit", "150"]
     )
     assert report["onnx"]["same_outcome"] == 1.0 and 0 < report["int8"]["same_outcome"] <= 1.0
     assert report["int8"]["single_encode_p50_ms"] > 0 and "int8 {" in capsys.readouterr().out
