@@ -184,7 +184,16 @@ class Controller:
         with self._lock:
             pending, self._pending_hits = self._pending_hits, {}
             counts, self._unflushed = self._unflushed, dict.fromkeys(COUNTERS, 0)
-        self.store.record_usage(pending, counts)
+        try:
+            self.store.record_usage(pending, counts)
+        except Exception:  # kept for the next flush: a failed write must not lose what it counted
+            with self._lock:
+                for entry_id, (count, last) in pending.items():
+                    newer, when = self._pending_hits.get(entry_id, (0, last))
+                    self._pending_hits[entry_id] = (count + newer, max(last, when))
+                for name, amount in counts.items():
+                    self._unflushed[name] += amount
+            raise
 
     # -- learning -----------------------------------------------------------------------------
 

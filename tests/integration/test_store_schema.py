@@ -172,3 +172,18 @@ def test_bulk_insert_is_one_transaction_and_visible_to_a_cache(backend, tmp_path
     store.close()
     with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.75)) as cache:
         assert cache.lookup("passport renewal: how?", model="bulk").hit.answer == "answer 0"
+
+
+def test_a_failed_counter_write_keeps_the_counts_for_the_next_flush(db_url, embedder, monkeypatch):
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
+        entry = cache.write_back("How do I reset my password?", ANSWER, paid=False)
+        assert cache.lookup("How do I reset my password?").hit.exact
+        real = cache.store.record_usage
+        monkeypatch.setattr(cache.store, "record_usage", lambda *a: (_ for _ in ()).throw(StoreError("disk full")))
+        with pytest.raises(StoreError):
+            cache.flush()
+        monkeypatch.setattr(cache.store, "record_usage", real)
+        assert cache.lookup("How do I reset my password?").hit.exact
+        cache.flush()
+        assert cache.store.lifetime_counts() == {"lookups": 2, "hits": 2, "exact_hits": 2, "write_backs": 1}
+        assert cache.get(entry.id).hit_count == 2
