@@ -47,7 +47,7 @@ class AsyncEmbedder(Embedder, Protocol):
 BACKEND_ENV = "MEMCACHE_EMBEDDING_BACKEND"
 BACKENDS = ("auto", "onnx", "torch")
 
-_ENCODERS: dict[tuple[str, str, str], object] = {}
+_ENCODERS: dict[tuple[str, str, str, int], object] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
@@ -80,7 +80,7 @@ def shared_encoder(name: str, device: str, backend: str, inner_batch_size: int =
     """The encoder for (model, device, backend), built once per process: caches opened side by
     side share one copy of the weights. `backend="auto"` is ONNX Runtime on the CPU when it can
     run the model, else torch, with one logged line saying why."""
-    key = (name, device, backend)
+    key = (name, device, backend, inner_batch_size)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
             _ENCODERS[key] = _build_encoder(name, device, backend, inner_batch_size)

@@ -25,6 +25,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def cache_root() -> Path:
     return Path(base) / "memcache"
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -67,7 +68,7 @@ class ModelLayout:
         self.folder = Path(folder)
         config = _read_json(self.folder / "sentence_bert_config.json")
         pooling = _read_json(self.folder / "1_Pooling" / "config.json")
-        modules = _read_json(self.folder / "modules.json") if (self.folder / "modules.json").exists() else []
+        modules = _read_json(self.folder / "modules.json") or []  # {} when missing or unreadable
         kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules] if isinstance(modules, list) else []
         self.max_length = int(config.get("max_seq_length") or 512)
         self.dimension = int(pooling.get("word_embedding_dimension") or 0)
