@@ -8,8 +8,9 @@
 `/healthz`. Without configured keys, an `X-Memcache-Tenant` header names the tenant instead
 (for proxies behind your own auth). Every response says what the cache did in
 `X-Memcache-Cache` (hit/miss/audit), `X-Memcache-Similarity`, `X-Memcache-Confidence` and
-`X-Memcache-Entry` (an opaque token, stable per entry); `X-Memcache-Audited: true` marks a hit
-that the upstream model checks in the background (a shadow audit).
+`X-Memcache-Entry` (an opaque token, stable per entry); `X-Memcache-Path` says who answered
+(memory, cheap or strong: see `[cheap]` in the config); `X-Memcache-Audited: true` marks an
+answer that the upstream model checks in the background (a shadow audit).
 
 A client chooses the model name and the answer-changing parameters (`FORWARDED_PARAMS`), nothing
 else: where the call goes, with which key, and any test or transport field are the operator's.
@@ -39,7 +40,7 @@ import numpy as np
 from memcache.cache import MemCache, cache_info
 from memcache.errors import ConfigError, EscalationError, InvalidRequestError, MemcacheError
 from memcache.scope import build_scope
-from memcache.types import CacheInfo, PolicyStatus
+from memcache.types import CacheInfo, PolicyStatus, saving_micro_usd
 
 try:
     from fastapi import FastAPI, Request
@@ -48,6 +49,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ConfigError.missing_extra("server", "fastapi") from exc
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PATH_COUNTERS = (
+    "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "saving_micro_usd",
+)  # fmt: skip
 MAX_BODY_BYTES = 8 * 1024 * 1024  # default bound on a request body (images as data URLs fit)
 MAX_BODY_NESTING = 64  # deepest nesting of lists and objects in a body (memcache.scope.MAX_NESTING)
 log = logging.getLogger("memcache.proxy")
@@ -101,6 +105,9 @@ class ProxyConfig:
     model = "openai/gpt-4o-mini"    # the LiteLLM model it maps to; other keys are LiteLLM arguments:
     api_base = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"  # the upstream key, read from this variable (or api_key = "...")
+    [cheap]                         # optional: a cheap model that may answer from the nearest stored
+    model = "openai/gpt-4o-mini"    # answers before the strong model is paid; its own LiteLLM arguments
+    api_key_env = "OPENAI_API_KEY"
     [keys]                          # API key -> tenant; when present, other keys are refused
     "sk-team-a" = "team-a"
     ```
@@ -112,6 +119,7 @@ class ProxyConfig:
     snapshot: str | None = None
     shadow_audits: bool = True
     models: Mapping[str, Upstream] = field(default_factory=dict)
+    cheap: Upstream | None = None
     keys: Mapping[str, str] = field(default_factory=dict)
     metrics_key: str | None = None
     allow_params: frozenset[str] = frozenset()
@@ -130,6 +138,7 @@ class ProxyConfig:
             "snapshot",
             "shadow_audits",
             "models",
+            "cheap",
             "keys",
             "metrics_key",
             "allow_params",
@@ -153,6 +162,7 @@ class ProxyConfig:
             snapshot=data.get("snapshot"),
             shadow_audits=data.get("shadow_audits", True),
             models=models,
+            cheap=_upstream(path, "cheap", data["cheap"], table="cheap") if "cheap" in data else None,
             keys={str(k): str(v) for k, v in data.get("keys", {}).items()},
             metrics_key=data.get("metrics_key"),
             allow_params=frozenset(allow),
@@ -160,17 +170,18 @@ class ProxyConfig:
         )
 
 
-def _upstream(path: str | Path, name: str, spec: Any) -> Upstream:
-    """One `[models.NAME]` table: `model`, an optional `api_key_env`, and LiteLLM arguments."""
+def _upstream(path: str | Path, name: str, spec: Any, table: str | None = None) -> Upstream:
+    """One `[models.NAME]` (or `[cheap]`) table: `model`, an optional `api_key_env`, and LiteLLM arguments."""
+    table = table or f"models.{name}"
     if not isinstance(spec, dict) or "model" not in spec:
-        raise ConfigError(f'{path}: [models.{name}] needs model = "provider/name"')
+        raise ConfigError(f'{path}: [{table}] needs model = "provider/name"')
     spec = dict(spec)
     variable = spec.pop("api_key_env", None)
     if variable is not None:
         if "api_key" in spec:
-            raise ConfigError(f"{path}: [models.{name}] sets both api_key and api_key_env; keep one")
+            raise ConfigError(f"{path}: [{table}] sets both api_key and api_key_env; keep one")
         if not os.environ.get(str(variable)):
-            raise ConfigError(f"{path}: [models.{name}] reads its key from ${variable}, which is not set")
+            raise ConfigError(f"{path}: [{table}] reads its key from ${variable}, which is not set")
         spec["api_key"] = os.environ[str(variable)]
     return Upstream(spec.pop("model"), spec)
 
@@ -232,7 +243,7 @@ class Metrics:
             self.buckets[outcome][index] += 1
             self.sums[outcome] += seconds
 
-    def render(self, status: PolicyStatus) -> str:
+    def render(self, status: PolicyStatus, counters: Mapping[str, int] | None = None) -> str:
         """Prometheus text; the shift figures (changes the policy saw, would-be hits it still holds)
         only where it watches for changes."""
         false_hit_estimate, bound = status.estimated_false_hit_rate, status.max_false_hit_rate
@@ -257,6 +268,11 @@ class Metrics:
                 "# TYPE memcache_false_hit_rate_bound gauge",
                 f"memcache_false_hit_rate_bound {bound}",
             ]
+            for name in PATH_COUNTERS:  # this process's calls and spend per path (see `Stats`)
+                if counters is not None and name in counters:
+                    kind = "gauge" if name == "saving_micro_usd" else "counter"
+                    suffix = "" if kind == "gauge" else "_total"
+                    lines += [f"# TYPE memcache_{name}{suffix} {kind}", f"memcache_{name}{suffix} {counters[name]}"]
             if shifts_detected is not None:
                 lines += [
                     "# TYPE memcache_shifts_detected_total counter",
@@ -301,6 +317,7 @@ def _headers(cache: MemCache, info: CacheInfo | None) -> dict[str, str]:
         headers["X-Memcache-Entry"] = entry_token(cache, info.entry_id)
     if info.audited:  # served while the upstream model checks it
         headers["X-Memcache-Audited"] = "true"
+    headers["X-Memcache-Path"] = info.path
     return headers
 
 
@@ -382,7 +399,12 @@ class _Proxy:
                 raise _Refused(_error(401, "GET /metrics takes the metrics key"))
         else:
             self.tenant_of(request)
-        return PlainTextResponse(self.metrics.render(self.cache.policy_status()))  # a scrape does not touch the store
+        counters = self.cache.controller.counters()  # a scrape does not touch the store
+        saving = saving_micro_usd(counters["lookups"], counters["strong_calls"], counters["spend_micro_usd"],
+                                  counters["cheap_spend_micro_usd"])  # fmt: skip
+        if saving is not None:
+            counters["saving_micro_usd"] = saving
+        return PlainTextResponse(self.metrics.render(self.cache.policy_status(), counters))
 
     async def chat(self, request: Request):
         started = time.perf_counter()
@@ -468,6 +490,8 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         max_false_hit_rate=config.max_false_hit_rate,
         snapshot=config.snapshot,
         shadow_audits=config.shadow_audits,
+        cheap_model=None if config.cheap is None else config.cheap.model,
+        cheap_options=None if config.cheap is None else dict(config.cheap.kwargs),
         progress=True,
     ) as cache:
         cache.warm_up()  # the first request should not wait for the index

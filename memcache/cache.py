@@ -21,16 +21,18 @@ from typing import Any
 
 from memcache import calls, checks, flow, transfer
 from memcache.calls import cache_info
+from memcache.cheap import MemoryPair
+from memcache.cheap_gate import CheapGate
 from memcache.controller import Controller
 from memcache.embedding import Embedder, SentenceTransformerEmbedder
-from memcache.errors import ConfigError, InvalidRequestError, StoreError
+from memcache.errors import ConfigError
 from memcache.index import FaissIndex, VectorIndex
 from memcache.judge import ExactJudge, Judge
 from memcache.memory import Memory
 from memcache.policy import CalibratedPolicy, Policy, PolicyStatus
 from memcache.scope import build_scope, check_text, parse_request
 from memcache.store import Store, utcnow
-from memcache.types import CacheEntry, CacheHit, Decision, LookupResult, Stats
+from memcache.types import CacheEntry, CacheHit, CheapVerdict, Decision, LookupResult, Stats
 
 __all__ = ["MemCache", "cache_info"]
 
@@ -52,9 +54,14 @@ class MemCache:
             `memcache.db` in the working directory.
         embedding_model: sentence-transformers model name or path; None: the packaged all-MiniLM-L6-v2.
         strong_model: LiteLLM model `completion` calls when the caller names none.
+        cheap_model: LiteLLM model that may answer a miss from the nearest stored answers before
+            the strong model is paid (see `memcache.cheap`); None: no cheap path.
+        cheap_options: keyword arguments for the cheap model's calls (api_base, api_key, ...);
+            None: the connection arguments of the strong call.
         max_false_hit_rate: bound on wrong hits / hits, e.g. 0.02 for at most 2%.
         calibration: a calibration file from `memcache calibrate` to start the policy from.
-        embedder / index / store / policy / judge: built parts to use instead of the defaults.
+        embedder / index / store / policy / judge / cheap_gate: built parts to use instead of the
+            defaults (a `CheapGate` without `cheap_model` opens the cheap path to `cheap_pairs`).
         verify: `verify(query, answer) -> bool`; an answer it rejects is never written back.
         ttl: seconds an entry may be served after it was written; None keeps it forever.
         max_query_chars: longest accepted prompt (characters over all messages).
@@ -78,6 +85,8 @@ class MemCache:
         *,
         embedding_model: str | None = None,
         strong_model: str | None = None,
+        cheap_model: str | None = None,
+        cheap_options: Mapping[str, Any] | None = None,
         max_false_hit_rate: float = 0.02,
         calibration: str | Path | None = None,
         embedder: Embedder | None = None,
@@ -85,6 +94,7 @@ class MemCache:
         store: Store | None = None,
         policy: Policy | None = None,
         judge: Judge | None = None,
+        cheap_gate: CheapGate | None = None,
         verify: Verifier | None = None,
         ttl: float | None = None,
         max_query_chars: int = 32_000,
@@ -108,7 +118,10 @@ class MemCache:
                 if calibration is not None
                 else CalibratedPolicy(max_false_hit_rate, seed=seed)
             )
+        if cheap_gate is None and cheap_model is not None:
+            cheap_gate = CheapGate(max_false_hit_rate, seed=seed)
         self.strong_model, self.max_query_chars, self.ttl, self.verify = strong_model, max_query_chars, ttl, verify
+        self.cheap_model, self.cheap_options = cheap_model, None if cheap_options is None else dict(cheap_options)
         self.max_entries, self.policy = max_entries, policy
         if embedder is None:
             embedder = SentenceTransformerEmbedder(embedding_model, device=device, backend=embedding_backend)
@@ -125,6 +138,7 @@ class MemCache:
             hindsight_window=hindsight_window,
             relabel_in_background=relabel_in_background,
             shadow_audits=shadow_audits,
+            cheap_gate=cheap_gate,
         )
         self._ready_lock = threading.Lock()
         self._ready = False
@@ -195,16 +209,30 @@ class MemCache:
         """
         return self.controller.shadow_hit(result)
 
+    def cheap_pairs(self, result: LookupResult) -> list[MemoryPair] | None:
+        """The stored pairs of the request's scope for a cheap model to read, or None where the
+        cheap path is not taken for this lookup (see `Controller.cheap_pairs`). Prompt the model
+        with `memcache.cheap.cheap_messages`, then pass its reply to `read_cheap_reply`."""
+        return self.controller.cheap_pairs(result)
+
+    def read_cheap_reply(self, result: LookupResult, pairs: list[MemoryPair], text: object) -> CheapVerdict:
+        """Whether to serve a cheap model's reply. Unless the verdict is "serve", ask the strong
+        model and pass its answer to `write_back(result, answer, cheap=verdict)`: that answer
+        is what is stored, and it tells the cheap path whether its reply was right."""
+        return self.controller.read_cheap(result, pairs, text)
+
     # -- write-back -------------------------------------------------------------------------
 
     def write_back(
         self, request: LookupResult | Request, answer: str, *, model: Name = None, tenant: Name = None,
-        source_model: Name = None, paid: bool = True, payload: Name = None, **params: Any,
+        source_model: Name = None, paid: bool = True, payload: Name = None, cheap: CheapVerdict | None = None,
+        **params: Any,
     ) -> CacheEntry | None:  # fmt: skip
         """Store a verified answer for a request (a LookupResult from `lookup`, or a prompt/messages).
 
         With `paid=True` (an answer the model was just paid for) it also becomes a policy
-        label: was the nearest stored entry's answer the same? `payload` is opaque text kept
+        label: was the nearest stored entry's answer the same? `cheap`: the verdict on a cheap
+        reply to the same request, which the answer then labels. `payload` is opaque text kept
         with a new entry and returned on hits (adapters store full responses there). Returns
         the entry, or None when the `verify` callable rejected the answer.
 
@@ -231,27 +259,14 @@ class MemCache:
         self.controller.count("write_backs")
         if paid:  # taught only once the answer and its label are safely stored
             self.controller.learn(label, written.key_id, result.scope.key, vector)
+        if cheap is not None:
+            self.controller.learn_cheap(cheap, result.query, answer)
         self._evict_if_full()
         return written.entry
 
     async def awrite_back(self, request: LookupResult | Request, answer: str, **kwargs: Any) -> CacheEntry | None:
         """Async `write_back`, run off the event loop."""
         return await self._run(functools.partial(self.write_back, request, answer, **kwargs))
-
-    def _write_paid(self, result: LookupResult, text: str, model: str) -> bool:
-        """Write back an answer the caller already has; a failure to store it is logged, not
-        raised, so a paid answer is never lost to a store error (a NUL byte on PostgreSQL, say)."""
-        try:
-            return self.write_back(result, text, source_model=model) is not None
-        except (StoreError, InvalidRequestError) as exc:
-            log.warning("the answer was returned but not stored: %s", exc)
-            return False
-
-    def _writer(self, result: LookupResult, model: str, asynchronous: bool) -> Callable[[str], Any]:
-        """`text -> stored?` for a paid answer: in this thread, or (a coroutine) off the event loop."""
-        if asynchronous:
-            return lambda text: self._run(self._write_paid, result, text, model)
-        return lambda text: self._write_paid(result, text, model)
 
     def _evict_if_full(self) -> None:
         if self.max_entries is not None and self.memory.entries > self.max_entries:
@@ -351,9 +366,16 @@ class MemCache:
         self.flush()
         entries, keys, labels = self.store.counts()
         status = asdict(self.controller.status())
+        cheap = self.controller.cheap_gate.status() if self.controller.cheap_gate is not None else {}
         lifetime = self.store.lifetime_counts()
         return Stats(
-            entries=entries, keys=keys, labels=labels, **status, **self.controller.counters(), lifetime=lifetime
+            entries=entries,
+            keys=keys,
+            labels=labels,
+            **status,
+            **cheap,
+            **self.controller.counters(),
+            lifetime=lifetime,
         )
 
     # -- background work and closing ----------------------------------------------------------

@@ -16,13 +16,16 @@ import numpy as np
 _PAIRS_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, products: bool = True) -> np.ndarray:
     """Standardized features and all their pairwise products (squares included).
 
     The products let the model say "high similarity counts only where the neighbours agree";
-    kept small by the L2 penalty.
+    kept small by the L2 penalty. `products=False`: the standardized features alone (a model
+    fitted on few labels, whose interactions are given as features).
     """
     z = (x - mean) / scale
+    if not products:
+        return np.hstack([np.ones((len(z), 1)), z])
     width = z.shape[1]
     if width not in _PAIRS_CACHE:
         _PAIRS_CACHE[width] = np.triu_indices(width)
@@ -72,6 +75,24 @@ def poisson_upper(count: int, confidence_level: float) -> float:
     return hi
 
 
+CLAIM_PSEUDO_ERRORS = 2.0
+
+
+def claim_ratio(claims, confidence_level: float) -> float:
+    """Audited wrong answers over the wrong answers claimed when they were served, >= 1.
+
+    `claims` are (confidence served with, right) of audits. The audited wrong answers count by
+    their exact one-sided Poisson upper bound (`poisson_upper`), so a lucky run of audits cannot
+    hide a shortfall; both counts get `CLAIM_PSEUDO_ERRORS`, so the ratio is defined (and above
+    1) before the first audit: (3.0 + 2) / 2 = 2.5 at 95%.
+    """
+    claims = list(claims)
+    wrong = sum(not right for _, right in claims)
+    predicted = sum(1.0 - claimed for claimed, _ in claims)
+    upper = poisson_upper(wrong, confidence_level)
+    return max(1.0, (upper + CLAIM_PSEUDO_ERRORS) / (predicted + CLAIM_PSEUDO_ERRORS))
+
+
 def fit_logistic(design_matrix: np.ndarray, y: np.ndarray, warm: np.ndarray | None, l2: float) -> np.ndarray:
     """L2-penalized logistic regression by Newton's method, started from `warm` (or zeros)."""
     w = np.zeros(design_matrix.shape[1]) if warm is None else warm.copy()
@@ -108,7 +129,7 @@ class CrossFit:
     held_out_logits: np.ndarray
 
 
-def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, fit) -> CrossFit | None:
+def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, fit, products: bool = True) -> CrossFit | None:
     """Fit `folds` models, each on all labels but one fold (`fit(design, y) -> weights`); None
     while a fold's training part holds one class only.
 
@@ -122,7 +143,7 @@ def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, fit) -> CrossFit | None:
         return None
     mean = x.mean(axis=0)
     scale = np.where(x.std(axis=0) > 1e-9, x.std(axis=0), 1.0)
-    matrix = design(x, mean, scale)
+    matrix = design(x, mean, scale, products)
     fold = np.random.default_rng(len(y)).permutation(len(y)) % folds
     held_out = np.empty(len(y))
     fits = []

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from memcache.errors import MemcacheError
 
 MODEL_ENV = "MEMCACHE_STRONG_MODEL"
+CHEAP_MODEL_ENV = "MEMCACHE_CHEAP_MODEL"
 
 
 def _version() -> str:
@@ -52,7 +53,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.mock_response is not None:
         kwargs["mock_response"] = args.mock_response
     messages = [{"role": "user", "content": args.question}]
-    with _open(args) as cache:
+    with _open(args, cheap_model=args.cheap_model) as cache:
         result = cache.lookup(messages, model=args.model, tenant=args.tenant, **kwargs)
         if result.hit is not None:
             answer, info = result.hit.answer, calls.info_of(result, served=result.hit)
@@ -66,13 +67,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if info is not None:
             sim = "-" if info.similarity is None else f"{info.similarity:.3f}"
             print(
-                f"[{info.outcome} similarity={sim} confidence={info.confidence:.3f} entry={info.entry_id}]",
+                f"[{info.outcome} path={info.path} similarity={sim} confidence={info.confidence:.3f} "
+                f"entry={info.entry_id}]",
                 file=sys.stderr,
             )
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from memcache.types import saving_micro_usd
+
     with _open(args) as cache:
         stats = asdict(cache.stats())
     if args.json:
@@ -80,12 +84,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     lifetime = stats.pop("lifetime")
     counters = ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs",
-                "strong_calls", "spend_micro_usd")  # fmt: skip
+                "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd")  # fmt: skip
     print("store (every process, since it was created)")
     for name in ("entries", "keys", "labels"):
         print(f"  {name:28s} {stats.pop(name)}")
     for name in counters:
         print(f"  {name:28s} {lifetime.get(name, 0)}")
+    total = {name: lifetime.get(name, 0) for name in counters}
+    saving = saving_micro_usd(total["lookups"], total["strong_calls"], total["spend_micro_usd"],
+                              total["cheap_spend_micro_usd"])  # fmt: skip
+    print(f"  {'saving_micro_usd':28s} {'- (no priced strong call yet)' if saving is None else saving}")
     print("policy")
     for name in ("max_false_hit_rate", "estimated_false_hit_rate", "target", "claim_ratio", "shifts_detected",
                  "shift_hold_remaining"):  # fmt: skip
@@ -176,6 +184,12 @@ def _add_ask(sub) -> None:
         "--model",
         default=os.environ.get(MODEL_ENV),
         help=f"LiteLLM model name, e.g. openai/gpt-4o-mini (env {MODEL_ENV})",
+    )
+    ask.add_argument(
+        "--cheap-model",
+        default=os.environ.get(CHEAP_MODEL_ENV),
+        help="LiteLLM model that may answer from the nearest stored answers before the strong model is paid "
+        f"(env {CHEAP_MODEL_ENV}; default: none)",
     )
     ask.add_argument("--tenant", default=None, help="whose memory this is: tenants never share answers (default: none)")
     ask.add_argument("--api-base", default=None, help="the model server's URL, e.g. http://127.0.0.1:8000/v1")

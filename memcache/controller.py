@@ -20,12 +20,14 @@ from datetime import datetime
 
 import numpy as np
 
+from memcache import cheap
+from memcache.cheap_gate import CheapGate, gate_features
 from memcache.hindsight import HindsightWindow
 from memcache.judge import Judge
 from memcache.memory import Memory
 from memcache.policy import LearningPolicy, Policy, PolicyStatus
 from memcache.store import utcnow
-from memcache.types import CacheHit, Label, LookupResult, Scope
+from memcache.types import CacheHit, CheapVerdict, Label, LookupResult, Scope
 
 NEIGHBOURS = 10  # in-scope keys the policy sees per lookup (its features are defined on ten)
 AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
@@ -33,7 +35,7 @@ MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit ma
 HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
 COUNTERS = (
     "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
-    "spend_micro_usd",
+    "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd",
 )  # fmt: skip
 log = logging.getLogger("memcache")
 
@@ -58,6 +60,7 @@ class Controller:
         hindsight_window: recent paid keys asked again of today's index (0: off).
         relabel_in_background: ask them on a thread (False: inline, for reproducible replays).
         shadow_audits: serve an audited would-be hit while the strong model checks it.
+        cheap_gate: the cheap path's learner (None: no cheap path).
     """
 
     def __init__(
@@ -69,8 +72,10 @@ class Controller:
         hindsight_window: int = 4000,
         relabel_in_background: bool = True,
         shadow_audits: bool = True,
+        cheap_gate: CheapGate | None = None,
     ) -> None:
         self.policy = policy
+        self.cheap_gate = cheap_gate
         self.learning = policy if isinstance(policy, LearningPolicy) else None
         self.memory = memory
         self.store = memory.store
@@ -93,6 +98,8 @@ class Controller:
     def restore(self) -> None:
         """Hand a learning policy what the store kept: audit claims (before the labels, whose
         refit uses them), the newest labels it keeps, and a shift hold a restart interrupted."""
+        if self.cheap_gate is not None:
+            self.cheap_gate.load(self.store.iter_cheap_labels(limit=self.cheap_gate.max_labels))
         if self.learning is None:
             return
         self.learning.load_audit_claims(self.store.iter_audit_claims(limit=self.learning.claim_limit))
@@ -125,7 +132,7 @@ class Controller:
             self._add("lookups", int(hit is None))
             self._add("misses", int(decision.action == "miss"))
             self._add("audits", int(decision.action == "audit"))
-        return LookupResult(hit, decision, scope, query, embedding=vector)
+        return LookupResult(hit, decision, scope, query, embedding=vector, candidates=tuple(candidates))
 
     def shadow_hit(self, result: LookupResult) -> CacheHit | None:
         """The stored answer an audit may serve while the strong model checks it, else None
@@ -140,6 +147,62 @@ class Controller:
             return None
         self.count_hit(decision.entry_id, exact=False, new_lookup=False)  # the lookup was counted as an audit
         return CacheHit(row.answer, decision.entry_id, decision.similarity, decision.confidence, payload=row.payload)
+
+    # -- the cheap path -------------------------------------------------------------------------
+
+    def cheap_pairs(self, result: LookupResult) -> list[cheap.MemoryPair] | None:
+        """The stored pairs of the request's scope a cheap model should read for this lookup, or
+        None where the cheap path is not taken: no cheap path, a hit or an audit (the strong
+        model is asked anyway), nothing stored in scope, or the gate says asking does not pay."""
+        gate, decision = self.cheap_gate, result.decision
+        if gate is None or result.hit is not None or decision.action != "miss" or not decision.features:
+            return None
+        nearest: dict[int, int] = {}  # entry id: its nearest key id
+        for candidate in result.candidates:  # nearest key of each entry, nearest entry first
+            if candidate.entry_id not in nearest and len(nearest) < cheap.PAIRS:
+                nearest[candidate.entry_id] = candidate.key_id
+        if not nearest or not gate.wants_reply():
+            return None
+        questions = self.store.key_queries(nearest.values())
+        similarity = {c.key_id: c.similarity for c in result.candidates}
+        pairs = []
+        for entry_id, key_id in nearest.items():
+            row = self.memory.answer(entry_id, result.scope.key)  # in scope, alive: checked again here
+            if row is not None and key_id in questions:
+                pairs.append(cheap.MemoryPair(entry_id, questions[key_id], row.answer, similarity[key_id]))
+        return pairs or None
+
+    def read_cheap(self, result: LookupResult, pairs: list[cheap.MemoryPair], text: object) -> CheapVerdict:
+        """Serve, audit or escalate a cheap model's reply (`text`) to `pairs`."""
+        gate = self.cheap_gate
+        reply = cheap.parse_reply(text, pairs)
+        if gate is None or reply is None:
+            if gate is not None:
+                gate.record_abstain()
+            return CheapVerdict("escalate", None)
+        features = gate_features(result.decision.features, result.decision.confidence, pairs, reply)
+        action, confidence = gate.decide(features)
+        if action != "escalate":
+            self.count("cheap_answers")
+        return CheapVerdict(action, reply.answer, confidence, features, pairs[reply.used].entry_id)
+
+    def record_cheap_call(self, spend_micro_usd: int) -> None:
+        """Count one call of the cheap model, and what it cost."""
+        with self._lock:
+            self._add("cheap_calls", 1)
+            self._add("cheap_spend_micro_usd", spend_micro_usd)
+        if self.cheap_gate is not None:
+            self.cheap_gate.observe_cost("cheap", spend_micro_usd)
+
+    def learn_cheap(self, verdict: CheapVerdict, query: str, answer: str) -> None:
+        """The strong model answered a request the cheap model replied to: a cheap-path label,
+        stored, then taught (an audit's also checks the confidence it was served with)."""
+        if self.cheap_gate is None or verdict.answer is None or not verdict.features:
+            return
+        correct = bool(self.judge.same_answer(query, answer, verdict.answer))
+        claimed = verdict.confidence if verdict.action == "audit" else None
+        self.store.add_cheap_label(verdict.features, correct, claimed)
+        self.cheap_gate.observe(verdict.features, correct, claimed)
 
     def status(self) -> PolicyStatus:
         """The policy's bound, estimate, claim check and shift hold, as one record."""
@@ -162,6 +225,8 @@ class Controller:
         with self._lock:
             self._add("strong_calls", 1)
             self._add("spend_micro_usd", spend_micro_usd)
+        if self.cheap_gate is not None:
+            self.cheap_gate.observe_cost("strong", spend_micro_usd)
 
     def counters(self) -> dict[str, int]:
         with self._lock:

@@ -43,28 +43,29 @@ def _call_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _failed(model: str, exc: Exception) -> EscalationError:
+def _failed(model: str, exc: Exception, role: str = "strong") -> EscalationError:
     """One line for the user (LiteLLM's texts can run to a traceback and a long bug-report URL);
     the whole exception stays as `__cause__` and in the debug log."""
-    log.debug("strong model %r failed", model, exc_info=exc)
+    log.debug("%s model %r failed", role, model, exc_info=exc)
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     if len(first) > MAX_ERROR_CHARS:
         first = first[: MAX_ERROR_CHARS - 1] + "…"
-    return EscalationError(f"strong model {model!r} failed: {first}")
+    return EscalationError(f"{role} model {model!r} failed: {first}")
 
 
-def completion(model: str, messages: list, **kwargs: Any):
+def completion(model: str, messages: list, *, role: str = "strong", **kwargs: Any):
+    """LiteLLM's `completion`; `role` names the model in errors ("strong" or "cheap")."""
     try:
         return _litellm().completion(model=model, messages=messages, **_call_kwargs(kwargs))
     except Exception as exc:
-        raise _failed(model, exc) from exc
+        raise _failed(model, exc, role) from exc
 
 
-async def acompletion(model: str, messages: list, **kwargs: Any):
+async def acompletion(model: str, messages: list, *, role: str = "strong", **kwargs: Any):
     try:
         return await _litellm().acompletion(model=model, messages=messages, **_call_kwargs(kwargs))
     except Exception as exc:
-        raise _failed(model, exc) from exc
+        raise _failed(model, exc, role) from exc
 
 
 def cost_micro_usd(response: Any) -> int:

@@ -47,7 +47,6 @@ FEATURE_NAMES = (
 # 4: entry gap
 CALIBRATION_VERSION = 4
 _VOTE_TEMPERATURE = 0.05
-_CLAIM_PSEUDO_ERRORS = 2.0
 log = logging.getLogger("memcache")
 
 
@@ -512,11 +511,7 @@ class CalibratedPolicy:
         claims the ratio stays above 1, which is what keeps a young memory from serving on its
         model's word alone.
         """
-        claims = list(self._claims)
-        wrong = sum(not right for _, right in claims)
-        predicted = sum(1.0 - claimed for claimed, _ in claims)
-        upper = certify.poisson_upper(wrong, self.confidence_level)
-        return max(1.0, (upper + _CLAIM_PSEUDO_ERRORS) / (predicted + _CLAIM_PSEUDO_ERRORS))
+        return certify.claim_ratio(self._claims, self.confidence_level)
 
     def set_hindsight(self, examples: Sequence[HindsightExample], entries: Mapping[int, EntryStats]) -> None:
         """Replace the hindsight labels (see `memcache.hindsight`) and refit.

@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
@@ -56,7 +56,7 @@ from memcache.errors import StoreError
 from memcache.scope import normalize
 from memcache.types import CacheEntry, Label, Scope
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 T = TypeVar("T")
 
 
@@ -138,6 +138,20 @@ class LabelRow(Base):
     correct: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # set on audits: the confidence the policy claimed when it served the lookup
+    claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class CheapLabelRow(Base):
+    """A cheap model's reply the strong model also answered (escalated or audited): the cheap
+    path's label (`memcache.cheap_gate`), kept so its learning survives restarts (v6)."""
+
+    __tablename__ = "memcache_cheap_labels"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    features: Mapped[str] = mapped_column(Text)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # set on audits: the confidence the reply was served with
     claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -398,12 +412,18 @@ def _migrate_4_to_5(conn: Connection) -> None:
     CounterRow.__table__.create(conn)
 
 
+def _migrate_5_to_6(conn: Connection) -> None:
+    """v6: `memcache_cheap_labels`, the cheap path's labels."""
+    CheapLabelRow.__table__.create(conn)
+
+
 # step from version N to N + 1; each runs inside the locked schema transaction
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
+    5: _migrate_5_to_6,
 }
 
 
@@ -745,6 +765,14 @@ class Store:
             ).all()
         return [Change(*row) for row in rows]
 
+    def key_queries(self, key_ids: Iterable[int]) -> dict[int, str]:
+        """{key id: the query text stored under it} (what the cheap model reads as a question)."""
+        ids = sorted(set(key_ids))
+        if not ids:
+            return {}
+        with self._read("reading key texts") as conn:
+            return dict(conn.execute(select(KeyRow.id, KeyRow.query).where(KeyRow.id.in_(ids))).all())
+
     def keys_by_id(self, key_ids: Iterable[int]) -> list[StoredKey]:
         ids = list(key_ids)
         if not ids:
@@ -794,13 +822,28 @@ class Store:
         for _, claimed, correct in self._oldest_first(query, limit):
             yield float(claimed), bool(correct)
 
-    def _oldest_first(self, query, limit: int | None) -> list[tuple]:
+    def add_cheap_label(self, features: Sequence[float], correct: bool, claimed: float | None) -> None:
+        """Keep one cheap-path label (see `CheapLabelRow`)."""
+        row = {"features": json.dumps([float(f) for f in features]), "correct": bool(correct),
+               "created_at": utcnow(), "claimed_confidence": claimed}  # fmt: skip
+        self._transact("storing a cheap-path label", lambda conn: conn.execute(CheapLabelRow.__table__.insert(), row))
+
+    def iter_cheap_labels(self, limit: int | None = None) -> Iterator[tuple[list[float], bool, float | None]]:
+        """(features, right, claimed confidence or None) of cheap-path labels, oldest first;
+        with `limit`, only the newest `limit`."""
+        query = select(
+            CheapLabelRow.id, CheapLabelRow.features, CheapLabelRow.correct, CheapLabelRow.claimed_confidence
+        )
+        for _, features, correct, claimed in self._oldest_first(query, limit, CheapLabelRow.id):
+            yield json.loads(features), bool(correct), None if claimed is None else float(claimed)
+
+    def _oldest_first(self, query, limit: int | None, order=LabelRow.id) -> list[tuple]:
         """Rows of a label query in id order; with `limit`, the newest `limit` of them (read newest
         first, so a start-up reads only what the policy keeps, then reversed)."""
         with self._read("reading labels") as conn:
             if limit is None:
-                return conn.execute(query.order_by(LabelRow.id)).all()
-            rows = conn.execute(query.order_by(LabelRow.id.desc()).limit(limit)).all()
+                return conn.execute(query.order_by(order)).all()
+            rows = conn.execute(query.order_by(order.desc()).limit(limit)).all()
         return rows[::-1]
 
     def start_shift_hold(self, audits: int) -> None:

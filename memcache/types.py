@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 
 Outcome = Literal["hit", "miss", "audit"]
+Path = Literal["memory", "cheap", "strong"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,30 @@ class LookupResult:
     scope: Scope
     query: str
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    candidates: tuple[Candidate, ...] = field(default=(), repr=False, compare=False)  # in scope, nearest first
+
+
+@dataclass(frozen=True)
+class CheapVerdict:
+    """What the controller made of a cheap model's reply.
+
+    `action`: "serve" (the cheap answer is served), "audit" (served, and the strong model is
+    asked too, to check it) or "escalate" (the strong model answers). `answer` is the cheap
+    model's answer (None when it abstained or its reply did not parse); `confidence` the cheap
+    path's estimated probability that it is right; `features` what that was computed from,
+    kept so the strong model's answer can teach the cheap path (empty for an abstain);
+    `entry_id` the stored entry the reply said it used.
+    """
+
+    action: Literal["serve", "audit", "escalate"]
+    answer: str | None
+    confidence: float = 0.0
+    features: tuple[float, ...] = ()
+    entry_id: int | None = None
+
+    @property
+    def served(self) -> bool:
+        return self.action != "escalate"
 
 
 @dataclass(frozen=True)
@@ -180,7 +205,9 @@ class Stats:
     one of the `hits`, an escalated one is neither a hit nor a miss. `strong_calls` counts the
     strong model's calls memcache made itself (`completion`, `cached`, their audits), and
     `spend_micro_usd` their cost as LiteLLM priced it (millionths of a dollar; streams and
-    unpriced models add nothing). `lifetime` holds the same counters summed over every process
+    unpriced models add nothing). `cheap_calls`, `cheap_answers` (cheap replies served) and
+    `cheap_spend_micro_usd` are the cheap path's (see `MemCache(cheap_model=...)`), and the
+    `cheap_*` figures its learner's (None without a cheap path). `lifetime` holds the same counters summed over every process
     that used the store, this one's included. The policy's figures are
     those of `PolicyStatus` (`target`: the rate its cut-off is certified against now). `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
@@ -209,11 +236,31 @@ class Stats:
     shift_hold_remaining: int | None = None
     strong_calls: int = 0
     spend_micro_usd: int = 0
+    cheap_calls: int = 0
+    cheap_answers: int = 0
+    cheap_spend_micro_usd: int = 0
+    cheap_threshold: float | None = None
+    cheap_estimated_false_answer_rate: float | None = None
+    cheap_labels: int | None = None
     lifetime: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def saving_micro_usd(self) -> int | None:
+        """What sending every lookup to the strong model would have cost, less what the strong
+        and cheap calls did (see `saving_micro_usd`)."""
+        return saving_micro_usd(self.lookups, self.strong_calls, self.spend_micro_usd, self.cheap_spend_micro_usd)
+
+
+def saving_micro_usd(lookups: int, strong_calls: int, strong_spend: int, cheap_spend: int) -> int | None:
+    """Every lookup priced at the strong calls' mean price so far, less the strong and cheap spend;
+    None before a priced strong call (an unpriced model's calls add no spend)."""
+    if not strong_calls or not strong_spend:
+        return None
+    return round(lookups * strong_spend / strong_calls) - strong_spend - cheap_spend
 
 
 @dataclass(frozen=True)
@@ -222,6 +269,8 @@ class CacheInfo:
 
     `outcome` is "hit" (served from memory), "miss" (strong model called) or "audit"
     (a would-be hit that was re-asked of the strong model and answered by it).
+    `path` says who answered: "memory" (a stored answer), "cheap" (the cheap model, reading
+    the nearest stored answers) or "strong" (the strong model).
     `audited` marks a hit that was served while the strong model checks it in the
     background (a shadow audit: see `MemCache(shadow_audits=...)`).
     `similarity` is cosine similarity of the nearest in-scope key (None if the scope was empty);
@@ -235,3 +284,4 @@ class CacheInfo:
     exact: bool = False
     stored: bool = False
     audited: bool = False
+    path: Path = "strong"

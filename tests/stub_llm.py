@@ -1,6 +1,7 @@
 """A small OpenAI-compatible chat server on 127.0.0.1, for driving LiteLLM and openai over real HTTP.
 
-Answers come from `answer_for(prompt)`; special prompts trigger failures:
+Answers come from `answer_for(prompt)`, or from `respond(body)` where it returns a text (an int
+is an HTTP status to fail with; None falls back to `answer_for`); special prompts trigger failures:
   "FAIL-500" / "FAIL-429" -> that HTTP status; "TRUNCATE" -> finish_reason "length";
   "CUT-STREAM" -> a stream that stops without a finish chunk; "SLOW" -> sleeps 5 s;
   "DRIP" -> a stream that sends one word every 0.2 s.
@@ -24,8 +25,9 @@ def default_answer(prompt: str) -> str:
 
 
 class StubLLM:
-    def __init__(self, answer_for=default_answer, port: int = 0) -> None:
+    def __init__(self, answer_for=default_answer, port: int = 0, respond=None) -> None:
         self.answer_for = answer_for
+        self.respond = respond
         self.calls: list[dict] = []
         self._lock = threading.Lock()
         stub = self
@@ -52,7 +54,10 @@ class StubLLM:
                     return self._json(429, {"error": {"message": "slow down", "type": "rate_limit"}})
                 if "SLOW" in prompt:
                     time.sleep(5)
-                answer = stub.answer_for(prompt)
+                answer = stub.respond(body) if stub.respond is not None else None
+                if isinstance(answer, int):
+                    return self._json(answer, {"error": {"message": "the model failed", "type": "server_error"}})
+                answer = stub.answer_for(prompt) if answer is None else answer
                 finish = "length" if "TRUNCATE" in prompt else "stop"
                 if body.get("stream"):
                     return self._stream(body, answer, finish, cut="CUT-STREAM" in prompt)

@@ -84,7 +84,7 @@ def _create_v1_store(url: str, embedder) -> None:
 
 def _check_migrated(url: str, embedder) -> None:
     with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
-        assert cache.store.schema_version() == SCHEMA_VERSION == 5
+        assert cache.store.schema_version() == SCHEMA_VERSION == 6
         assert cache.stats().entries == 1 and cache.stats().keys == 2 and cache.stats().labels == 1
         exact = cache.lookup("How do I reset  my password? ")  # v4: key hashes of the stricter exact form
         assert exact.hit is not None and exact.hit.exact and exact.hit.answer == ANSWER
@@ -98,6 +98,7 @@ def _check_migrated(url: str, embedder) -> None:
         assert cache.store.least_recently_used(1) == [1] and entry.id == 2  # the old entry is evicted first
         lifetime = cache.stats().lifetime  # v5: the store keeps the counters of every process
         assert lifetime == {"lookups": 2, "hits": 2, "exact_hits": 1, "write_backs": 1}
+        assert list(cache.store.iter_cheap_labels()) == []  # v6: the cheap path's labels have a table
         assert cache.invalidate(entry.id)  # v4: the newest entry's id does not come back
         assert cache.write_back("Where is the nearest ATM?", "Use the ATM finder.", paid=False).id == 3
 

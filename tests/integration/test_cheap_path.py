@@ -1,0 +1,218 @@
+"""The cheap path on the real stack: MiniLM, FAISS, SQLite, LiteLLM's and openai's HTTP clients
+against a loopback server that plays two models by name (a cheap one and a strong one)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+
+import pytest
+from stub_llm import StubLLM
+
+from memcache import MemCache, ThresholdPolicy, cache_info
+from memcache.cheap_gate import GATE_FEATURES, CheapGate
+
+STRONG, CHEAP = "openai/strong-model", "openai/cheap-model"
+PAIR_ONE = re.compile(r'\[1\] Request: .*\n    Answer: (".*")')
+
+
+def two_models(body: dict):
+    """The cheap model names pair 1 and repeats its answer, unless the request says otherwise;
+    the strong model answers "Answer to: <prompt>" (the stub's default)."""
+    if body.get("model") != "cheap-model":
+        return None
+    user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+    if "CHEAP-FAIL" in user:
+        return 500
+    if "CHEAP-ABSTAIN" in user:
+        return '{"memory": null}'
+    if "CHEAP-GARBAGE" in user:
+        return "I would say 42."
+    answer = json.loads(PAIR_ONE.search(body["messages"][0]["content"]).group(1))
+    return json.dumps({"memory": 1, "answer": answer})
+
+
+@pytest.fixture(scope="module")
+def server():
+    stub = StubLLM(respond=two_models).start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def options(server):
+    return {"api_base": server.base_url, "api_key": "sk-test", "num_retries": 0, "timeout": 5}
+
+
+def trained_gate(**settings) -> CheapGate:
+    """A gate that learned, from 1,000 stored labels, that replies whose pair is close are right
+    and replies whose pair is far are wrong: it serves the first kind."""
+    gate = CheapGate(0.02, seed=0, **settings)
+    rows = []
+    for i in range(1000):
+        close = i % 2 == 0
+        s = 0.55 + 0.45 * (i % 97) / 97 if close else 0.35 * (i % 89) / 89
+        features = [s, 0.1, 1.0, -0.1, -9.21, 0.0, 1.0, s, 0.1]  # a fresh hit policy's log-odds
+        rows.append((features, close, None))
+    gate.load(rows)
+    assert gate.threshold is not None
+    return gate
+
+
+def cheap_calls(stub: StubLLM) -> list[dict]:
+    return [call for call in stub.calls if call.get("model") == "cheap-model"]
+
+
+def open_cache(db_url, embedder, options, gate=None, **kwargs) -> MemCache:
+    return MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(1.0), strong_model=STRONG, cheap_model=CHEAP,
+                    cheap_options=options, cheap_gate=gate, **kwargs)  # fmt: skip
+
+
+def ask(cache, text, options, **kwargs):
+    return cache.completion(messages=[{"role": "user", "content": text}], **options, **kwargs)
+
+
+def test_an_unproven_cheap_model_is_asked_and_escalated_and_its_label_is_kept(db_url, embedder, server, options):
+    with open_cache(db_url, embedder, options) as cache:
+        first = ask(cache, "What is the capital of France?", options)
+        assert cache_info(first).path == "strong" and not cheap_calls(server)  # nothing stored in scope yet
+        second = ask(cache, "what's France's capital city?", options)
+        info = cache_info(second)
+        assert info.path == "strong" and info.stored
+        assert second.choices[0].message.content == "Answer to: what's France's capital city?"
+        prompt = cheap_calls(server)[-1]["messages"]
+        assert "What is the capital of France?" in prompt[0]["content"] and prompt[-1]["role"] == "user"
+        labels = list(cache.store.iter_cheap_labels())
+        assert len(labels) == 1 and labels[0][1] is False and len(labels[0][0]) == len(GATE_FEATURES)
+        stats = cache.stats()
+        assert (stats.cheap_calls, stats.cheap_answers, stats.strong_calls) == (1, 0, 2)
+    with open_cache(db_url, embedder, options) as cache:  # the cheap path's labels survive a restart
+        cache.warm_up()
+        assert cache.controller.cheap_gate.labels == 1
+        assert cache.stats().lifetime["cheap_calls"] == 1
+
+
+def test_the_cheap_prompt_carries_only_the_requests_scope(db_url, embedder, server, options):
+    with open_cache(db_url, embedder, options) as cache:
+        ask(cache, "What is my account number?", options, tenant="alice")
+        ask(cache, "What is my account number?", options, tenant="bob")
+        server.calls.clear()
+        ask(cache, "tell me my account number", options, tenant="bob")
+        system = cheap_calls(server)[-1]["messages"][0]["content"]
+        assert system.count("Request:") == 1  # bob's one entry; alice's identical question is not there
+        assert cache.store.get_entry(1).tenant == "alice" and "[2]" not in system
+
+
+@pytest.mark.parametrize("marker", ["CHEAP-ABSTAIN", "CHEAP-GARBAGE", "CHEAP-FAIL"])
+def test_abstains_garbage_and_errors_escalate_and_store_nothing_of_the_reply(db_url, embedder, server, options, marker):
+    with open_cache(db_url, embedder, options, gate=trained_gate()) as cache:
+        ask(cache, f"How do I reset my password? {marker}", options)
+        before = cache.stats().entries
+        response = ask(cache, f"how can I reset my password {marker}", options)
+        assert cache_info(response).path == "strong"
+        assert response.choices[0].message.content == f"Answer to: how can I reset my password {marker}"
+        assert cache.stats().entries == before + 1  # the strong answer, nothing else
+        assert list(cache.store.iter_cheap_labels()) == []  # no reply to label
+        assert cache.stats().cheap_calls == 1 and cache.stats().cheap_answers == 0
+
+
+def test_a_trusted_cheap_answer_is_served_and_not_written_back(db_url, embedder, server, options):
+    with open_cache(db_url, embedder, options, gate=trained_gate(max_audit_rate=0.0, min_audit_rate=0.0)) as cache:
+        stored = ask(cache, "How do I reset my password?", options).choices[0].message.content
+        response = ask(cache, "how can I reset my password", options)
+        info = cache_info(response)
+        assert info.path == "cheap" and info.outcome == "miss" and not info.audited and info.entry_id == 1
+        assert response.choices[0].message.content == stored
+        assert cache.stats().entries == 1 and cache.stats().keys == 1  # not verified: not stored
+        chunks = list(ask(cache, "how do i reset the password", options, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == stored
+
+        async def asynchronous():
+            return await cache.acompletion(messages=[{"role": "user", "content": "password reset how?"}], **options)
+
+        assert asyncio.run(asynchronous()).choices[0].message.content == stored
+        stats = cache.stats()
+        assert (stats.cheap_calls, stats.cheap_answers, stats.strong_calls) == (3, 3, 1)
+
+
+def test_an_audited_cheap_answer_is_checked_by_the_strong_model_and_teaches_the_gate(db_url, embedder, server, options):
+    gate = trained_gate(max_audit_rate=1.0, min_audit_rate=1.0)
+    with open_cache(db_url, embedder, options, gate=gate) as cache:
+        ask(cache, "How do I reset my password?", options)
+        labels_before = gate.labels
+        response = ask(cache, "how can I reset my password", options)
+        info = cache_info(response)
+        assert info.path == "cheap" and info.audited
+        cache.wait_for_learning()
+        features, correct, claimed = list(cache.store.iter_cheap_labels())[-1]
+        assert correct is False and claimed == pytest.approx(info.confidence)  # the stub's strong answer differs
+        assert gate.labels == labels_before + 1 and gate.claim_ratio > 1.0
+        assert cache.stats().entries == 2  # the strong model's answer, verified, is what was stored
+
+
+def test_the_decorator_takes_the_cheap_path(db_url, embedder, server, options):
+    calls = []
+    with open_cache(db_url, embedder, options, gate=trained_gate(max_audit_rate=0.0, min_audit_rate=0.0)) as cache:
+
+        @cache.cached(model="support-bot")
+        def answer(prompt: str) -> str:
+            calls.append(prompt)
+            return f"bot: {prompt}"
+
+        assert answer("How do I close my account?") == "bot: How do I close my account?"
+        assert answer("how can I close my account") == "bot: How do I close my account?"  # the cheap model's
+        assert calls == ["How do I close my account?"] and len(cheap_calls(server)) >= 1
+
+
+def test_the_proxy_says_which_path_answered(db_url, embedder, server, options):
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    import httpx
+
+    from memcache.adapters.proxy import ProxyConfig, Upstream, create_app
+
+    config = ProxyConfig(models={"gpt-test": Upstream(STRONG, options)}, keys={"sk-a": "team-a"},
+                         cheap=Upstream(CHEAP, options))  # fmt: skip
+    gate = trained_gate(max_audit_rate=0.0, min_audit_rate=0.0)
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(1.0), cheap_model=CHEAP,
+                  cheap_options=dict(options), cheap_gate=gate) as cache, _serving(create_app(cache, config)) as base:  # fmt: skip
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-a", max_retries=0)
+
+        def ask_proxy(text):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=[{"role": "user", "content": text}]
+            )
+            return raw.headers, raw.parse()
+
+        headers, first = ask_proxy("Where is my parcel?")
+        assert headers["x-memcache-path"] == "strong"
+        headers, second = ask_proxy("where's my parcel")
+        assert (
+            headers["x-memcache-path"] == "cheap"
+            and second.choices[0].message.content == first.choices[0].message.content
+        )
+        text = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer sk-a"}).text
+        assert "memcache_cheap_answers_total 1" in text and "memcache_cheap_calls_total 1" in text
+
+
+@contextlib.contextmanager
+def _serving(app):
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

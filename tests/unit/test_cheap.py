@@ -1,0 +1,121 @@
+"""The cheap path's pure logic: the reply format, the gate's certification and budget, and the
+simulated cheap model `memcache eval` replays."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from memcache.cheap import MemoryPair, cheap_messages, parse_reply, reply_text
+from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
+from memcache.errors import ConfigError
+from memcache.eval.replay import SimulatedCheapModel
+
+PAIRS = [
+    MemoryPair(7, "How do I reset my password?", "[answer for reset]", 0.91),
+    MemoryPair(3, "How do I close my account?", "[answer for close]", 0.62),
+]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"memory": 1, "answer": "Use the reset link."}', (0, "Use the reset link.")),
+        ('```json\n{"memory": 2, "answer": "x"}\n```', (1, "x")),
+        ('Sure! {"memory": "2", "answer": " y "} hope that helps', (1, "y")),
+        ('{"memory": null}', None),
+        ('{"memory": 3, "answer": "out of range"}', None),
+        ('{"memory": 0, "answer": "out of range"}', None),
+        ('{"memory": true, "answer": "a bool is not a number"}', None),
+        ('{"memory": 1, "answer": "   "}', None),
+        ('{"memory": 1}', None),
+        ("[1, 2]", None),
+        ("I would say 42.", None),
+        ('{"memory": 1, "answer": "unterminated', None),
+        (None, None),
+    ],
+)
+def test_replies_that_do_not_follow_the_format_are_abstains(text, expected):
+    reply = parse_reply(text, PAIRS)
+    assert (reply if reply is None else (reply.used, reply.answer)) == expected
+
+
+def test_the_prompt_numbers_the_pairs_and_keeps_the_callers_messages():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "reset password?"}]
+    prompt = cheap_messages(messages, PAIRS)
+    assert prompt[1:] == messages and prompt[0]["role"] == "system"
+    assert '[1] Request: "How do I reset my password?"' in prompt[0]["content"]
+    assert '[2] Request: "How do I close my account?"' in prompt[0]["content"]
+    assert parse_reply(reply_text(2, "[answer for close]"), PAIRS).used == 1
+
+
+def test_features_say_which_pair_the_reply_used():
+    hit = (0.91, 0.29, 1.0, 1.0, 0.0, 0.5, 0.62, 0.91, 0.29, -0.05)
+    other = gate_features(hit, 0.9, PAIRS, parse_reply('{"memory": 2, "answer": "x"}', PAIRS))
+    nearest = gate_features(hit, 0.9, PAIRS, parse_reply('{"memory": 1, "answer": "x"}', PAIRS))
+    assert len(other) == len(nearest) == len(GATE_FEATURES)
+    assert other[4:6] == (0.0, pytest.approx(2.1972, abs=1e-4))  # the log-odds of 0.9, where another pair was used
+    assert nearest[4:6] == (pytest.approx(2.1972, abs=1e-4), 0.0)
+    assert other[6:] == (0.0, 0.62, pytest.approx(0.62 - 0.91)) and nearest[6:] == (1.0, 0.91, pytest.approx(0.29))
+
+
+def _labels(n: int, noise: float, rng: random.Random):
+    """Replies whose pair is close are right, far are wrong; `noise` of them flipped."""
+    rows = []
+    for _ in range(n):
+        s = rng.random()
+        correct = (s > 0.5) != (rng.random() < noise)
+        rows.append(([s, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, s, 0.1], correct, None))
+    return rows
+
+
+def test_the_gate_serves_only_what_its_labels_certify():
+    rng = random.Random(0)
+    clean, noisy = CheapGate(0.02, seed=0), CheapGate(0.02, seed=0)
+    clean.load(_labels(1000, 0.0, rng))
+    noisy.load(_labels(1000, 0.15, rng))  # 15% of replies wrong wherever they fall: nothing is safe
+    assert clean.threshold is not None and clean.bound <= 0.02
+    assert clean.decide([0.95, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.95, 0.1])[0] in ("serve", "audit")
+    assert clean.decide([0.05, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.05, 0.1])[0] == "escalate"
+    assert noisy.threshold is None
+    assert noisy.decide([0.95, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.95, 0.1])[0] == "escalate"
+
+
+def test_a_cheap_model_that_never_pays_is_asked_only_within_the_learning_budget():
+    gate = CheapGate(0.02, cost_ratio=0.05, learning_budget=0.025, learn_replies=10, seed=0)
+    asked = 0
+    for _ in range(2000):  # every request a miss the strong model answers; every reply abstains
+        if gate.wants_reply():
+            asked += 1
+            gate.record_abstain()
+        gate.observe_cost("strong", 0)
+    # unserved replies may cost 2.5% of the strong calls: 0.025 / 0.05 = one reply per two strong calls
+    assert 10 <= asked <= 0.5 * 2000 + 11
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError):
+        CheapGate(0.0)
+    with pytest.raises(ConfigError):
+        CheapGate(0.02, learning_budget=2.0)
+    with pytest.raises(ConfigError):
+        SimulatedCheapModel(accuracy=1.5)
+
+
+def test_the_simulated_cheap_model_follows_its_stated_rule():
+    pairs = [
+        MemoryPair(1, "q1", "[answer for a]", 0.9),
+        MemoryPair(2, "q2", "[answer for b]", 0.8),
+        MemoryPair(3, "q3", "[answer for c]", 0.7),
+    ]
+    always = SimulatedCheapModel(accuracy=1.0, abstain=0.0)
+    assert parse_reply(always.reply("b", pairs), pairs).used == 1  # the right one, when passed
+    assert parse_reply(always.reply("z", pairs), pairs).used == 0  # absent: the most similar other pair
+    never = SimulatedCheapModel(accuracy=0.0, abstain=0.0)
+    assert parse_reply(never.reply("a", pairs), pairs).used == 1  # failing: the most similar wrong pair
+    assert parse_reply(SimulatedCheapModel(accuracy=0.0, abstain=1.0).reply("a", pairs), pairs) is None
+    assert parse_reply(always.reply("oos", pairs), pairs).used == 0  # out of scope: never right
+    half = SimulatedCheapModel(accuracy=0.5, abstain=0.0, seed=1)
+    right = sum(parse_reply(half.reply("c", pairs), pairs).used == 2 for _ in range(2000))
+    assert 900 < right < 1100
