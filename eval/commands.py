@@ -11,8 +11,16 @@ from pathlib import Path
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import WARMUP_HITS, across_seeds, hit_rates, summarize
-from memcache.eval.replay import MemoEmbedder, QueryRecord, replay_intents, replay_pairs, shuffled, static_replay
+from memcache.eval.metrics import WARMUP_HITS, across_seeds, cheap_path, hit_rates, summarize
+from memcache.eval.replay import (
+    MemoEmbedder,
+    QueryRecord,
+    SimulatedCheapModel,
+    replay_intents,
+    replay_pairs,
+    shuffled,
+    static_replay,
+)
 from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbourhood_features
 from memcache.types import Decision
 
@@ -43,6 +51,7 @@ class Stream:
         shadow_audits: bool = True,
         oos_from: int | None = None,
         oos_ramp: bool = False,
+        cheap_model: SimulatedCheapModel | None = None,
     ) -> list[QueryRecord]:
         options = {
             "policy": policy,
@@ -53,7 +62,10 @@ class Stream:
         }
         if self.kind == "pairs":  # no out-of-scope queries: run_eval refuses --oos-from here
             return replay_pairs(self.items, **options)
-        return replay_intents(self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, limit=self.limit, **options)
+        return replay_intents(
+            self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, limit=self.limit, cheap_model=cheap_model,
+            **options,
+        )  # fmt: skip
 
     def sweep(self, thresholds, embedder, *, seed: int, warm=(), oos_from=None, oos_ramp=False) -> list[dict]:
         """One row per static cosine cut-off on the stream in `seed`'s order. Intent streams are
@@ -190,6 +202,19 @@ MORE_LEGEND = (
     "end; claim_shortfall: wrong hits over what the served confidences predicted; policy_claim_ratio: the policy's own "
     "estimate of that factor, from its audits"
 )
+CHEAP_COLUMNS = (
+    "cheap_accuracy", "cheap_calls", "cheap_answer_rate", "false_answer_rate", "max_running_false_answer_rate",
+    "strong_calls", "cost",
+)  # fmt: skip
+ACROSS_SEEDS_CHEAP_COLUMNS = (
+    "max_false_hit_rate", "cheap_accuracy", "seeds", "false_answer_rate_mean", "false_answer_rate_max",
+    "seeds_over_bound_answers", "cheap_answer_rate_mean", "cost_mean", "cost_max",
+)  # fmt: skip
+CHEAP_LEGEND = (
+    "cheap_calls: queries the cheap model was asked about; cheap_answer_rate: queries it answered; false_answer_rate: "
+    "wrong answers served without the strong model (hits and cheap answers) over those answers; cost: strong calls + "
+    "cheap cost x cheap calls, over sending every query to the strong model"
+)
 AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
 ACROSS_SEEDS_COLUMNS = (
     "max_false_hit_rate",
@@ -212,6 +237,15 @@ def run_eval(args: argparse.Namespace) -> dict:
         )
     if args.oos_ramp and args.oos_from is None:
         raise ConfigError("--oos-ramp needs --oos-from N, where the out-of-scope share starts rising")
+    cheap = args.cheap or args.cheap_accuracy is not None
+    accuracies = [float(p) for p in str(args.cheap_accuracy or "0.9").split(",")] if cheap else [None]
+    if (cheap or args.strong_model) and args.format == "pairs":
+        raise ConfigError("the cheap path and real models (--cheap, --strong-model) replay intent streams, not pairs")
+    if args.cheap_model and not args.strong_model:
+        raise ConfigError("--cheap-model needs --strong-model: real models replace the simulated ones together")
+    if args.strong_model and (cheap or args.warm or args.oos_from is not None):
+        raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
+    cheap = cheap or bool(args.cheap_model)
     where = parse_where(args.where)
     stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where)
     warm = (
@@ -226,24 +260,43 @@ def run_eval(args: argparse.Namespace) -> dict:
     seeds = [int(s) for s in str(args.seed).split(",")]
     audit_seeds = [int(s) for s in str(args.audit_seed).split(",")] if args.audit_seed is not None else None
     runs = []
-    plan = [(bound, seed, coin) for bound in bounds for seed in seeds for coin in (audit_seeds or [seed])]
-    for bound, seed, audit_seed in plan:
+    plan = [
+        (bound, accuracy, seed, coin)
+        for bound in bounds
+        for accuracy in accuracies
+        for seed in seeds
+        for coin in (audit_seeds or [seed])
+    ]
+    for bound, accuracy, seed, audit_seed in plan:
+        reader = None
+        if accuracy is not None:
+            reader = SimulatedCheapModel(accuracy, args.cheap_abstain, args.cheap_cost, seed=audit_seed)
         if args.calibration:
             policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=audit_seed)
         else:
             policy = CalibratedPolicy(bound, seed=audit_seed)
         shadow = not args.escalate_audits
-        records = stream.replay(
-            policy,
-            embedder,
-            seed=seed,
-            warm=warm,
-            progress=True,
-            shadow_audits=shadow,
-            oos_from=args.oos_from,
-            oos_ramp=args.oos_ramp,
-        )
+        if args.strong_model:  # real models through LiteLLM (memcache.eval.real)
+            records = _replay_real(args, stream, policy, embedder, seed)
+        else:
+            records = stream.replay(
+                policy,
+                embedder,
+                seed=seed,
+                warm=warm,
+                progress=True,
+                shadow_audits=shadow,
+                oos_from=args.oos_from,
+                oos_ramp=args.oos_ramp,
+                cheap_model=reader,
+            )
         summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+        if args.strong_model and args.cheap_model:
+            summary.update(cheap_model=args.cheap_model, **cheap_path(records, args.cheap_cost))
+        elif reader is not None:
+            summary.update(
+                cheap_accuracy=accuracy, cheap_abstain=args.cheap_abstain, **cheap_path(records, args.cheap_cost)
+            )
         runs.append(
             {
                 "seed": seed,
@@ -277,6 +330,10 @@ def run_eval(args: argparse.Namespace) -> dict:
     columns = (*run_ids, *REPORT_COLUMNS[1:], *(MORE_COLUMNS if args.all_columns else ()))
     print(_table(report["runs"], columns))
     print(LEGEND + (f"; {MORE_LEGEND}" if args.all_columns else " (--all-columns for more)"))
+    if cheap:
+        print("\nthe cheap path (simulated cheap model):")
+        print(_table(report["runs"], (*run_ids, *CHEAP_COLUMNS)))
+        print(CHEAP_LEGEND)
     if args.oos_from is not None:
         arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
         print(f"\nfrom query {args.oos_from} on ({arriving}):")
@@ -292,6 +349,8 @@ def run_eval(args: argparse.Namespace) -> dict:
             which += "; audit seeds " + ",".join(map(str, audit_seeds))
         print(f"\nacross seeds ({which}):")
         print(_table(report["across_seeds"], ACROSS_SEEDS_COLUMNS))
+        if cheap:
+            print(_table(report["across_seeds"], ACROSS_SEEDS_CHEAP_COLUMNS))
     if sweep:
         print(f"\nstatic cosine thresholds (same stream, seed {seeds[0]}):")
         print(_table(sweep, ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))
@@ -309,6 +368,16 @@ def run_eval(args: argparse.Namespace) -> dict:
             sweep=sweep,
         )
     return report
+
+
+def _replay_real(args: argparse.Namespace, stream: Stream, policy: Policy, embedder, seed: int) -> list[QueryRecord]:
+    from memcache.eval.real import replay_real
+
+    options = {k: v for k, v in (("api_base", args.api_base), ("api_key", args.api_key)) if v}
+    return replay_real(
+        stream.items, policy=policy, embedder=embedder, strong_model=args.strong_model, cheap_model=args.cheap_model,
+        judge_model=args.judge_model, options=options, seed=seed, limit=stream.limit,
+    )  # fmt: skip
 
 
 def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
@@ -395,6 +464,28 @@ def add_eval_commands(sub) -> None:
         action="store_true",
         help="an audited query gets the strong model's answer (default: the stored answer is served while it is checked)",
     )
+    ev.add_argument(
+        "--cheap", action="store_true", help="replay the cheap path too, with the simulated cheap model (docs/EVAL.md)"
+    )
+    ev.add_argument(
+        "--cheap-accuracy",
+        default=None,
+        metavar="P",
+        help="the simulated cheap model names the right stored answer with probability P when it was passed "
+        "(implies --cheap; several: 0.6,0.9,0.98; default 0.9)",
+    )
+    ev.add_argument(
+        "--cheap-abstain", type=float, default=0.5, metavar="A", help="otherwise it abstains with probability A"
+    )
+    ev.add_argument(
+        "--cheap-cost", type=float, default=0.05, metavar="C", help="a cheap call's cost as a share of a strong call's"
+    )
+    real = ev.add_argument_group("real models (for users with keys; each query is a real call)")
+    real.add_argument("--strong-model", default=None, help="LiteLLM name of the strong model, e.g. openai/gpt-4o")
+    real.add_argument("--cheap-model", default=None, help="LiteLLM name of the cheap model, e.g. openai/gpt-4o-mini")
+    real.add_argument("--judge-model", default=None, help="LiteLLM name of the judge (default: answers must match)")
+    real.add_argument("--api-base", default=None, help="the models' server, e.g. http://127.0.0.1:8000/v1")
+    real.add_argument("--api-key", default=None, help="its key (default: the provider's variable)")
     ev.set_defaults(func=lambda args: run_eval(args) and 0)
 
     cal = sub.add_parser("calibrate", help="fit the decision policy from labeled data")

@@ -36,6 +36,35 @@ def hit_rates(queries: int, hits: int, wrong: int) -> dict:
     }
 
 
+def cheap_path(records: Sequence[QueryRecord], cheap_cost: float) -> dict:
+    """The cheap path's figures: `cheap_calls` (share of queries the cheap model was asked
+    about), `cheap_answer_rate` (share answered by it), `false_answer_rate` (wrong answers
+    served without the strong model over all such answers: hits and cheap answers),
+    `max_running_false_answer_rate` (its highest running value from the `WARMUP_HITS`-th such
+    answer on) and `cost` (a strong call 1, a cheap call `cheap_cost`, a hit 0, over the cost of
+    sending every query to the strong model)."""
+    n = len(records)
+    answered = wrong = 0
+    running = []
+    for record in records:
+        if record.served:
+            answered += 1
+            wrong += not record.correct
+            if answered >= WARMUP_HITS:
+                running.append(wrong / answered)
+    calls = sum(r.cheap_called for r in records)
+    spent = sum(r.paid for r in records) + cheap_cost * calls
+    return {
+        "cheap_calls": calls / n if n else 0.0,
+        "cheap_answers": sum(r.outcome == "cheap" for r in records),
+        "cheap_answer_rate": sum(r.outcome == "cheap" for r in records) / n if n else 0.0,
+        "false_answer_rate": wrong / answered if answered else 0.0,
+        "max_running_false_answer_rate": max(running) if running else None,
+        "cost": spent / n if n else 0.0,
+        "cheap_cost": cheap_cost,
+    }
+
+
 def summarize(
     records: Sequence[QueryRecord], *, max_false_hit_rate: float | None = None, claimed: float | None = None
 ) -> dict:
@@ -89,8 +118,8 @@ def across_seeds(runs: Sequence[dict]) -> list[dict]:
     is what to read.
     """
     rows = []
-    for bound in dict.fromkeys(run["max_false_hit_rate"] for run in runs):
-        group = [run for run in runs if run["max_false_hit_rate"] == bound]
+    for bound, accuracy in dict.fromkeys((run["max_false_hit_rate"], run.get("cheap_accuracy")) for run in runs):
+        group = [run for run in runs if (run["max_false_hit_rate"], run.get("cheap_accuracy")) == (bound, accuracy)]
         false_hits = np.array([run["false_hit_rate"] for run in group])
         worst = [run.get("max_running_false_hit_rate") for run in group]
         correct = np.array([run["correct_hit_rate"] for run in group])
@@ -112,4 +141,16 @@ def across_seeds(runs: Sequence[dict]) -> list[dict]:
                 "strong_calls_max": float(strong.max()),
             }
         )
+        if accuracy is not None:  # with the cheap path: everything served without the strong model
+            answers = np.array([run["false_answer_rate"] for run in group])
+            cost = np.array([run["cost"] for run in group])
+            rows[-1].update(
+                cheap_accuracy=accuracy,
+                false_answer_rate_mean=float(answers.mean()),
+                false_answer_rate_max=float(answers.max()),
+                seeds_over_bound_answers=int((answers > bound).sum()) if bound is not None else None,
+                cheap_answer_rate_mean=float(np.mean([run["cheap_answer_rate"] for run in group])),
+                cost_mean=float(cost.mean()),
+                cost_max=float(cost.max()),
+            )
     return rows

@@ -7,6 +7,11 @@ only way the policy sees a label. Hits are scored against the labels but never s
 policy: it learns only from answers the replay paid for. An audit serves the stored answer
 (scored as a hit) while it is checked, as `MemCache.completion` does with `shadow_audits`
 (the default); with `shadow_audits=False` the audited query gets the strong model's answer.
+
+With a `SimulatedCheapModel` the cheap path runs too (docs/EVAL.md states the simulation): a
+miss the controller sends to the cheap path gets the simulated reply through the real prompt
+format, parser and gate; a served cheap answer is scored like a hit, and an escalated or
+audited one is labeled by the strong model's answer through `write_back(..., cheap=...)`.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from memcache.cache import MemCache
+from memcache.cheap import MemoryPair, reply_text
+from memcache.cheap_gate import CheapGate
 from memcache.embedding import Embedder
 from memcache.errors import ConfigError
 from memcache.eval.data import OOS, LabeledPair, LabeledQuery
@@ -33,9 +40,11 @@ from memcache.policy import Policy
 class QueryRecord:
     """What happened to one replayed query.
 
+    `outcome` is "hit", "miss", "audit" or "cheap" (a cheap model's answer was served).
     `correct` is None for queries that were not served; `reusable` says whether a right
     answer for this query was already stored before it arrived (the ceiling for hits).
-    `audited` marks a hit that was also paid for (a shadow audit).
+    `audited` marks a served answer that was also paid for (a shadow audit); `cheap_called`
+    a query the cheap model was asked about.
     """
 
     outcome: str
@@ -45,11 +54,40 @@ class QueryRecord:
     confidence: float
     latency_ms: float
     audited: bool = False
+    cheap_called: bool = False
 
     @property
     def paid(self) -> bool:
-        """A strong-model call was made for this query (a miss or an audit)."""
-        return self.outcome != "hit" or self.audited
+        """A strong-model call was made for this query (a miss, an audit, or an audited answer)."""
+        return self.outcome in ("miss", "audit") or self.audited
+
+    @property
+    def served(self) -> bool:
+        """Answered without waiting for the strong model: a hit or a cheap answer."""
+        return self.outcome in ("hit", "cheap")
+
+
+class SimulatedCheapModel:
+    """The cheap model `memcache eval` replays (docs/EVAL.md): given the query and the pairs the
+    controller passes, it names the right answer with probability `accuracy` when it is among
+    them; otherwise (absent, or the reader failing) it abstains with probability `abstain`, and
+    else names the most similar passed pair that is not the right one (a confident wrong answer)."""
+
+    def __init__(self, accuracy: float = 0.9, abstain: float = 0.5, cost: float = 0.05, seed: int = 0) -> None:
+        for name, value in (("accuracy", accuracy), ("abstain", abstain), ("cost", cost)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"the cheap model's {name} must be in [0, 1], got {value!r}")
+        self.accuracy, self.abstain, self.cost = accuracy, abstain, cost
+        self._rng = random.Random(seed)
+
+    def reply(self, label: str, pairs: Sequence[MemoryPair]) -> str:
+        right = next((i for i, p in enumerate(pairs) if label != OOS and _label_of(p.answer) == label), None)
+        if right is not None and self._rng.random() < self.accuracy:
+            return reply_text(right + 1, pairs[right].answer)
+        wrong = next((i for i in range(len(pairs)) if i != right), None)
+        if wrong is None or self._rng.random() < self.abstain:
+            return reply_text(None)
+        return reply_text(wrong + 1, pairs[wrong].answer)
 
 
 class MemoEmbedder:
@@ -92,7 +130,9 @@ def _label_of(answer: str) -> str:
     return OOS if answer.startswith("[oos answer") else answer[len("[answer for ") : -1]
 
 
-def _cache(policy: Policy, embedder: Embedder, directory: str, shadow_audits: bool) -> MemCache:
+def _cache(
+    policy: Policy, embedder: Embedder, directory: str, shadow_audits: bool, gate: CheapGate | None = None
+) -> MemCache:
     return MemCache(
         f"sqlite:///{Path(directory) / 'replay.db'}",
         embedder=embedder,
@@ -100,6 +140,7 @@ def _cache(policy: Policy, embedder: Embedder, directory: str, shadow_audits: bo
         judge=ExactJudge(),
         relabel_in_background=False,  # the same stream and seed give the same report
         shadow_audits=shadow_audits,
+        cheap_gate=gate,
     )
 
 
@@ -164,13 +205,18 @@ def replay_intents(
     oos_from: int | None = None,
     oos_ramp: bool = False,
     limit: int | None = None,
+    cheap_model: SimulatedCheapModel | None = None,
 ) -> list[QueryRecord]:
     """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed)
-    cache; with `limit`, only the shuffle's first `limit` queries (a short stream)."""
+    cache; with `limit`, only the shuffle's first `limit` queries (a short stream); with
+    `cheap_model`, through the cheap path as well."""
     stream = shuffled(queries, seed, oos_from, oos_ramp)[:limit]
     records = []
+    gate = None
+    if cheap_model is not None:
+        gate = CheapGate(policy.max_false_hit_rate, cost_ratio=cheap_model.cost, seed=seed)
     with tempfile.TemporaryDirectory() as directory:
-        cache = _cache(policy, embedder, directory, shadow_audits)
+        cache = _cache(policy, embedder, directory, shadow_audits, gate)
         seen: set[str] = set()
         for i, query in enumerate(warm):
             cache.write_back(query.text, _answer(query.label, -i - 1), model="replay", paid=False)
@@ -188,8 +234,19 @@ def replay_intents(
                 )
             else:
                 record = QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms)
-            if result.hit is None:  # a miss or an audit: the strong model is paid, its answer written back
-                cache.write_back(result, _answer(query.label, i))
+            verdict = None
+            pairs = cache.cheap_pairs(result) if served is None and cheap_model is not None else None
+            if pairs:
+                verdict = cache.read_cheap_reply(result, pairs, cheap_model.reply(query.label, pairs))
+                record = replace(record, cheap_called=True)
+                if verdict.served:
+                    correct = _label_of(verdict.answer) == query.label and query.label != OOS
+                    record = replace(record, outcome="cheap", correct=correct, confidence=verdict.confidence,
+                                     audited=verdict.action == "audit")  # fmt: skip
+            if result.hit is None and (verdict is None or verdict.action != "serve"):
+                # a miss, an audit or a checked cheap answer: the strong model is paid, its answer written back
+                cache.controller.record_strong_call(0)
+                cache.write_back(result, _answer(query.label, i), cheap=verdict)
                 seen.add(query.label)
             records.append(record)
             if on_query:

@@ -23,8 +23,8 @@ import numpy as np
 
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.eval.data import load_intents
-from memcache.eval.metrics import summarize
-from memcache.eval.replay import MemoEmbedder, replay_intents, shuffled, static_replay
+from memcache.eval.metrics import cheap_path, summarize
+from memcache.eval.replay import MemoEmbedder, SimulatedCheapModel, replay_intents, shuffled, static_replay
 from memcache.policy import CalibratedPolicy, Policy
 
 FAMILIES = {
@@ -65,8 +65,11 @@ def run_family(
     policy: Callable[[int], Policy] | None = None,
     embedder=None,
     progress: bool = False,
+    cheap_accuracy: float | None = None,
 ) -> dict:
-    """Replay every stream of `family` with the policy and with static cut-offs; the report."""
+    """Replay every stream of `family` with the policy and with static cut-offs; the report.
+    With `cheap_accuracy`, the cheap path runs too, with the simulated cheap model's defaults
+    for abstains and cost (`memcache eval --cheap`)."""
     memo = MemoEmbedder(embedder or SentenceTransformerEmbedder())
     make = policy or (lambda seed: CalibratedPolicy(bound, seed=seed))
     runs, static = [], {}
@@ -74,8 +77,13 @@ def run_family(
         wanted = load_intents(data, stream.splits, {"domain": set(stream.domains)})
         memo.prefill([r.text for r in wanted])
         for seed in seeds:
-            records = replay_intents(wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit)
+            reader = None if cheap_accuracy is None else SimulatedCheapModel(cheap_accuracy, seed=seed)
+            records = replay_intents(
+                wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit, cheap_model=reader
+            )
             summary = summarize(records, max_false_hit_rate=bound)
+            if reader is not None:
+                summary.update(cheap_path(records, reader.cost))
             runs.append({"stream": stream.name, "kind": stream.kind, "seed": seed, **summary})
             order = shuffled(wanted, seed)[: stream.limit]
             curve = static_replay(order, memo.embed([q.text for q in order]), STATIC_THRESHOLDS)
@@ -119,6 +127,17 @@ def table(runs: Sequence[dict], bound: float) -> list[dict]:
                 "first_hit_median": float(np.median([run["first_hit_query"] or 0 for run in group])),
             }
         )
+        if "false_answer_rate" in group[0]:  # the cheap path ran: everything served without the strong model
+            answers = np.array([run["false_answer_rate"] for run in group])
+            worst = [run["max_running_false_answer_rate"] for run in group]
+            out[-1].update(
+                false_answer_rate_mean=float(answers.mean()),
+                false_answer_rate_max=float(answers.max()),
+                answers_over_bound=f"{int((answers > bound).sum())}/{len(group)}",
+                answers_crossed_after_warmup=f"{sum(w is not None and w > bound for w in worst)}/{len(group)}",
+                cheap_answer_rate_mean=float(np.mean([run["cheap_answer_rate"] for run in group])),
+                cost_mean=float(np.mean([run["cost"] for run in group])),
+            )
     return out
 
 
@@ -147,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", default="0,1", help="shuffles of each stream")
     parser.add_argument("--max-false-hit-rate", type=float, default=0.02)
     parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--cheap-accuracy", type=float, default=None, help="run the cheap path too (memcache eval)")
     args = parser.parse_args(argv)
     report = run_family(
         args.data,
@@ -154,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=[int(s) for s in args.seed.split(",")],
         bound=args.max_false_hit_rate,
         progress=True,
+        cheap_accuracy=args.cheap_accuracy,
     )
     for row in report["rows"]:
         print(json.dumps(row))

@@ -14,7 +14,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,12 @@ Messages = Sequence[Mapping[str, Any]]
 Name = str | None
 Verifier = Callable[[str, str], bool]
 log = logging.getLogger("memcache")
+
+
+def _default_policy(calibration: str | Path | None, max_false_hit_rate: float, seed: int | None) -> Policy:
+    if calibration is not None:
+        return CalibratedPolicy.from_file(calibration, max_false_hit_rate=max_false_hit_rate, seed=seed)
+    return CalibratedPolicy(max_false_hit_rate, seed=seed)
 
 
 class MemCache:
@@ -113,11 +118,7 @@ class MemCache:
         if policy is not None and calibration is not None:
             raise ConfigError("pass either policy= or calibration=, not both")
         if policy is None:  # built first: a bad bound must fail before a store file is created
-            policy = (
-                CalibratedPolicy.from_file(calibration, max_false_hit_rate=max_false_hit_rate, seed=seed)
-                if calibration is not None
-                else CalibratedPolicy(max_false_hit_rate, seed=seed)
-            )
+            policy = _default_policy(calibration, max_false_hit_rate, seed)
         if cheap_gate is None and cheap_model is not None:
             cheap_gate = CheapGate(max_false_hit_rate, seed=seed)
         self.strong_model, self.max_query_chars, self.ttl, self.verify = strong_model, max_query_chars, ttl, verify
@@ -130,16 +131,10 @@ class MemCache:
         self.memory = Memory(
             self.store, index=index, device=device, sync_interval=sync_interval, snapshot=snapshot, progress=progress
         )
-        judge = judge if judge is not None else ExactJudge()
         self.controller = Controller(
-            policy,
-            self.memory,
-            judge,
-            hindsight_window=hindsight_window,
-            relabel_in_background=relabel_in_background,
-            shadow_audits=shadow_audits,
-            cheap_gate=cheap_gate,
-        )
+            policy, self.memory, judge if judge is not None else ExactJudge(), hindsight_window=hindsight_window,
+            relabel_in_background=relabel_in_background, shadow_audits=shadow_audits, cheap_gate=cheap_gate,
+        )  # fmt: skip
         self._ready_lock = threading.Lock()
         self._ready = False
         self._executor: ThreadPoolExecutor | None = None
@@ -175,13 +170,8 @@ class MemCache:
     # -- lookup -----------------------------------------------------------------------------
 
     def _parse(self, request: Request, model: str | None, tenant: str | None, params: Mapping[str, Any]):
-        return parse_request(
-            request,
-            model=model or self.strong_model or DEFAULT_SCOPE_MODEL,
-            tenant=tenant,
-            params=params,
-            max_chars=self.max_query_chars,
-        )
+        model = model or self.strong_model or DEFAULT_SCOPE_MODEL
+        return parse_request(request, model=model, tenant=tenant, params=params, max_chars=self.max_query_chars)
 
     def lookup(self, request: Request, *, model: Name = None, tenant: Name = None, **params: Any) -> LookupResult:
         """Find a stored answer for `request` (a prompt string or OpenAI-style messages).
@@ -210,15 +200,13 @@ class MemCache:
         return self.controller.shadow_hit(result)
 
     def cheap_pairs(self, result: LookupResult) -> list[MemoryPair] | None:
-        """The stored pairs of the request's scope for a cheap model to read, or None where the
-        cheap path is not taken for this lookup (see `Controller.cheap_pairs`). Prompt the model
-        with `memcache.cheap.cheap_messages`, then pass its reply to `read_cheap_reply`."""
+        """The pairs of the scope a cheap model should read (prompt: `memcache.cheap.cheap_messages`),
+        or None where this lookup does not take the cheap path."""
         return self.controller.cheap_pairs(result)
 
     def read_cheap_reply(self, result: LookupResult, pairs: list[MemoryPair], text: object) -> CheapVerdict:
-        """Whether to serve a cheap model's reply. Unless the verdict is "serve", ask the strong
-        model and pass its answer to `write_back(result, answer, cheap=verdict)`: that answer
-        is what is stored, and it tells the cheap path whether its reply was right."""
+        """The verdict on a cheap reply. Unless it is "serve", pass the strong model's answer to
+        `write_back(result, answer, cheap=verdict)`: it is stored, and it labels the reply."""
         return self.controller.read_cheap(result, pairs, text)
 
     # -- write-back -------------------------------------------------------------------------
@@ -364,19 +352,7 @@ class MemCache:
     def stats(self) -> Stats:
         """Counters of this process, the store's lifetime counters, and its totals."""
         self.flush()
-        entries, keys, labels = self.store.counts()
-        status = asdict(self.controller.status())
-        cheap = self.controller.cheap_gate.status() if self.controller.cheap_gate is not None else {}
-        lifetime = self.store.lifetime_counts()
-        return Stats(
-            entries=entries,
-            keys=keys,
-            labels=labels,
-            **status,
-            **cheap,
-            **self.controller.counters(),
-            lifetime=lifetime,
-        )
+        return self.controller.stats()
 
     # -- background work and closing ----------------------------------------------------------
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 
 import numpy as np
@@ -27,7 +27,7 @@ from memcache.judge import Judge
 from memcache.memory import Memory
 from memcache.policy import LearningPolicy, Policy, PolicyStatus
 from memcache.store import utcnow
-from memcache.types import CacheHit, CheapVerdict, Label, LookupResult, Scope
+from memcache.types import CacheHit, CheapVerdict, Label, LookupResult, Scope, Stats
 
 NEIGHBOURS = 10  # in-scope keys the policy sees per lookup (its features are defined on ten)
 AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
@@ -203,6 +203,14 @@ class Controller:
         claimed = verdict.confidence if verdict.action == "audit" else None
         self.store.add_cheap_label(verdict.features, correct, claimed)
         self.cheap_gate.observe(verdict.features, correct, claimed)
+
+    def stats(self) -> Stats:
+        """What `MemCache.stats` reports: the store's totals and lifetime counters, this process's
+        counters, the policy's status and the cheap path's learner's."""
+        entries, keys, labels = self.store.counts()
+        cheap = self.cheap_gate.status() if self.cheap_gate is not None else {}
+        return Stats(entries=entries, keys=keys, labels=labels, **asdict(self.status()), **cheap, **self.counters(),
+                     lifetime=self.store.lifetime_counts())  # fmt: skip
 
     def status(self) -> PolicyStatus:
         """The policy's bound, estimate, claim check and shift hold, as one record."""

@@ -10,6 +10,7 @@ is an HTTP status to fail with; None falls back to `answer_for`); special prompt
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -22,6 +23,26 @@ def default_answer(prompt: str) -> str:
         b = prompt.split("Answer B:")[1].split()[0].strip(",.").lower()
         return "YES" if a == b else "NO"
     return f"Answer to: {prompt}"
+
+
+PAIR_ONE = re.compile(r'\[1\] Request: .*\n    Answer: (".*")')
+
+
+def two_models(body: dict):
+    """`respond` for a server playing two models by name: "cheap-model" names pair 1 of the cheap
+    prompt and repeats its answer, unless the request says CHEAP-FAIL (HTTP 500), CHEAP-ABSTAIN
+    or CHEAP-GARBAGE (a reply that does not parse); any other model is the default strong one."""
+    if body.get("model") != "cheap-model":
+        return None
+    user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+    if "CHEAP-FAIL" in user:
+        return 500
+    if "CHEAP-ABSTAIN" in user:
+        return '{"memory": null}'
+    if "CHEAP-GARBAGE" in user:
+        return "I would say 42."
+    answer = json.loads(PAIR_ONE.search(body["messages"][0]["content"]).group(1))
+    return json.dumps({"memory": 1, "answer": answer})
 
 
 class StubLLM:

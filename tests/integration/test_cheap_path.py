@@ -6,34 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import threading
 import time
 
 import pytest
-from stub_llm import StubLLM
+from stub_llm import StubLLM, two_models
 
 from memcache import MemCache, ThresholdPolicy, cache_info
 from memcache.cheap_gate import GATE_FEATURES, CheapGate
 
 STRONG, CHEAP = "openai/strong-model", "openai/cheap-model"
-PAIR_ONE = re.compile(r'\[1\] Request: .*\n    Answer: (".*")')
-
-
-def two_models(body: dict):
-    """The cheap model names pair 1 and repeats its answer, unless the request says otherwise;
-    the strong model answers "Answer to: <prompt>" (the stub's default)."""
-    if body.get("model") != "cheap-model":
-        return None
-    user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
-    if "CHEAP-FAIL" in user:
-        return 500
-    if "CHEAP-ABSTAIN" in user:
-        return '{"memory": null}'
-    if "CHEAP-GARBAGE" in user:
-        return "I would say 42."
-    answer = json.loads(PAIR_ONE.search(body["messages"][0]["content"]).group(1))
-    return json.dumps({"memory": 1, "answer": answer})
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +198,35 @@ def _serving(app):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def test_eval_replays_the_cheap_path_with_the_simulated_model(cli, data_dir, tmp_path):
+    data = str(data_dir / "clinc150.jsonl")
+    common = [data, "--splits", "test", "--where", "domain=banking,travel", "--limit", "300", "--seed", "0"]
+    result = cli(["eval", *common, "--cheap-accuracy", "0.9", "--json", str(tmp_path / "cheap.json")])
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "cheap.json").read_text())
+    assert run["queries"] == 300 and run["cheap_calls"] > 0 and run["cheap_accuracy"] == 0.9
+    assert run["cost"] == pytest.approx(run["strong_calls"] + 0.05 * run["cheap_calls"])
+    served = run["hits"] + run["cheap_answers"]
+    assert 0.0 <= run["false_answer_rate"] <= 1.0 and run["cheap_answer_rate"] == run["cheap_answers"] / 300
+    assert served >= run["hits"]
+    plain = cli(["eval", *common, "--json", str(tmp_path / "plain.json")])
+    assert plain.returncode == 0 and "cost" not in json.loads((tmp_path / "plain.json").read_text())
+
+
+def test_eval_with_real_models_goes_through_litellm(cli, server, tmp_path):
+    rows = [
+        {"text": text.format(thing), "label": thing, "split": "test"}
+        for thing in ("password", "address", "card", "parcel", "refund")
+        for text in ("How do I change my {}?", "how can i change my {}", "I want to change my {}", "change {} how?")
+    ]
+    data = tmp_path / "intents.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows))
+    result = cli(["eval", str(data), "--strong-model", STRONG, "--cheap-model", CHEAP, "--api-base", server.base_url,
+                  "--api-key", "sk-test", "--json", str(tmp_path / "real.json")])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "real.json").read_text())
+    assert run["queries"] == 20 and run["cheap_model"] == CHEAP and run["cheap_calls"] > 0
+    assert run["strong_calls"] >= 0.5 and run["cost"] == pytest.approx(run["strong_calls"] + 0.05 * run["cheap_calls"])
+    assert {call.get("model") for call in server.calls} >= {"cheap-model", "strong-model"}
