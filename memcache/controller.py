@@ -35,7 +35,8 @@ MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit ma
 HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
 COUNTERS = (
     "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
-    "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd",
+    "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "strong_tokens", "cheap_tokens",
+    "unpriced_calls",
 )  # fmt: skip
 log = logging.getLogger("memcache")
 
@@ -186,11 +187,13 @@ class Controller:
             self.count("cheap_answers")
         return CheapVerdict(action, reply.answer, confidence, features, pairs[reply.used].entry_id)
 
-    def record_cheap_call(self, spend_micro_usd: int) -> None:
-        """Count one call of the cheap model, and what it cost."""
+    def record_cheap_call(self, spend_micro_usd: int, tokens: int = 0) -> None:
+        """Count one call of the cheap model, what it cost and its tokens (as `record_strong_call`)."""
         with self._lock:
             self._add("cheap_calls", 1)
             self._add("cheap_spend_micro_usd", spend_micro_usd)
+            self._add("cheap_tokens", tokens)
+            self._add("unpriced_calls", int(tokens > 0 and not spend_micro_usd))
         if self.cheap_gate is not None:
             self.cheap_gate.observe_cost("cheap", spend_micro_usd)
 
@@ -228,11 +231,14 @@ class Controller:
         self._counters[name] += amount
         self._unflushed[name] += amount
 
-    def record_strong_call(self, spend_micro_usd: int) -> None:
-        """Count one call of the strong model that memcache made, and what it cost."""
+    def record_strong_call(self, spend_micro_usd: int, tokens: int = 0) -> None:
+        """Count one call of the strong model that memcache made, what it cost and its tokens (a
+        call with tokens but no price, a model LiteLLM cannot price, counts as unpriced)."""
         with self._lock:
             self._add("strong_calls", 1)
             self._add("spend_micro_usd", spend_micro_usd)
+            self._add("strong_tokens", tokens)
+            self._add("unpriced_calls", int(tokens > 0 and not spend_micro_usd))
         if self.cheap_gate is not None:
             self.cheap_gate.observe_cost("strong", spend_micro_usd)
 

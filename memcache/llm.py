@@ -76,6 +76,12 @@ def cost_micro_usd(response: Any) -> int:
     return round(float(cost) * 1e6) if isinstance(cost, (int, float)) else 0
 
 
+def usage_tokens(response: Any) -> int:
+    """Tokens the provider counted for a completed call (prompt and completion; 0 where none)."""
+    total = getattr(getattr(response, "usage", None), "total_tokens", None)
+    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
+
+
 def verified_text(response: Any) -> str | None:
     """The answer text if the response is one complete, normal answer; else None.
 

@@ -207,7 +207,9 @@ class Stats:
     `spend_micro_usd` their cost as LiteLLM priced it (millionths of a dollar; streams and
     unpriced models add nothing). `cheap_calls`, `cheap_answers` (cheap replies served) and
     `cheap_spend_micro_usd` are the cheap path's (see `MemCache(cheap_model=...)`), and the
-    `cheap_*` figures its learner's (None without a cheap path). `lifetime` holds the same counters summed over every process
+    `cheap_*` figures its learner's (None without a cheap path). `strong_tokens` and `cheap_tokens`
+    are the providers' token counts; `unpriced_calls` the calls LiteLLM could not price (their
+    spend is 0: count their tokens instead). `lifetime` holds the same counters summed over every process
     that used the store, this one's included. The policy's figures are
     those of `PolicyStatus` (`target`: the rate its cut-off is certified against now). `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
@@ -239,6 +241,9 @@ class Stats:
     cheap_calls: int = 0
     cheap_answers: int = 0
     cheap_spend_micro_usd: int = 0
+    strong_tokens: int = 0
+    cheap_tokens: int = 0
+    unpriced_calls: int = 0
     cheap_threshold: float | None = None
     cheap_estimated_false_answer_rate: float | None = None
     cheap_labels: int | None = None

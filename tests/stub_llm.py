@@ -29,10 +29,11 @@ PAIR_ONE = re.compile(r'\[1\] Request: .*\n    Answer: (".*")')
 
 
 def two_models(body: dict):
-    """`respond` for a server playing two models by name: "cheap-model" names pair 1 of the cheap
+    """`respond` for a server playing two models by name: "cheap-model" (or "gpt-4o-mini", a name
+    LiteLLM prices) names pair 1 of the cheap
     prompt and repeats its answer, unless the request says CHEAP-FAIL (HTTP 500), CHEAP-ABSTAIN
     or CHEAP-GARBAGE (a reply that does not parse); any other model is the default strong one."""
-    if body.get("model") != "cheap-model":
+    if body.get("model") not in ("cheap-model", "gpt-4o-mini"):
         return None
     user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
     if "CHEAP-FAIL" in user:

@@ -72,6 +72,8 @@ def test_an_unproven_cheap_model_is_asked_and_escalated_and_its_label_is_kept(db
         assert len(labels) == 1 and labels[0][1] is False and len(labels[0][0]) == len(GATE_FEATURES)
         stats = cache.stats()
         assert (stats.cheap_calls, stats.cheap_answers, stats.strong_calls) == (1, 0, 2)
+        assert (stats.strong_tokens, stats.cheap_tokens, stats.unpriced_calls) == (20, 10, 3)  # the stub's usage
+        assert stats.spend_micro_usd == 0 and stats.saving_micro_usd is None  # names LiteLLM cannot price
     with open_cache(db_url, embedder, options) as cache:  # the cheap path's labels survive a restart
         cache.warm_up()
         assert cache.controller.cheap_gate.labels == 1
@@ -134,6 +136,20 @@ def test_an_audited_cheap_answer_is_checked_by_the_strong_model_and_teaches_the_
         assert correct is False and claimed == pytest.approx(info.confidence)  # the stub's strong answer differs
         assert gate.labels == labels_before + 1 and gate.claim_ratio > 1.0
         assert cache.stats().entries == 2  # the strong model's answer, verified, is what was stored
+
+
+def test_spend_is_priced_per_path_and_the_saving_is_reported(db_url, embedder, server, options, cli):
+    gate = trained_gate(max_audit_rate=0.0, min_audit_rate=0.0)
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(1.0), strong_model="openai/gpt-4o",
+                  cheap_model="openai/gpt-4o-mini", cheap_options=options, cheap_gate=gate) as cache:  # fmt: skip
+        ask(cache, "How do I reset my password?", options)
+        assert cache_info(ask(cache, "how can I reset my password", options)).path == "cheap"
+        stats = cache.stats()
+        assert 0 < stats.cheap_spend_micro_usd < stats.spend_micro_usd and stats.unpriced_calls == 0
+        # two lookups at the strong model's price, less one strong and one cheap call
+        assert stats.saving_micro_usd == stats.spend_micro_usd - stats.cheap_spend_micro_usd > 0
+    shown = cli(["stats", "--database-url", db_url]).stdout
+    assert "cheap_answers" in shown and f"saving_micro_usd             {stats.saving_micro_usd}" in shown
 
 
 def test_the_decorator_takes_the_cheap_path(db_url, embedder, server, options):
