@@ -217,10 +217,13 @@ def test_config_file(tmp_path):
     assert config.models["fast"] == Upstream("openai/gpt-4o-mini", {"api_base": "http://h/v1"})
     assert config.keys == {"sk-1": "team-1"} and config.shadow_audits
     path.write_text("shadow_audits = false\n")
-    assert not ProxyConfig.from_file(path).shadow_audits
+    assert not ProxyConfig.from_file(path).shadow_audits and ProxyConfig.from_file(path).cheap is None
+    path.write_text('[cheap]\nmodel = "openai/gpt-4o-mini"\napi_base = "http://c/v1"\n')
+    assert ProxyConfig.from_file(path).cheap == Upstream("openai/gpt-4o-mini", {"api_base": "http://c/v1"})
     from memcache import ConfigError
 
-    for bad in ("colour = 'blue'\n", "shadow_audits = 'no'\n"):
+    unset = "[cheap]\nmodel = 'openai/m'\napi_key_env = 'MEMCACHE_TEST_UNSET_KEY'\n"
+    for bad in ("colour = 'blue'\n", "shadow_audits = 'no'\n", "[cheap]\napi_base = 'http://c'\n", unset):
         path.write_text(bad)
         with pytest.raises(ConfigError):
             ProxyConfig.from_file(path)
