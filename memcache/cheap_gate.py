@@ -110,6 +110,7 @@ class CheapGate:
         self._z = certify.z_for(confidence_level)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._fit_lock = threading.Lock()  # one refit at a time, outside `_lock`
         self._labels = LabelBuffer(len(GATE_FEATURES), max_labels)
         self._observed = self._fitted_at = 0
         self._claims: deque[tuple[float, bool]] = deque(maxlen=2000)
@@ -220,7 +221,8 @@ class CheapGate:
                 self._labels.append(features, bool(correct), None)
                 if claimed is not None:
                     self._claims.append((float(claimed), bool(correct)))
-                    self._served = max(self._served, int(len(self._claims) / self.max_audit_rate))
+            if self.max_audit_rate > 0:  # at most that share of served answers was audited: the warm-up resumes
+                self._served = max(self._served, int(len(self._claims) / self.max_audit_rate))
             self._observed += len(rows)
             self._asked += len(rows)
         if rows:
@@ -235,6 +237,12 @@ class CheapGate:
         return certify.claim_ratio(self._claims, self.confidence_level)
 
     def refit(self) -> None:
+        """Fit on a copy of the labels and install the model and its cut-off (decisions keep the
+        previous ones meanwhile)."""
+        with self._fit_lock:
+            self._refit_locked()
+
+    def _refit_locked(self) -> None:
         with self._lock:
             self._fitted_at = self._observed
             x, y, _ = self._labels.arrays()

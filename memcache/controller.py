@@ -22,6 +22,7 @@ import numpy as np
 
 from memcache import cheap
 from memcache.cheap_gate import CheapGate, gate_features
+from memcache.errors import StoreError
 from memcache.hindsight import HindsightWindow
 from memcache.judge import Judge
 from memcache.memory import Memory
@@ -204,7 +205,10 @@ class Controller:
             return
         correct = bool(self.judge.same_answer(query, answer, verdict.answer))
         claimed = verdict.confidence if verdict.action == "audit" else None
-        self.store.add_cheap_label(verdict.features, correct, claimed)
+        try:
+            self.store.add_cheap_label(verdict.features, correct, claimed)
+        except StoreError as exc:  # the answer is stored already; the label is learned, not kept
+            log.warning("a cheap-path label was not stored: %s", exc)
         self.cheap_gate.observe(verdict.features, correct, claimed)
 
     def stats(self) -> Stats:
