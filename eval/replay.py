@@ -245,7 +245,7 @@ def replay_intents(
                                      audited=verdict.action == "audit")  # fmt: skip
             if result.hit is None and (verdict is None or verdict.action != "serve"):
                 # a miss, an audit or a checked cheap answer: the strong model is paid, its answer written back
-                cache.controller.record_strong_call(0, 0)
+                cache.controller.record_call("strong", 0, 0)
                 cache.write_back(result, _answer(query.label, i), cheap=verdict)
                 seen.add(query.label)
             records.append(record)

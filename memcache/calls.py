@@ -94,7 +94,7 @@ def completion_flow(
         return replay(llm.hit_chunks(name, answer), info) if stream else llm.hit_response(name, answer, info)
     call = llm.acompletion if asynchronous else llm.completion
     response = yield lambda: call(model, list(messages), **kwargs)
-    cache.controller.record_strong_call(llm.cost_micro_usd(response), llm.usage_tokens(response))
+    cache.controller.record_call("strong", llm.cost_micro_usd(response), llm.usage_tokens(response))
     write = writer(cache, result, model, asynchronous, verdict)
     if stream:
         return replay(response, info_of(result), write)
@@ -114,9 +114,9 @@ def cheap_flow(cache: MemCache, result: LookupResult, messages, options, *, asyn
     options = cache.cheap_options if cache.cheap_options is not None else options
     response = yield _cheap_call(cache.cheap_model, prompt, options, asynchronous)
     if response is None:
-        cache.controller.record_cheap_call(0, 0)
+        cache.controller.record_call("cheap", 0, 0)
     else:
-        cache.controller.record_cheap_call(llm.cost_micro_usd(response), llm.usage_tokens(response))
+        cache.controller.record_call("cheap", llm.cost_micro_usd(response), llm.usage_tokens(response))
     text = None if response is None else llm.verified_text(response)
     return (yield (cache._off_loop if asynchronous else flow.now)(cache.read_cheap_reply, result, pairs, text))
 
@@ -166,7 +166,7 @@ def writer(
 def _check(cache: MemCache, model: str, messages: list, kwargs: dict) -> str | None:
     """A shadow audit's strong call: the verified text of one answer, counted and priced."""
     response = llm.completion(model, messages, **kwargs)
-    cache.controller.record_strong_call(llm.cost_micro_usd(response), llm.usage_tokens(response))
+    cache.controller.record_call("strong", llm.cost_micro_usd(response), llm.usage_tokens(response))
     return llm.verified_text(response)
 
 
@@ -178,7 +178,7 @@ def cached(cache: MemCache, func: Callable | None, *, model: str | None, tenant:
 
         def steps(request, args: tuple, kwargs: dict, asynchronous: bool) -> flow.Flow[Any]:
             def call():  # the function is the strong model: each run is a strong call
-                cache.controller.record_strong_call(0, 0)
+                cache.controller.record_call("strong", 0, 0)
                 return fn(request, *args, **kwargs)
 
             params = {"fn_args": list(args), "fn_kwargs": kwargs}

@@ -39,6 +39,10 @@ COUNTERS = (
     "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "strong_tokens", "cheap_tokens",
     "unpriced_calls",
 )  # fmt: skip
+CALL_COUNTERS = {  # path: its calls, spend and tokens
+    "strong": ("strong_calls", "spend_micro_usd", "strong_tokens"),
+    "cheap": ("cheap_calls", "cheap_spend_micro_usd", "cheap_tokens"),
+}
 log = logging.getLogger("memcache")
 
 
@@ -188,16 +192,6 @@ class Controller:
             self.count("cheap_answers")
         return CheapVerdict(action, reply.answer, confidence, features, pairs[reply.used].entry_id)
 
-    def record_cheap_call(self, spend_micro_usd: int, tokens: int = 0) -> None:
-        """Count one call of the cheap model, what it cost and its tokens (as `record_strong_call`)."""
-        with self._lock:
-            self._add("cheap_calls", 1)
-            self._add("cheap_spend_micro_usd", spend_micro_usd)
-            self._add("cheap_tokens", tokens)
-            self._add("unpriced_calls", int(tokens > 0 and not spend_micro_usd))
-        if self.cheap_gate is not None:
-            self.cheap_gate.observe_cost("cheap", spend_micro_usd)
-
     def learn_cheap(self, verdict: CheapVerdict, query: str, answer: str) -> None:
         """The strong model answered a request the cheap model replied to: a cheap-path label,
         stored, then taught (an audit's also checks the confidence it was served with)."""
@@ -235,16 +229,17 @@ class Controller:
         self._counters[name] += amount
         self._unflushed[name] += amount
 
-    def record_strong_call(self, spend_micro_usd: int, tokens: int = 0) -> None:
-        """Count one call of the strong model that memcache made, what it cost and its tokens (a
-        call with tokens but no price, a model LiteLLM cannot price, counts as unpriced)."""
+    def record_call(self, path: str, spend_micro_usd: int, tokens: int = 0) -> None:
+        """Count one call memcache made of the "strong" or the "cheap" model, what LiteLLM priced
+        it at and the provider's token count (a call with tokens and no price is unpriced)."""
+        calls, spend, used = CALL_COUNTERS[path]
         with self._lock:
-            self._add("strong_calls", 1)
-            self._add("spend_micro_usd", spend_micro_usd)
-            self._add("strong_tokens", tokens)
+            self._add(calls, 1)
+            self._add(spend, spend_micro_usd)
+            self._add(used, tokens)
             self._add("unpriced_calls", int(tokens > 0 and not spend_micro_usd))
         if self.cheap_gate is not None:
-            self.cheap_gate.observe_cost("strong", spend_micro_usd)
+            self.cheap_gate.observe_cost(path, spend_micro_usd)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
