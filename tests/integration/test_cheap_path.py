@@ -240,9 +240,18 @@ def test_eval_with_real_models_goes_through_litellm(cli, server, tmp_path):
     data = tmp_path / "intents.jsonl"
     data.write_text("\n".join(json.dumps(row) for row in rows))
     result = cli(["eval", str(data), "--strong-model", STRONG, "--cheap-model", CHEAP, "--api-base", server.base_url,
-                  "--api-key", "sk-test", "--json", str(tmp_path / "real.json")])  # fmt: skip
+                  "--api-key", "sk-test", "--judge-model", "openai/judge-model", "--json", str(tmp_path / "real.json")])  # fmt: skip
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "real.json").read_text())
     assert run["queries"] == 20 and run["cheap_model"] == CHEAP and run["cheap_calls"] > 0
     assert run["strong_calls"] >= 0.5 and run["cost"] == pytest.approx(run["strong_calls"] + 0.05 * run["cheap_calls"])
-    assert {call.get("model") for call in server.calls} >= {"cheap-model", "strong-model"}
+    assert {call.get("model") for call in server.calls} >= {"cheap-model", "strong-model", "judge-model"}
+
+
+def test_ask_takes_the_cheap_path_from_the_command_line(cli, server, db_url):
+    common = ["--database-url", db_url, "--model", STRONG, "--cheap-model", CHEAP, "--api-base", server.base_url]
+    assert cli(["ask", "How do I change my address?", *common]).returncode == 0
+    server.calls.clear()
+    result = cli(["ask", "how can i change my address", *common])
+    assert result.returncode == 0 and "path=strong" in result.stderr  # asked, not yet trusted: escalated
+    assert [call["model"] for call in server.calls] == ["cheap-model", "strong-model"]
