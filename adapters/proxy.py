@@ -107,7 +107,7 @@ class ProxyConfig:
     api_key_env = "OPENAI_API_KEY"  # the upstream key, read from this variable (or api_key = "...")
     [cheap]                         # optional: a cheap model that may answer from the nearest stored
     model = "openai/gpt-4o-mini"    # answers before the strong model is paid; its own LiteLLM arguments
-    api_key_env = "OPENAI_API_KEY"
+    api_key_env = "OPENAI_API_KEY"  # (or, with no arguments, cheap_model = "openai/gpt-4o-mini" at the top)
     [keys]                          # API key -> tenant; when present, other keys are refused
     "sk-team-a" = "team-a"
     ```
@@ -139,6 +139,7 @@ class ProxyConfig:
             "shadow_audits",
             "models",
             "cheap",
+            "cheap_model",
             "keys",
             "metrics_key",
             "allow_params",
@@ -162,12 +163,23 @@ class ProxyConfig:
             snapshot=data.get("snapshot"),
             shadow_audits=data.get("shadow_audits", True),
             models=models,
-            cheap=_upstream(path, "cheap", data["cheap"], table="cheap") if "cheap" in data else None,
+            cheap=_cheap(path, data),
             keys={str(k): str(v) for k, v in data.get("keys", {}).items()},
             metrics_key=data.get("metrics_key"),
             allow_params=frozenset(allow),
             max_body_bytes=max_body,
         )
+
+
+def _cheap(path: str | Path, data: Mapping[str, Any]) -> Upstream | None:
+    """`[cheap]` (a model and its LiteLLM arguments), or `cheap_model = "provider/name"` for short."""
+    if "cheap" in data and "cheap_model" in data:
+        raise ConfigError(f"{path}: set either cheap_model or a [cheap] table, not both")
+    if "cheap_model" in data:
+        if not isinstance(data["cheap_model"], str) or not data["cheap_model"]:
+            raise ConfigError(f'{path}: cheap_model must be a LiteLLM model name, e.g. "openai/gpt-4o-mini"')
+        return Upstream(data["cheap_model"])
+    return _upstream(path, "cheap", data["cheap"], table="cheap") if "cheap" in data else None
 
 
 def _upstream(path: str | Path, name: str, spec: Any, table: str | None = None) -> Upstream:

@@ -220,10 +220,13 @@ def test_config_file(tmp_path):
     assert not ProxyConfig.from_file(path).shadow_audits and ProxyConfig.from_file(path).cheap is None
     path.write_text('[cheap]\nmodel = "openai/gpt-4o-mini"\napi_base = "http://c/v1"\n')
     assert ProxyConfig.from_file(path).cheap == Upstream("openai/gpt-4o-mini", {"api_base": "http://c/v1"})
+    path.write_text('cheap_model = "openai/gpt-4o-mini"\n')
+    assert ProxyConfig.from_file(path).cheap == Upstream("openai/gpt-4o-mini")
     from memcache import ConfigError
 
     unset = "[cheap]\nmodel = 'openai/m'\napi_key_env = 'MEMCACHE_TEST_UNSET_KEY'\n"
-    for bad in ("colour = 'blue'\n", "shadow_audits = 'no'\n", "[cheap]\napi_base = 'http://c'\n", unset):
+    both = "cheap_model = 'openai/m'\n[cheap]\nmodel = 'openai/m'\n"
+    for bad in ("colour = 'blue'\n", "shadow_audits = 'no'\n", "[cheap]\napi_base = 'http://c'\n", unset, both):
         path.write_text(bad)
         with pytest.raises(ConfigError):
             ProxyConfig.from_file(path)
