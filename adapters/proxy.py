@@ -411,7 +411,7 @@ class _Proxy:
                 raise _Refused(_error(401, "GET /metrics takes the metrics key"))
         else:
             self.tenant_of(request)
-        counters = self.cache.controller.counters()  # a scrape does not touch the store
+        counters = self.cache.counters()  # a scrape does not touch the store
         saving = saving_micro_usd(counters["lookups"], counters["strong_calls"], counters["spend_micro_usd"],
                                   counters["cheap_spend_micro_usd"])  # fmt: skip
         if saving is not None:

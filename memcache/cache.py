@@ -135,8 +135,7 @@ class MemCache:
             policy, self.memory, judge if judge is not None else ExactJudge(), hindsight_window=hindsight_window,
             relabel_in_background=relabel_in_background, shadow_audits=shadow_audits, cheap_gate=cheap_gate,
         )  # fmt: skip
-        self._ready_lock = threading.Lock()
-        self._ready = False
+        self._ready_lock, self._ready = threading.Lock(), False
         self._executor: ThreadPoolExecutor | None = None
 
     # -- start-up and following other processes ------------------------------------------------
@@ -348,6 +347,10 @@ class MemCache:
     def policy_status(self) -> PolicyStatus:
         """The policy's bound, estimate, claim check and shift hold (no store access)."""
         return self.controller.status()
+
+    def counters(self) -> dict[str, int]:
+        """This process's lookup, hit, call and spend counters, read without the store (for scrapes)."""
+        return self.controller.counters()
 
     def stats(self) -> Stats:
         """Counters of this process, the store's lifetime counters, and its totals."""
