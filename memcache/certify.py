@@ -78,6 +78,28 @@ def poisson_upper(count: int, confidence_level: float) -> float:
 CLAIM_PSEUDO_ERRORS = 2.0
 
 
+def audit_rate(z: float, bound: float, region_labels: int, floor: float, ceiling: float) -> float:
+    """The share of served answers to audit: z^2 / bound labels' worth of evidence against the
+    labels already above the cut-off, so a young region is checked often and a proven one at
+    `floor`; never above `ceiling`."""
+    wanted = z**2 / bound
+    return min(ceiling, max(floor, wanted / (wanted + region_labels)))
+
+
+def warmup_target(bound: float, served: int, warmup: int, share: float) -> float:
+    """The rate a cut-off is certified against after `served` answers: `share` of the bound at
+    the first, rising linearly to the whole bound over `warmup` served answers."""
+    if not warmup:
+        return bound
+    return bound * (share + (1.0 - share) * min(1.0, served / warmup))
+
+
+def refit_due(observed: int, fitted_at: int) -> bool:
+    """Refit after every 10% more labels (at least 10): refits cost O(labels), so their total
+    time stays linear in the labels."""
+    return observed - fitted_at >= max(10, fitted_at // 10)
+
+
 def claim_ratio(claims, confidence_level: float) -> float:
     """Audited wrong answers over the wrong answers claimed when they were served, >= 1.
 

@@ -165,14 +165,14 @@ class CheapGate:
     # -- deciding -------------------------------------------------------------------------------
 
     def _audit_rate(self) -> float:  # hold the lock
-        target = self._z**2 / self.max_false_answer_rate
-        return min(self.max_audit_rate, max(self.min_audit_rate, target / (target + self.region_labels)))
+        return certify.audit_rate(
+            self._z, self.max_false_answer_rate, self.region_labels, self.min_audit_rate, self.max_audit_rate
+        )
 
     @property
     def target(self) -> float:
         """The rate the cut-off is certified against: lower while the first answers are served."""
-        ramp = min(1.0, self._served / self.warmup_hits) if self.warmup_hits else 1.0
-        return self.max_false_answer_rate * (self.warmup_share + (1.0 - self.warmup_share) * ramp)
+        return certify.warmup_target(self.max_false_answer_rate, self._served, self.warmup_hits, self.warmup_share)
 
     def confidence(self, features: Sequence[float]) -> float:
         with self._lock:
@@ -209,7 +209,7 @@ class CheapGate:
             self._observed += 1
             if claimed is not None:
                 self._claims.append((float(claimed), bool(correct)))
-            due = self._observed - self._fitted_at >= max(10, self._fitted_at // 10)
+            due = certify.refit_due(self._observed, self._fitted_at)
         if due:
             self.refit()
 

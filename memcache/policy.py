@@ -361,9 +361,9 @@ class CalibratedPolicy:
 
     @property
     def audit_rate(self) -> float:
-        target = self._z**2 / self.max_false_hit_rate
-        rate = target / (target + self.region_labels)
-        return min(self.max_audit_rate, max(self.min_audit_rate, rate))
+        return certify.audit_rate(
+            self._z, self.max_false_hit_rate, self.region_labels, self.min_audit_rate, self.max_audit_rate
+        )
 
     def decide(self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]) -> Decision:
         if not candidates:
@@ -393,10 +393,7 @@ class CalibratedPolicy:
         show a running rate over 2% somewhere after their 100th hit, by chance alone; the first
         hits are also served on the youngest model. The margin is spent where the running rate
         is most fragile, and given back once it is not."""
-        if not self.warmup_hits:
-            return self.max_false_hit_rate
-        ramp = min(1.0, self._served / self.warmup_hits)
-        return self.max_false_hit_rate * (self.warmup_share + (1.0 - self.warmup_share) * ramp)
+        return certify.warmup_target(self.max_false_hit_rate, self._served, self.warmup_hits, self.warmup_share)
 
     @property
     def holding(self) -> bool:
@@ -555,15 +552,11 @@ class CalibratedPolicy:
         return np.vstack([x[kept], hx]), np.concatenate([y[kept], np.asarray(self._hy, dtype=bool)])
 
     def _refit_if_due(self) -> None:
-        """Refit after every 10% more labels (at least 10): refits cost O(labels), so their total stays linear."""
-
-        def due() -> bool:
-            return self._observed - self._fitted_at >= max(10, self._fitted_at // 10)
-
-        if not due():
+        """Refit when `certify.refit_due` says enough new labels came."""
+        if not certify.refit_due(self._observed, self._fitted_at):
             return
         with self._fit_lock:
-            if due():  # another thread may have fitted while this one waited
+            if certify.refit_due(self._observed, self._fitted_at):  # another thread may have fitted meanwhile
                 self._refit_locked()
 
     def refit(self) -> None:
