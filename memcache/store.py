@@ -127,32 +127,30 @@ class KeyRow(Base):
     )
 
 
-class LabelRow(Base):
+class _LabelColumns:
+    """The columns every label table has (a declarative mixin: each table gets its own copy)."""
+
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    features: Mapped[str] = mapped_column(Text)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # set on audits: the confidence the answer was served with
+    claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LabelRow(_LabelColumns, Base):
     """A paid answer turned into a policy label: features of the lookup, and whether the
     nearest entry's answer agreed with it. Kept so learning survives restarts."""
 
     __tablename__ = "memcache_labels"
-    __table_args__ = {"sqlite_autoincrement": True}
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    features: Mapped[str] = mapped_column(Text)
-    correct: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    # set on audits: the confidence the policy claimed when it served the lookup
-    claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class CheapLabelRow(Base):
+class CheapLabelRow(_LabelColumns, Base):
     """A cheap model's reply the strong model also answered (escalated or audited): the cheap
     path's label (`memcache.cheap_gate`), kept so its learning survives restarts (v6)."""
 
     __tablename__ = "memcache_cheap_labels"
-    __table_args__ = {"sqlite_autoincrement": True}
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    features: Mapped[str] = mapped_column(Text)
-    correct: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    # set on audits: the confidence the reply was served with
-    claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ChangeRow(Base):
