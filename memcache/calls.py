@@ -112,12 +112,9 @@ def cheap_flow(cache: MemCache, result: LookupResult, messages, options, *, asyn
         return None
     prompt = cheap.cheap_messages(messages, pairs)
     options = cache.cheap_options if cache.cheap_options is not None else options
-    response = yield _cheap_call(cache.cheap_model, prompt, options, asynchronous)
-    if response is None:
-        cache.controller.record_call("cheap", 0, 0)
-    else:
-        cache.controller.record_call("cheap", llm.cost_micro_usd(response), llm.usage_tokens(response))
-    text = None if response is None else llm.verified_text(response)
+    response = yield _cheap_call(cache.cheap_model, prompt, options, asynchronous)  # None: the call failed
+    cache.controller.record_call("cheap", llm.cost_micro_usd(response), llm.usage_tokens(response))
+    text = llm.verified_text(response)
     return (yield (cache._off_loop if asynchronous else flow.now)(cache.read_cheap_reply, result, pairs, text))
 
 

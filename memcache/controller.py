@@ -163,19 +163,19 @@ class Controller:
         gate, decision = self.cheap_gate, result.decision
         if gate is None or result.hit is not None or decision.action != "miss" or not decision.features:
             return None
-        nearest: dict[int, int] = {}  # entry id: its nearest key id
-        for candidate in result.candidates:  # nearest key of each entry, nearest entry first
+        nearest = {}  # entry id: the candidate of its nearest key, nearest entry first
+        for candidate in result.candidates:
             if candidate.entry_id not in nearest and len(nearest) < cheap.PAIRS:
-                nearest[candidate.entry_id] = candidate.key_id
+                nearest[candidate.entry_id] = candidate
         if not nearest or not gate.wants_reply():
             return None
-        questions = self.store.key_queries(nearest.values())
-        similarity = {c.key_id: c.similarity for c in result.candidates}
+        questions = self.store.key_queries(c.key_id for c in nearest.values())
         pairs = []
-        for entry_id, key_id in nearest.items():
+        for entry_id, candidate in nearest.items():
             row = self.memory.answer(entry_id, result.scope.key)  # in scope, alive: checked again here
-            if row is not None and key_id in questions:
-                pairs.append(cheap.MemoryPair(entry_id, questions[key_id], row.answer, similarity[key_id]))
+            if row is not None and candidate.key_id in questions:
+                question = questions[candidate.key_id]
+                pairs.append(cheap.MemoryPair(entry_id, question, row.answer, candidate.similarity))
         return pairs or None
 
     def read_cheap(self, result: LookupResult, pairs: list[cheap.MemoryPair], text: object) -> CheapVerdict:
