@@ -52,7 +52,7 @@ def replay_real(
         with cache:
             for query in shuffled(queries, seed)[:limit]:
                 messages = [{"role": "user", "content": query.text}]
-                asked_cheap = cache.controller.counters()["cheap_calls"]
+                asked_cheap = cache.counters()["cheap_calls"]
                 start = time.perf_counter()
                 info = cache_info(cache.completion(messages=messages, **options))
                 ms = (time.perf_counter() - start) * 1000.0
@@ -65,7 +65,7 @@ def replay_real(
                 records.append(
                     QueryRecord(outcome, correct, query.label != OOS and query.label in seen, info.similarity,
                                 info.confidence, ms, audited=info.audited,
-                                cheap_called=cache.controller.counters()["cheap_calls"] > asked_cheap)
+                                cheap_called=cache.counters()["cheap_calls"] > asked_cheap)
                 )  # fmt: skip
                 _, scope = cache._parse(messages, strong_model, None, options)
                 entry = cache.memory.exact_entry(scope.key, query.text)
