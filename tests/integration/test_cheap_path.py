@@ -197,19 +197,6 @@ def test_the_proxy_says_which_path_answered(db_url, embedder, server, options):
         assert "memcache_cheap_answers_total 1" in text and "memcache_cheap_calls_total 1" in text
         assert cache.counters()["cheap_answers"] == 1
 
-        # with a cheap model configured, a client still cannot choose URLs, keys or canned answers
-        calls, entries = len(server.calls), cache.stats().entries
-        question = [{"role": "user", "content": "where is my parcel now"}]
-        for field, value in [("api_base", "http://127.0.0.1:9/v1"), ("api_key", "sk-attacker"),
-                             ("mock_response", "canned"), ("base_url", "http://127.0.0.1:9/v1")]:  # fmt: skip
-            refused = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": "Bearer sk-a"},
-                                 json={"model": "gpt-test", "messages": question, field: value})  # fmt: skip
-            assert refused.status_code == 400, (field, refused.text)
-        for body in ({"model": "gpt-test", "messages": "hi"}, {"model": "gpt-test", "messages": question, "n": True}):
-            malformed = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": "Bearer sk-a"}, json=body)
-            assert malformed.status_code == 400, malformed.text
-        assert len(server.calls) == calls and cache.stats().entries == entries
-
 
 @contextlib.contextmanager
 def _serving(app):

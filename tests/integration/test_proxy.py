@@ -30,14 +30,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(db_url, embedder, stub_llm, policy):
-    """(base URL, cache) of a proxy on 127.0.0.1 whose upstream is the loopback stub."""
+def serving(db_url, embedder, stub_llm, policy, cheap: bool = False):
+    """(base URL, cache) of a proxy on 127.0.0.1 whose upstream is the loopback stub; `cheap`:
+    with a cheap model configured too (the operator's setting)."""
     upstream = {"api_base": stub_llm.base_url, "api_key": "sk-upstream", "num_retries": 0, "timeout": 5}
     config = ProxyConfig(
         models={"gpt-test": Upstream("openai/stub-strong", upstream)},
         keys={"sk-team-a": "team-a", "sk-team-b": "team-b"},
+        cheap=Upstream("openai/stub-cheap", upstream) if cheap else None,
     )
-    with MemCache(db_url, embedder=embedder, policy=policy) as cache:
+    paths = {"cheap_model": "openai/stub-cheap", "cheap_options": upstream} if cheap else {}
+    with MemCache(db_url, embedder=embedder, policy=policy, **paths) as cache:
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(cache, config), host="127.0.0.1", port=port, log_level="warning")
@@ -54,6 +57,15 @@ def serving(db_url, embedder, stub_llm, policy):
 @pytest.fixture
 def proxy(db_url, embedder, stub_llm):
     with serving(db_url, embedder, stub_llm, ThresholdPolicy(0.8)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=["strong only", "with a cheap model"])
+def guarded_proxy(request, tmp_path_factory, embedder, stub_llm):
+    """A proxy for the checks on what a client may send: they hold whichever paths it serves.
+    One per module and kind: every request these tests send is refused, so none leaves a trace."""
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('guarded') / 'memcache.db'}"
+    with serving(db_url, embedder, stub_llm, ThresholdPolicy(0.8), cheap=request.param != "strong only") as running:
         yield running
 
 
@@ -297,9 +309,9 @@ def attacker():
     ],
 )
 def test_routing_credential_and_test_fields_are_refused_and_nothing_is_called_or_stored(
-    proxy, attacker, stub_llm, field, value
+    guarded_proxy, attacker, stub_llm, field, value
 ):
-    base, cache = proxy
+    base, cache = guarded_proxy
     calls = len(stub_llm.calls)
     body = {
         "model": "gpt-test",
@@ -340,8 +352,8 @@ USER_HI = '"messages": [{"role": "user", "content": "hi"}]'
         "deep-anywhere",
     ],
 )
-def test_no_500_from_a_clients_body(proxy, stub_llm, raw):
-    base, cache = proxy
+def test_no_500_from_a_clients_body(guarded_proxy, stub_llm, raw):
+    base, cache = guarded_proxy
     calls = len(stub_llm.calls)
     response = post(base, raw.encode())
     assert response.status_code == 400, response.text
