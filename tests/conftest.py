@@ -67,6 +67,30 @@ def embedder():
 
 
 @pytest.fixture(scope="session")
+def vectors(embedder):
+    """The session model's vectors, remembered by text: tests that replay the same real data
+    (CLINC150 subsets, Quora questions, the CLI's eval runs) encode each text once per session."""
+    from memcache.eval.replay import MemoEmbedder
+
+    return MemoEmbedder(embedder)
+
+
+@pytest.fixture
+def eval_cli(cli, vectors, monkeypatch):
+    """`cli` whose `memcache eval` / `calibrate` runs with the default model take its vectors
+    from `vectors` (the same real model, already loaded), instead of encoding the file again."""
+    from memcache.eval import commands
+
+    real = commands.SentenceTransformerEmbedder
+    monkeypatch.setattr(
+        commands,
+        "SentenceTransformerEmbedder",
+        lambda model=None, **kw: vectors if model is None else real(model, **kw),
+    )
+    return cli
+
+
+@pytest.fixture(scope="session")
 def stub_llm():
     server = StubLLM().start()
     yield server

@@ -92,15 +92,15 @@ def test_gpu_script_dry_run_on_cpu(data_dir, capsys):
 def test_policy_bench_measures_the_cap_against_keeping_every_label(tmp_path):
     figures = tmp_path / "policy.json"
     done = run_module(
-        tmp_path, "policy_bench", "--sizes", "20000", "--max-labels", "1000", "--refits", "1", "--json", str(figures)
+        tmp_path, "policy_bench", "--sizes", "5000", "--max-labels", "500", "--refits", "1", "--json", str(figures)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     capped, every = json.loads(figures.read_text())["rows"]
-    assert (capped["max_labels"], capped["labels_in_use"]) == (1000, 1000)
-    assert (every["max_labels"], every["labels_in_use"]) == (None, 20000)
+    assert (capped["max_labels"], capped["labels_in_use"]) == (500, 500)
+    assert (every["max_labels"], every["labels_in_use"]) == (None, 5000)
     assert 0 < capped["labels_mib"] < every["labels_mib"] and capped["refit_s_median"] > 0
     assert every["decide_ms_max_outside_lock"] > 0 and every["decide_ms_max_inside_lock"] > 0
-    assert "| 20,000 | 1,000 |" in done.stdout and "| 20,000 | all |" in done.stdout
+    assert "| 5,000 | 500 |" in done.stdout and "| 5,000 | all |" in done.stdout
 
 
 def test_relabel_bench_reports_each_setup(tmp_path):

@@ -217,10 +217,10 @@ def _serving(app):
     thread.join(timeout=10)
 
 
-def test_eval_replays_the_cheap_path_with_the_simulated_model(cli, data_dir, tmp_path):
+def test_eval_replays_the_cheap_path_with_the_simulated_model(eval_cli, data_dir, tmp_path):
     data = str(data_dir / "clinc150.jsonl")
     common = [data, "--splits", "test", "--where", "domain=banking,travel", "--seed", "0"]
-    result = cli(["eval", *common, "--limit", "200", "--cheap-accuracy", "0.9", "--json", str(tmp_path / "cheap.json")])
+    result = eval_cli(["eval", *common, "--limit", "200", "--cheap-accuracy", "0.9", "--json", str(tmp_path / "cheap.json")])
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "cheap.json").read_text())
     assert run["queries"] == 200 and run["cheap_calls"] > 0 and run["cheap_accuracy"] == 0.9
@@ -228,7 +228,7 @@ def test_eval_replays_the_cheap_path_with_the_simulated_model(cli, data_dir, tmp
     served = run["hits"] + run["cheap_answers"]
     assert 0.0 <= run["false_answer_rate"] <= 1.0 and run["cheap_answer_rate"] == run["cheap_answers"] / 200
     assert served >= run["hits"]
-    plain = cli(["eval", *common, "--limit", "60", "--json", str(tmp_path / "plain.json")])
+    plain = eval_cli(["eval", *common, "--limit", "60", "--json", str(tmp_path / "plain.json")])
     assert plain.returncode == 0 and "cost" not in json.loads((tmp_path / "plain.json").read_text())
 
 

@@ -11,7 +11,7 @@ from memcache import CalibratedPolicy, ThresholdPolicy
 from memcache.eval.commands import Stream
 from memcache.eval.data import OOS, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import summarize
-from memcache.eval.replay import MemoEmbedder, replay_intents, replay_pairs
+from memcache.eval.replay import replay_intents, replay_pairs
 
 INTENTS = 40
 OOS_QUERIES = 250
@@ -29,10 +29,17 @@ def clinc_subset(data_dir):
 
 
 @pytest.fixture(scope="module")
-def memo(embedder, clinc_subset):
-    memo = MemoEmbedder(embedder)
-    memo.prefill([r.text for r in clinc_subset])
-    return memo
+def memo(vectors, clinc_subset):
+    vectors.prefill([r.text for r in clinc_subset])
+    return vectors
+
+
+@pytest.fixture(scope="module")
+def seed_0(clinc_subset, memo):
+    """(policy, records) of the subset's seed-0 replay at BOUND, shadow audits on (the default):
+    replays are deterministic, so the tests that read this one share it."""
+    policy = CalibratedPolicy(BOUND, seed=0)
+    return policy, replay_intents(clinc_subset, policy=policy, embedder=memo, seed=0)
 
 
 class SpyPolicy(CalibratedPolicy):
@@ -66,9 +73,12 @@ class SpyPolicy(CalibratedPolicy):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bound_held_on_clinc_over_seeds(clinc_subset, memo, seed):
-    policy = CalibratedPolicy(BOUND, seed=seed)
-    records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=seed)
+def test_bound_held_on_clinc_over_seeds(clinc_subset, memo, seed_0, seed):
+    if seed == 0:
+        policy, records = seed_0
+    else:
+        policy = CalibratedPolicy(BOUND, seed=seed)
+        records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=seed)
     report = summarize(records, max_false_hit_rate=BOUND)
     assert report["queries"] == len(clinc_subset)
     assert report["hits"] >= 150, report
@@ -99,9 +109,9 @@ def test_policy_learns_only_from_paid_answers(clinc_subset, memo):
     assert policy.hindsight_labels > 500 and policy.labels_in_use == policy.labels + 1
 
 
-def test_shadow_audits_serve_what_escalated_audits_answer(clinc_subset, memo):
+def test_shadow_audits_serve_what_escalated_audits_answer(clinc_subset, memo, seed_0):
     """Serving an audited hit while it is checked changes what users get, not what is learned."""
-    shadow = replay_intents(clinc_subset, policy=CalibratedPolicy(BOUND, seed=0), embedder=memo, seed=0)
+    _, shadow = seed_0
     escalated = replay_intents(
         clinc_subset, policy=CalibratedPolicy(BOUND, seed=0), embedder=memo, seed=0, shadow_audits=False
     )
@@ -124,32 +134,35 @@ def test_the_static_sweep_computes_what_the_engine_serves(clinc_subset, memo, th
     assert computed["strong_calls"] == pytest.approx(engine["strong_calls"])
 
 
-def test_quora_pairs_near_duplicates_do_not_break_the_bound(data_dir, embedder):
-    pairs = load_pairs(data_dir / "qqp_pairs_dev.jsonl")[:1500]
-    memo = MemoEmbedder(embedder)
-    memo.prefill([t for p in pairs for t in (p.a, p.b)])
+@pytest.fixture(scope="module")
+def quora_pairs(data_dir, vectors):
+    """The first 800 dev pairs, their questions encoded once for both Quora tests."""
+    pairs = load_pairs(data_dir / "qqp_pairs_dev.jsonl")[:800]
+    vectors.prefill([t for p in pairs for t in (p.a, p.b)])
+    return pairs
+
+
+def test_quora_pairs_near_duplicates_do_not_break_the_bound(quora_pairs, vectors):
     policy = CalibratedPolicy(0.02, seed=0)
-    report = summarize(replay_pairs(pairs, policy=policy, embedder=memo, seed=0), max_false_hit_rate=0.02)
-    assert report["queries"] == 3000
+    report = summarize(replay_pairs(quora_pairs, policy=policy, embedder=vectors, seed=0), max_false_hit_rate=0.02)
+    assert report["queries"] == 1600
     assert report["false_hit_rate"] <= 0.02, report
     assert report["strong_calls"] >= 0.5  # every `a` is paid for
 
 
-def test_quora_groups_stream_holds_the_bound(data_dir, embedder):
+def test_quora_groups_stream_holds_the_bound(quora_pairs, vectors):
     """Pairs joined into one stream: near-duplicate questions with other answers everywhere."""
-    rows = pair_groups(load_pairs(data_dir / "qqp_pairs_dev.jsonl")[:1000])
-    memo = MemoEmbedder(embedder)
-    memo.prefill([r.text for r in rows])
-    report = summarize(replay_intents(rows, policy=CalibratedPolicy(0.02, seed=0), embedder=memo, seed=0))
-    assert report["queries"] == len(rows) > 1900
+    rows = pair_groups(quora_pairs)
+    report = summarize(replay_intents(rows, policy=CalibratedPolicy(0.02, seed=0), embedder=vectors, seed=0))
+    assert report["queries"] == len(rows) > 1500
     assert report["false_hit_rate"] <= 0.02, report
 
 
-def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, cli):
+def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, eval_cli):
     data = tmp_path / "subset.jsonl"
     data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
     calibration = tmp_path / "calibration.json"
-    out = cli(
+    out = eval_cli(
         [
             "calibrate",
             str(data),
@@ -164,7 +177,7 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, cli):
     assert out.returncode == 0, out.stderr
     assert CalibratedPolicy.from_file(calibration).labels > 1000
     report_path, plot = tmp_path / "report.json", tmp_path / "report.png"
-    out = cli(
+    out = eval_cli(
         [
             "eval",
             str(data),
@@ -184,6 +197,8 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, cli):
             "--oos-from",
             "500",
             "--oos-ramp",
+            "--limit",
+            "900",
             "--all-columns",
         ]
     )
@@ -204,7 +219,7 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, cli):
         "max_false_hit_rate",
     ):
         assert key in report["runs"][0], key
-    assert report["runs"][0]["queries"] == len(clinc_subset)
+    assert report["runs"][0]["queries"] == 900  # --limit: the shuffle's first 900
     for run in report["runs"]:  # how honest the served confidences were, beside the policy's audit estimate
         if run["claim_shortfall"] is not None:
             assert run["claim_shortfall"] * run["claimed_wrong_hits"] == pytest.approx(run["wrong_hits"])
@@ -214,19 +229,19 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, cli):
     assert [row["seeds"] for row in across] == [2] and "across seeds (0,1)" in out.stdout
     assert across[0]["false_hit_rate_max"] == max(run["false_hit_rate"] for run in report["runs"])
     after = report["runs"][0]["after_oos_from"]  # the traffic once out-of-scope queries arrive
-    assert after["queries"] == len(clinc_subset) - 500 and "from query 500 on (out-of-scope share rising)" in out.stdout
+    assert after["queries"] == 900 - 500 and "from query 500 on (out-of-scope share rising)" in out.stdout
     assert report["oos_from"] == 500 and report["oos_ramp"] is True
     assert all(isinstance(run["shifts_detected"], list) for run in report["runs"])  # lookups at which a shift was seen
     assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, clinc_subset, cli):
+def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, clinc_subset, eval_cli):
     """`--audit-seed` separates the audit coin from the shuffle: same stream, one run per coin."""
     data = tmp_path / "subset.jsonl"
     data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
     report_path = tmp_path / "coins.json"
-    out = cli(
+    out = eval_cli(
         [
             "eval",
             str(data),
