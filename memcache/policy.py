@@ -218,6 +218,7 @@ def _check_settings(
     folds,
     warmup_hits,
     warmup_share,
+    warmup_hit_share,
 ) -> None:
     """ConfigError for a `CalibratedPolicy` setting out of range."""
 
@@ -240,6 +241,8 @@ def _check_settings(
         raise ConfigError("warmup_hits is a number of served hits and must be >= 0")
     if not _is_number(warmup_share) or not 0.0 < warmup_share <= 1.0:
         raise ConfigError("warmup_share is a share of the bound in (0, 1]")
+    if warmup_hit_share is not None and (not _is_number(warmup_hit_share) or not 0.0 < warmup_hit_share <= 1.0):
+        raise ConfigError("warmup_hit_share is a share of the bound in (0, 1], or None for no per-hit floor")
     if not _is_number(l2) or l2 < 0:
         raise ConfigError("l2 is the logistic fit's penalty and must be a number >= 0")
 
@@ -247,7 +250,7 @@ def _check_settings(
 # What a calibration file keeps of a policy's settings, by constructor argument name.
 _SETTINGS = (
     "max_false_hit_rate", "confidence_level", "min_audit_rate", "max_audit_rate", "l2", "shift_hold_audits",
-    "max_labels", "folds", "warmup_hits", "warmup_share",
+    "max_labels", "folds", "warmup_hits", "warmup_share", "warmup_hit_share",
 )  # fmt: skip
 
 
@@ -292,6 +295,9 @@ class CalibratedPolicy:
         warmup_hits / warmup_share: the cut-off is certified against `warmup_share` of the
             bound at the first hit, rising to the whole bound over `warmup_hits` served hits
             (see `target`).
+        warmup_hit_share: during the warm-up, each hit must also be sure on its own: a would-be
+            hit whose estimated error (1 - confidence) exceeds this share of the bound is paid
+            for instead (a miss, and a label). None: no such floor. See `serves_now`.
     """
 
     def __init__(
@@ -310,11 +316,12 @@ class CalibratedPolicy:
         folds: int = 5,
         warmup_hits: int = 300,
         warmup_share: float = 0.75,
+        warmup_hit_share: float | None = 0.5,
     ) -> None:
         settings = dict(
             max_false_hit_rate=max_false_hit_rate, confidence_level=confidence_level, min_audit_rate=min_audit_rate,
             max_audit_rate=max_audit_rate, l2=l2, shift_hold_audits=shift_hold_audits, max_labels=max_labels,
-            folds=folds, warmup_hits=warmup_hits, warmup_share=warmup_share,
+            folds=folds, warmup_hits=warmup_hits, warmup_share=warmup_share, warmup_hit_share=warmup_hit_share,
         )  # fmt: skip
         _check_settings(**settings)
         for name, value in settings.items():  # the `_SETTINGS` a calibration file keeps
@@ -376,7 +383,7 @@ class CalibratedPolicy:
                 self._on_shift()
             self._recent.append(features)
             confidence = self._confidence(features)
-            if self.threshold is None or confidence < self.threshold:
+            if self.threshold is None or confidence < self.threshold or not self.serves_now(confidence):
                 return Decision("miss", entry_id, s1, confidence, features, shift_detected=shifted)
             if self._hold_left:
                 return Decision("audit", entry_id, s1, confidence, features, held=True, shift_detected=shifted)
@@ -394,6 +401,19 @@ class CalibratedPolicy:
         hits are also served on the youngest model. The margin is spent where the running rate
         is most fragile, and given back once it is not."""
         return certify.warmup_target(self.max_false_hit_rate, self._served, self.warmup_hits, self.warmup_share)
+
+    def serves_now(self, confidence: float) -> bool:
+        """Whether a would-be hit above the cut-off is sure enough on its own to serve now: after
+        the warm-up always; during it, only if its estimated error is at most `warmup_hit_share`
+        of the bound.
+
+        Why: the cut-off bounds the average error of what it serves, and the hits just above it
+        are the likeliest to be wrong. Over the first few hundred hits that average is taken over
+        few of them, so a handful of marginal hits can carry the running rate over the bound;
+        a user watching a new deployment sees that rate, not the certificate."""
+        if self.warmup_hit_share is None or self._served >= self.warmup_hits:
+            return True
+        return 1.0 - confidence <= self.warmup_hit_share * self.max_false_hit_rate
 
     @property
     def holding(self) -> bool:

@@ -371,3 +371,60 @@ def test_concurrent_observe_decide_and_refit_lose_no_label():
     assert not any(thread.is_alive() for thread in threads) and not errors
     assert policy.labels == 2000 and policy.labels_in_use == 1500
     assert policy.threshold is not None
+
+
+def _hits_by_confidence(policy):
+    """(a sure would-be hit, a marginal one): both clear the cut-off, only the first has an
+    estimated error within `warmup_hit_share` of the bound."""
+    floor = policy.warmup_hit_share * policy.max_false_hit_rate
+    sure = marginal = None
+    for s in np.linspace(0.99, 0.7, 120):
+        candidates = [Candidate(1, 1, s), Candidate(2, 1, s - 0.01), Candidate(3, 2, s - 0.25)]
+        confidence = policy.confidence(neighbourhood_features(candidates, {})[2])
+        if confidence >= policy.threshold:
+            if 1 - confidence <= floor:
+                sure = sure or candidates
+            else:
+                marginal = marginal or candidates
+    assert sure and marginal, "the fixture needs hits on both sides of the floor"
+    return sure, marginal
+
+
+def test_during_the_warm_up_each_hit_must_be_sure_on_its_own():
+    policy = CalibratedPolicy(0.05, seed=0, min_audit_rate=0.0, max_audit_rate=0.0, detect_shifts=False, warmup_hits=5)
+    policy.load_audit_claims([(0.99, True)] * 100)
+    policy.load_labels(synthetic_labels(3000))
+    sure, marginal = _hits_by_confidence(policy)
+    decision = policy.decide(marginal, {})
+    assert decision.action == "miss" and decision.confidence >= policy.threshold  # above the cut-off, paid for
+    for _ in range(5):  # the warm-up's five hits, each sure on its own
+        assert policy.decide(sure, {}).action == "hit"
+    assert policy.decide(marginal, {}).action == "hit"  # after the warm-up the cut-off alone decides
+
+
+def test_without_the_per_hit_floor_the_cut_off_alone_decides_from_the_first_hit():
+    policy = CalibratedPolicy(
+        0.05, seed=0, min_audit_rate=0.0, max_audit_rate=0.0, detect_shifts=False, warmup_hit_share=None
+    )
+    policy.load_audit_claims([(0.99, True)] * 100)
+    policy.load_labels(synthetic_labels(3000))
+    policy.warmup_hit_share = 0.5  # only to find the same marginal hit as above
+    _, marginal = _hits_by_confidence(policy)
+    policy.warmup_hit_share = None
+    assert policy.decide(marginal, {}).action == "hit"
+
+
+@pytest.mark.parametrize("share", [0, -0.1, 1.5, float("nan"), True])
+def test_the_per_hit_floor_is_a_share_of_the_bound(share):
+    with pytest.raises(ConfigError, match="warmup_hit_share"):
+        CalibratedPolicy(0.02, warmup_hit_share=share)
+
+
+def test_the_per_hit_floor_survives_the_calibration_file(tmp_path):
+    policy = CalibratedPolicy(0.05, seed=0, warmup_hit_share=0.3)
+    policy.load_labels(synthetic_labels(500))
+    policy.save(tmp_path / "c.json")
+    assert CalibratedPolicy.from_file(tmp_path / "c.json").warmup_hit_share == 0.3
+    policy = CalibratedPolicy(0.05, seed=0, warmup_hit_share=None)
+    policy.save(tmp_path / "none.json")
+    assert CalibratedPolicy.from_file(tmp_path / "none.json").warmup_hit_share is None
