@@ -545,7 +545,9 @@ def add_bench_command(sub) -> None:
     bench.add_argument("--real", type=int, default=20_000, help="real questions encoded and stored")
     bench.add_argument("--repeats", type=int, default=1000, help="timed lookups per latency row")
     bench.add_argument("--seconds", type=float, default=5.0, help="duration of one throughput round")
-    bench.add_argument("--rounds", type=int, default=3, help="throughput rounds (median); the encoder batching gain takes 7 per round")
+    bench.add_argument(
+        "--rounds", type=int, default=3, help="throughput rounds (median); the encoder batching gain takes 7 per round"
+    )
     bench.add_argument("--gptcache-entries", type=int, default=10_000, help="0 skips the GPTCache comparison")
     bench.add_argument("--workdir", default=None, help="where the temporary stores go (default: system temp)")
     bench.add_argument("--out", default=None, help="write the Markdown table here (e.g. docs/BENCHMARKS.md)")

@@ -220,7 +220,9 @@ def _serving(app):
 def test_eval_replays_the_cheap_path_with_the_simulated_model(eval_cli, data_dir, tmp_path):
     data = str(data_dir / "clinc150.jsonl")
     common = [data, "--splits", "test", "--where", "domain=banking,travel", "--seed", "0"]
-    result = eval_cli(["eval", *common, "--limit", "200", "--cheap-accuracy", "0.9", "--json", str(tmp_path / "cheap.json")])
+    result = eval_cli(
+        ["eval", *common, "--limit", "200", "--cheap-accuracy", "0.9", "--json", str(tmp_path / "cheap.json")]
+    )
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "cheap.json").read_text())
     assert run["queries"] == 200 and run["cheap_calls"] > 0 and run["cheap_accuracy"] == 0.9

@@ -87,6 +87,17 @@ def test_bound_held_on_clinc_over_seeds(clinc_subset, memo, seed_0, seed):
     assert policy.shifts_detected == []  # shuffled traffic does not change: no false alarm
 
 
+def test_the_first_hits_are_each_sure_on_their_own(seed_0):
+    """During the warm-up no hit is served on a confidence under 1 - warmup_hit_share x bound;
+    after it the cut-off alone decides, and serves some that the warm-up held back."""
+    policy, records = seed_0
+    served = [r.confidence for r in records if r.outcome == "hit"]  # audited ones included: they were served
+    floor = 1 - policy.warmup_hit_share * BOUND
+    assert len(served) > policy.warmup_hits
+    assert min(served[: policy.warmup_hits]) >= floor
+    assert min(served[policy.warmup_hits :]) < floor
+
+
 def test_a_late_out_of_scope_shift_is_detected_and_would_be_hits_are_held(clinc_subset, memo):
     """Out-of-scope queries from query 700 on: the alarm comes soon after, and the next 100
     would-be hits are checked by the strong model without being served, shadow audits or not."""
