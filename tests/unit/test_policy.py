@@ -373,10 +373,10 @@ def test_concurrent_observe_decide_and_refit_lose_no_label():
     assert policy.threshold is not None
 
 
-def _hits_by_confidence(policy):
+def _hits_by_confidence(policy, share=0.5):
     """(a sure would-be hit, a marginal one): both clear the cut-off, only the first has an
-    estimated error within `warmup_hit_share` of the bound."""
-    floor = policy.warmup_hit_share * policy.max_false_hit_rate
+    estimated error within `share` of the bound (the default `warmup_hit_share`)."""
+    floor = share * policy.max_false_hit_rate
     sure = marginal = None
     for s in np.linspace(0.99, 0.7, 120):
         candidates = [Candidate(1, 1, s), Candidate(2, 1, s - 0.01), Candidate(3, 2, s - 0.25)]
@@ -408,9 +408,7 @@ def test_without_the_per_hit_floor_the_cut_off_alone_decides_from_the_first_hit(
     )
     policy.load_audit_claims([(0.99, True)] * 100)
     policy.load_labels(synthetic_labels(3000))
-    policy.warmup_hit_share = 0.5  # only to find the same marginal hit as above
-    _, marginal = _hits_by_confidence(policy)
-    policy.warmup_hit_share = None
+    _, marginal = _hits_by_confidence(policy)  # held back under the default floor, as above
     assert policy.decide(marginal, {}).action == "hit"
 
 
