@@ -11,7 +11,7 @@ from pathlib import Path
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import WARMUP_HITS, across_seeds, cheap_path, hit_rates, summarize
+from memcache.eval.metrics import WARMUP_HITS, across_seeds, best_static, cheap_path, hit_rates, summarize
 from memcache.eval.replay import (
     MemoEmbedder,
     QueryRecord,
@@ -25,6 +25,7 @@ from memcache.policy import CalibratedPolicy, Policy, ThresholdPolicy, neighbour
 from memcache.types import Decision
 
 SWEEP_THRESHOLDS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
+HINDSIGHT_THRESHOLDS = tuple(round(0.5 + 0.01 * i, 2) for i in range(51))  # 0.50 to 1.00: the hindsight cut-off's grid
 
 
 @dataclass
@@ -74,12 +75,10 @@ class Stream:
             return [
                 {"threshold": t, **summarize(self.replay(ThresholdPolicy(t), embedder, seed=seed))} for t in thresholds
             ]
-        order = shuffled(self.items, seed, oos_from, oos_ramp)[: self.limit]
-        vectors = embedder.embed([q.text for q in order])
-        warm_vectors = embedder.embed([q.text for q in warm]) if warm else None
         rows = []
-        for threshold, (hits, wrong) in static_replay(order, vectors, thresholds, warm, warm_vectors).items():
-            n = len(order)
+        for threshold, (n, hits, wrong) in self.static_hits(
+            thresholds, embedder, seed, warm, oos_from, oos_ramp
+        ).items():
             rows.append(
                 {
                     "threshold": threshold,
@@ -91,6 +90,48 @@ class Stream:
                 }
             )
         return rows
+
+    def static_hits(
+        self, thresholds, embedder, seed: int, warm=(), oos_from=None, oos_ramp=False
+    ) -> dict[float, tuple[int, int, int]]:
+        """{cut-off: (queries, hits, wrong hits)} of static cosine cut-offs on the intent stream
+        in `seed`'s order."""
+        order = shuffled(self.items, seed, oos_from, oos_ramp)[: self.limit]
+        vectors = embedder.embed([q.text for q in order])
+        warm_vectors = embedder.embed([q.text for q in warm]) if warm else None
+        curve = static_replay(order, vectors, thresholds, warm, warm_vectors)
+        return {threshold: (len(order), hits, wrong) for threshold, (hits, wrong) in curve.items()}
+
+
+def hindsight_static(
+    stream: Stream, embedder, runs: Sequence[dict], bounds: Sequence[float], seeds: Sequence[int], **order
+) -> list[dict]:
+    """Per bound, the best static cut-off in hindsight over the replayed shuffles (`best_static`)
+    beside the policy's mean correct hits on the same shuffles: the comparison a user needs to
+    judge the policy on a data set, since no fixed threshold can be chosen before its traffic."""
+    curves: dict[float, list[tuple[int, int, int]]] = {}
+    for seed in seeds:
+        for threshold, row in stream.static_hits(HINDSIGHT_THRESHOLDS, embedder, seed, **order).items():
+            curves.setdefault(threshold, []).append(row)
+    out = []
+    for bound in bounds:
+        policy_correct = [run["correct_hit_rate"] for run in runs if run["max_false_hit_rate"] == bound]
+        mean = sum(policy_correct) / len(policy_correct)
+        best = best_static(curves, bound)
+        ratio = mean / best["correct_hit_rate_mean"] if best and best["correct_hit_rate_mean"] > 0 else None
+        out.append(
+            {
+                "max_false_hit_rate": bound,
+                "seeds": len(seeds),
+                "best_static_threshold": None if best is None else best["threshold"],
+                "best_static_correct_hit_rate_mean": None if best is None else best["correct_hit_rate_mean"],
+                "best_static_false_hit_rate_mean": None if best is None else best["false_hit_rate_mean"],
+                "best_static_over_bound": None if best is None else best["over_bound"],
+                "policy_correct_hit_rate_mean": mean,
+                "policy_vs_best_static": ratio,
+            }
+        )
+    return out
 
 
 def _splits(value: str | None) -> tuple[set[str] | None, bool]:
@@ -228,6 +269,15 @@ ACROSS_SEEDS_COLUMNS = (
     "strong_calls_mean",
     "strong_calls_max",
 )
+HINDSIGHT_COLUMNS = (
+    "max_false_hit_rate", "seeds", "best_static_threshold", "best_static_correct_hit_rate_mean",
+    "best_static_false_hit_rate_mean", "best_static_over_bound", "policy_correct_hit_rate_mean", "policy_vs_best_static",
+)  # fmt: skip
+HINDSIGHT_LEGEND = (
+    "best_static: the cut-off with the most correct hits whose mean false-hit rate over these shuffles met the bound, "
+    "chosen knowing every answer; best_static_over_bound: its shuffles that ended above the bound; "
+    "policy_vs_best_static: the policy's mean correct-hit rate over the best static cut-off's"
+)
 
 
 def run_eval(args: argparse.Namespace) -> dict:
@@ -326,6 +376,9 @@ def run_eval(args: argparse.Namespace) -> dict:
         "runs": [{k: v for k, v in run.items() if k != "_records"} for run in runs],
         "sweep": sweep,
     }
+    if args.sweep and stream.kind == "intents":
+        order = {"warm": warm, "oos_from": args.oos_from, "oos_ramp": args.oos_ramp}
+        report["best_static"] = hindsight_static(stream, embedder, report["runs"], bounds, seeds, **order)
     run_ids = ("seed",) if audit_seeds is None else ("seed", "audit_seed")
     columns = (*run_ids, *REPORT_COLUMNS[1:], *(MORE_COLUMNS if args.all_columns else ()))
     print(_table(report["runs"], columns))
@@ -354,6 +407,12 @@ def run_eval(args: argparse.Namespace) -> dict:
     if sweep:
         print(f"\nstatic cosine thresholds (same stream, seed {seeds[0]}):")
         print(_table(sweep, ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))
+    if report.get("best_static"):
+        print(
+            f"\nbest static cut-off in hindsight (0.50-1.00, over seeds {','.join(map(str, seeds))}) beside the policy:"
+        )
+        print(_table(report["best_static"], HINDSIGHT_COLUMNS))
+        print(HINDSIGHT_LEGEND)
     if args.json:
         Path(args.json).write_text(json.dumps(report["runs"][0] if len(runs) == 1 and not sweep else report, indent=2))
     if args.plot:

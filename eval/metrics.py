@@ -154,3 +154,23 @@ def across_seeds(runs: Sequence[dict]) -> list[dict]:
                 cost_max=float(cost.max()),
             )
     return rows
+
+
+def best_static(static: dict[float, list[tuple[int, int, int]]], bound: float) -> dict | None:
+    """The static cut-off with the most correct hits whose mean false-hit rate over the streams
+    met the bound: a threshold that knew the answers from the first query.
+
+    `static` maps each cut-off to one (queries, hits, wrong hits) per stream."""
+    best = None
+    for threshold, rows in sorted(static.items()):
+        rates = [wrong / hits if hits else 0.0 for _, hits, wrong in rows]
+        correct = float(np.mean([(hits - wrong) / n for n, hits, wrong in rows]))
+        if np.mean(rates) <= bound and (best is None or correct > best["correct_hit_rate_mean"]):
+            over = sum(rate > bound for rate in rates)
+            best = {
+                "threshold": threshold,
+                "correct_hit_rate_mean": correct,
+                "false_hit_rate_mean": float(np.mean(rates)),
+                "over_bound": f"{over}/{len(rows)}",
+            }
+    return best

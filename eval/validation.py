@@ -23,7 +23,7 @@ import numpy as np
 
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.eval.data import load_intents
-from memcache.eval.metrics import cheap_path, summarize
+from memcache.eval.metrics import best_static, cheap_path, summarize
 from memcache.eval.replay import MemoEmbedder, SimulatedCheapModel, replay_intents, shuffled, static_replay
 from memcache.policy import CalibratedPolicy, Policy
 
@@ -150,24 +150,6 @@ def table(runs: Sequence[dict], bound: float) -> list[dict]:
                 cost_mean=float(np.mean([run["cost"] for run in group])),
             )
     return out
-
-
-def best_static(static: dict[float, list[tuple[int, int, int]]], bound: float) -> dict | None:
-    """The static cut-off with the most correct hits whose mean false-hit rate over the family's
-    streams met the bound: a threshold that knew the answer from the first query."""
-    best = None
-    for threshold, rows in sorted(static.items()):
-        rates = [wrong / hits if hits else 0.0 for _, hits, wrong in rows]
-        correct = float(np.mean([(hits - wrong) / n for n, hits, wrong in rows]))
-        if np.mean(rates) <= bound and (best is None or correct > best["correct_hit_rate_mean"]):
-            over = sum(rate > bound for rate in rates)
-            best = {
-                "threshold": threshold,
-                "correct_hit_rate_mean": correct,
-                "false_hit_rate_mean": float(np.mean(rates)),
-                "over_bound": f"{over}/{len(rows)}",
-            }
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:

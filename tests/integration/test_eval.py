@@ -8,10 +8,10 @@ import random
 import pytest
 
 from memcache import CalibratedPolicy, ThresholdPolicy
-from memcache.eval.commands import Stream
+from memcache.eval.commands import HINDSIGHT_THRESHOLDS, Stream
 from memcache.eval.data import OOS, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import summarize
-from memcache.eval.replay import replay_intents, replay_pairs
+from memcache.eval.metrics import best_static, summarize
+from memcache.eval.replay import replay_intents, replay_pairs, shuffled, static_replay
 
 INTENTS = 40
 OOS_QUERIES = 250
@@ -169,7 +169,7 @@ def test_quora_groups_stream_holds_the_bound(quora_pairs, vectors):
     assert report["false_hit_rate"] <= 0.02, report
 
 
-def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, eval_cli):
+def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, memo, eval_cli):
     data = tmp_path / "subset.jsonl"
     data.write_text("\n".join(json.dumps({"text": r.text, "label": r.label, "split": "test"}) for r in clinc_subset))
     calibration = tmp_path / "calibration.json"
@@ -244,6 +244,19 @@ def test_cli_eval_calibrate_json_plot_and_sweep(tmp_path, clinc_subset, eval_cli
     assert report["oos_from"] == 500 and report["oos_ramp"] is True
     assert all(isinstance(run["shifts_detected"], list) for run in report["runs"])  # lookups at which a shift was seen
     assert len(report["sweep"]) >= 5 and "static cosine thresholds" in out.stdout
+    # --sweep over several shuffles: the best static cut-off in hindsight, on the same two streams
+    curves = {}
+    for seed in (0, 1):
+        order = shuffled(clinc_subset, seed, 500, True)[:900]
+        vectors = memo.embed([q.text for q in order])
+        for threshold, (hits, wrong) in static_replay(order, vectors, HINDSIGHT_THRESHOLDS).items():
+            curves.setdefault(threshold, []).append((900, hits, wrong))
+    best, (hindsight,) = best_static(curves, BOUND), report["best_static"]
+    assert hindsight["best_static_threshold"] == best["threshold"] and hindsight["seeds"] == 2
+    assert hindsight["best_static_correct_hit_rate_mean"] == pytest.approx(best["correct_hit_rate_mean"])
+    policy_mean = sum(run["correct_hit_rate"] for run in report["runs"]) / 2
+    assert hindsight["policy_vs_best_static"] == pytest.approx(policy_mean / best["correct_hit_rate_mean"])
+    assert "best static cut-off in hindsight (0.50-1.00, over seeds 0,1)" in out.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

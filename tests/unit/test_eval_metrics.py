@@ -1,6 +1,6 @@
 import pytest
 
-from memcache.eval.metrics import across_seeds, summarize
+from memcache.eval.metrics import across_seeds, best_static, summarize
 from memcache.eval.replay import QueryRecord
 
 
@@ -73,3 +73,18 @@ def test_across_seeds_counts_the_streams_whose_running_rate_crossed_the_bound():
         for seed, worst in enumerate((0.019, 0.031, None, 0.02))
     ]
     assert across_seeds(runs)[0]["seeds_crossed_after_warmup"] == 1
+
+
+def test_the_best_static_cut_off_is_the_most_correct_hits_whose_mean_rate_meets_the_bound():
+    """(queries, hits, wrong hits) per stream: 0.70 serves most but its mean rate is 3%; 0.80 meets
+    the bound on average while one of its two streams ends over it."""
+    curves = {
+        0.70: [(100, 50, 1), (100, 50, 2)],
+        0.80: [(100, 40, 0), (100, 40, 1)],
+        0.90: [(100, 20, 0), (100, 20, 0)],
+    }
+    best = best_static(curves, 0.02)
+    assert best["threshold"] == 0.80 and best["over_bound"] == "1/2"
+    assert best["correct_hit_rate_mean"] == pytest.approx(0.395)
+    assert best["false_hit_rate_mean"] == pytest.approx(0.0125)
+    assert best_static({0.9: [(10, 10, 5)]}, 0.02) is None
