@@ -86,6 +86,12 @@ def audit_rate(z: float, bound: float, region_labels: int, floor: float, ceiling
     return min(ceiling, max(floor, wanted / (wanted + region_labels)))
 
 
+def served_at_least(audits: int, max_audit_rate: float) -> int:
+    """How many answers were served at least, given `audits` of them were audited at no more than
+    `max_audit_rate`: where a restart resumes the warm-up (never past where it was)."""
+    return math.ceil(audits / max_audit_rate) if max_audit_rate > 0 else 0
+
+
 def warmup_target(bound: float, served: int, warmup: int, share: float) -> float:
     """The rate a cut-off is certified against after `served` answers: `share` of the bound at
     the first, rising linearly to the whole bound over `warmup` served answers."""

@@ -221,8 +221,7 @@ class CheapGate:
                 self._labels.append(features, bool(correct), None)
                 if claimed is not None:
                     self._claims.append((float(claimed), bool(correct)))
-            if self.max_audit_rate > 0:  # at most that share of served answers was audited: the warm-up resumes
-                self._served = max(self._served, int(len(self._claims) / self.max_audit_rate))
+            self._served = max(self._served, certify.served_at_least(len(self._claims), self.max_audit_rate))
             self._observed += len(rows)
             self._asked += len(rows)
         if rows:

@@ -511,8 +511,7 @@ class CalibratedPolicy:
         claims = [(float(c), bool(ok)) for c, ok in claims]
         with self._lock:
             self._claims.extend(claims)
-            if self.max_audit_rate > 0:
-                self._served = max(self._served, math.ceil(len(claims) / self.max_audit_rate))
+            self._served = max(self._served, certify.served_at_least(len(claims), self.max_audit_rate))
 
     @property
     def claim_ratio(self) -> float:

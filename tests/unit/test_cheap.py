@@ -119,3 +119,18 @@ def test_the_simulated_cheap_model_follows_its_stated_rule():
     half = SimulatedCheapModel(accuracy=0.5, abstain=0.0, seed=1)
     right = sum(parse_reply(half.reply("c", pairs), pairs).used == 2 for _ in range(2000))
     assert 900 < right < 1100
+
+
+@pytest.mark.parametrize("audits, served", [(1, 4), (3, 10), (0, 0)])
+def test_a_restart_resumes_the_warm_up_where_the_hit_policy_would(audits, served):
+    """Stored audits say how many answers were served at least (audits / max_audit_rate, rounded
+    up): the gate and the hit policy resume their warm-ups from the same count."""
+    from memcache import CalibratedPolicy, certify
+
+    assert certify.served_at_least(audits, 0.3) == served
+    gate, policy = CheapGate(max_audit_rate=0.3), CalibratedPolicy(0.02, max_audit_rate=0.3)
+    features = [0.0] * len(GATE_FEATURES)
+    gate.load([(features, True, 0.99)] * audits)
+    policy.load_audit_claims([(0.99, True)] * audits)
+    expected = certify.warmup_target(0.02, served, 300, 0.75)
+    assert gate.target == pytest.approx(expected) and policy.target == pytest.approx(expected)
