@@ -75,21 +75,8 @@ class Stream:
             return [
                 {"threshold": t, **summarize(self.replay(ThresholdPolicy(t), embedder, seed=seed))} for t in thresholds
             ]
-        rows = []
-        for threshold, (n, hits, wrong) in self.static_hits(
-            thresholds, embedder, seed, warm, oos_from, oos_ramp
-        ).items():
-            rows.append(
-                {
-                    "threshold": threshold,
-                    "queries": n,
-                    "hits": hits,
-                    "wrong_hits": wrong,
-                    **hit_rates(n, hits, wrong),
-                    "strong_calls": (n - hits) / n if n else 0.0,  # every miss; static cut-offs audit nothing
-                }
-            )
-        return rows
+        curve = self.static_hits(thresholds, embedder, seed, warm, oos_from, oos_ramp)
+        return [sweep_row(threshold, *row) for threshold, row in curve.items()]
 
     def static_hits(
         self, thresholds, embedder, seed: int, warm=(), oos_from=None, oos_ramp=False
@@ -103,16 +90,25 @@ class Stream:
         return {threshold: (len(order), hits, wrong) for threshold, (hits, wrong) in curve.items()}
 
 
+def sweep_row(threshold: float, n: int, hits: int, wrong: int) -> dict:
+    """One static cut-off's figures on one stream, as the `--sweep` table shows them."""
+    return {
+        "threshold": threshold,
+        "queries": n,
+        "hits": hits,
+        "wrong_hits": wrong,
+        **hit_rates(n, hits, wrong),
+        "strong_calls": (n - hits) / n if n else 0.0,  # every miss; static cut-offs audit nothing
+    }
+
+
 def hindsight_static(
-    stream: Stream, embedder, runs: Sequence[dict], bounds: Sequence[float], seeds: Sequence[int], **order
+    curves: dict[float, list[tuple[int, int, int]]], runs: Sequence[dict], bounds: Sequence[float], seeds: int
 ) -> list[dict]:
-    """Per bound, the best static cut-off in hindsight over the replayed shuffles (`best_static`)
-    beside the policy's mean correct hits on the same shuffles: the comparison a user needs to
-    judge the policy on a data set, since no fixed threshold can be chosen before its traffic."""
-    curves: dict[float, list[tuple[int, int, int]]] = {}
-    for seed in seeds:
-        for threshold, row in stream.static_hits(HINDSIGHT_THRESHOLDS, embedder, seed, **order).items():
-            curves.setdefault(threshold, []).append(row)
+    """Per bound, the best static cut-off in hindsight over the replayed shuffles (`best_static`
+    of `curves`: per cut-off, one (queries, hits, wrong hits) per shuffle) beside the policy's
+    mean correct hits on the same shuffles: the comparison a user needs to judge the policy on
+    a data set, since no fixed threshold can be chosen before its traffic."""
     out = []
     for bound in bounds:
         policy_correct = [run["correct_hit_rate"] for run in runs if run["max_false_hit_rate"] == bound]
@@ -122,7 +118,7 @@ def hindsight_static(
         out.append(
             {
                 "max_false_hit_rate": bound,
-                "seeds": len(seeds),
+                "seeds": seeds,
                 "best_static_threshold": None if best is None else best["threshold"],
                 "best_static_correct_hit_rate_mean": None if best is None else best["correct_hit_rate_mean"],
                 "best_static_false_hit_rate_mean": None if best is None else best["false_hit_rate_mean"],
@@ -362,11 +358,15 @@ def run_eval(args: argparse.Namespace) -> dict:
         if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
             after = summarize(records[args.oos_from :], max_false_hit_rate=bound)
             runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
-    sweep = []
-    if args.sweep:
-        sweep = stream.sweep(
-            SWEEP_THRESHOLDS, embedder, seed=seeds[0], warm=warm, oos_from=args.oos_from, oos_ramp=args.oos_ramp
-        )
+    sweep, curves = [], {}
+    if args.sweep and stream.kind == "intents":  # every shuffle's cut-offs once; the table shows the first's
+        order = {"warm": warm, "oos_from": args.oos_from, "oos_ramp": args.oos_ramp}
+        for seed in seeds:
+            for threshold, row in stream.static_hits(HINDSIGHT_THRESHOLDS, embedder, seed, **order).items():
+                curves.setdefault(threshold, []).append(row)
+        sweep = [sweep_row(threshold, *curves[threshold][0]) for threshold in SWEEP_THRESHOLDS]
+    elif args.sweep:
+        sweep = stream.sweep(SWEEP_THRESHOLDS, embedder, seed=seeds[0])
     report = {
         "data": str(args.data),
         "format": args.format,
@@ -376,9 +376,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         "runs": [{k: v for k, v in run.items() if k != "_records"} for run in runs],
         "sweep": sweep,
     }
-    if args.sweep and stream.kind == "intents":
-        order = {"warm": warm, "oos_from": args.oos_from, "oos_ramp": args.oos_ramp}
-        report["best_static"] = hindsight_static(stream, embedder, report["runs"], bounds, seeds, **order)
+    if curves:
+        report["best_static"] = hindsight_static(curves, report["runs"], bounds, len(seeds))
     run_ids = ("seed",) if audit_seeds is None else ("seed", "audit_seed")
     columns = (*run_ids, *REPORT_COLUMNS[1:], *(MORE_COLUMNS if args.all_columns else ()))
     print(_table(report["runs"], columns))

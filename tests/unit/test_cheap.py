@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from memcache import CalibratedPolicy, certify
 from memcache.cheap import MemoryPair, cheap_messages, parse_reply, reply_text
 from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
 from memcache.errors import ConfigError
@@ -125,8 +126,6 @@ def test_the_simulated_cheap_model_follows_its_stated_rule():
 def test_a_restart_resumes_the_warm_up_where_the_hit_policy_would(audits, served):
     """Stored audits say how many answers were served at least (audits / max_audit_rate, rounded
     up): the gate and the hit policy resume their warm-ups from the same count."""
-    from memcache import CalibratedPolicy, certify
-
     assert certify.served_at_least(audits, 0.3) == served
     gate, policy = CheapGate(max_audit_rate=0.3), CalibratedPolicy(0.02, max_audit_rate=0.3)
     features = [0.0] * len(GATE_FEATURES)
