@@ -2,8 +2,9 @@
 
     python -m memcache.eval.backends ../shared/data/clinc150.jsonl [--splits test,oos] [--seed 0]
 
-Encoders: `torch`, `onnx` (the default CPU encoder) and `int8` (the ONNX export with weights
-quantized by `onnxruntime.quantization.quantize_dynamic`, tried and not adopted: docs/EVAL.md).
+Encoders: `torch`, `onnx` (the default CPU encoder), `openvino` (the same export run by OpenVINO)
+and `int8` (the ONNX export with weights quantized by `onnxruntime.quantization.quantize_dynamic`,
+tried and not adopted: docs/EVAL.md).
 Prints each replay's figures, the single-query encode p50, and the share of queries whose
 outcome (hit, miss, audit) equals the first encoder's.
 """

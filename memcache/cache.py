@@ -75,8 +75,9 @@ class MemCache:
         shadow_audits: where memcache calls the strong model itself, serve an audited would-be hit
             at once and let the strong model check it in the background (False: the caller waits).
         device: "auto" (CUDA if available), "cpu", "cuda", ... for the default embedder and index.
-        embedding_backend: "auto" (ONNX Runtime on the CPU, torch on CUDA), "onnx" or "torch", for
-            the default embedder; None reads MEMCACHE_EMBEDDING_BACKEND.
+        embedding_backend: "auto" (ONNX Runtime on the CPU, torch on CUDA), "onnx", "openvino"
+            (CPU, the `[openvino]` extra) or "torch", for the default embedder; None reads
+            MEMCACHE_EMBEDDING_BACKEND.
         seed: seed for the policy's audit coin (reproducible replays).
         progress: show a progress bar while a large index is rebuilt from the store.
         sync_interval: seconds between checks of what other processes wrote or deleted (None: never).

@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from memcache.errors import ConfigError, EmbeddingError
-from memcache.onnx_encoder import OnnxEncoder, UnsupportedModel
+from memcache.onnx_encoder import OnnxEncoder, OpenVinoEncoder, UnsupportedModel
 
 log = logging.getLogger("memcache")
 
@@ -45,7 +45,12 @@ class AsyncEmbedder(Embedder, Protocol):
 
 
 BACKEND_ENV = "MEMCACHE_EMBEDDING_BACKEND"
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = ("auto", "onnx", "openvino", "torch")
+# the runtimes that run the ONNX export, and what to install when one is missing
+EXPORT_RUNNERS = {
+    "onnx": (OnnxEncoder, "pip install onnxruntime"),
+    "openvino": (OpenVinoEncoder, 'pip install "memcache[openvino]"'),
+}
 
 _ENCODERS: dict[tuple[str, str, str, int], object] = {}
 _ENCODERS_LOCK = threading.Lock()
@@ -88,20 +93,22 @@ def shared_encoder(name: str, device: str, backend: str, inner_batch_size: int =
 
 
 def _build_encoder(name: str, device: str, backend: str, inner_batch_size: int):
-    if backend == "onnx" and device != "cpu":
-        raise ConfigError(f"the onnx embedding backend runs on the CPU, not on {device!r}; use backend='torch'")
-    if backend in ("onnx", "auto") and device == "cpu":
+    if backend in EXPORT_RUNNERS and device != "cpu":
+        raise ConfigError(f"the {backend} embedding backend runs on the CPU, not on {device!r}; use backend='torch'")
+    if backend == "auto" and device == "cpu":
         try:
             return OnnxEncoder(name, pass_size=inner_batch_size)
-        except ImportError as exc:
-            if backend == "onnx":
-                raise ConfigError("the onnx embedding backend needs onnxruntime: pip install onnxruntime") from exc
+        except ImportError:
             log.warning("onnxruntime is not installed (pip install onnxruntime); embedding with torch")
         except EmbeddingError as exc:
-            if backend == "onnx":
-                raise
             expected = isinstance(exc, UnsupportedModel)  # said only in the debug log
             log.log(logging.DEBUG if expected else logging.WARNING, "%s; embedding with torch", exc)
+    elif backend in EXPORT_RUNNERS:  # asked for by name: a failure is the caller's to see
+        runner, install = EXPORT_RUNNERS[backend]
+        try:
+            return runner(name, pass_size=inner_batch_size)
+        except ImportError as exc:
+            raise ConfigError(f"the {backend} embedding backend is not installed: {install}") from exc
     return TorchEncoder(name, device, inner_batch_size)
 
 
@@ -153,7 +160,8 @@ class SentenceTransformerEmbedder:
         model: a sentence-transformers model name or path; None for the packaged all-MiniLM-L6-v2.
         device: "auto" (CUDA if present, else CPU), or any torch device string.
         backend: "auto" (ONNX Runtime on the CPU when it can run the model, torch otherwise),
-            "onnx" or "torch"; None reads MEMCACHE_EMBEDDING_BACKEND, else "auto".
+            "onnx", "openvino" (the same export run by OpenVINO: the `[openvino]` extra) or
+            "torch"; None reads MEMCACHE_EMBEDDING_BACKEND, else "auto".
         batch_size: most texts encoded in one call.
         batch_window_ms: how long the worker waits for more callers when it expects others:
             callers are inside `embed` and not yet collected, or this batch is under 90% of the

@@ -1,4 +1,4 @@
-"""A sentence-transformers model run by ONNX Runtime: the default CPU encoder.
+"""A sentence-transformers model run by ONNX Runtime (the default CPU encoder) or OpenVINO.
 
 Why: the single-query encode is the floor of every semantic lookup, and ONNX Runtime runs
 all-MiniLM-L6-v2 about 2.5x faster than PyTorch on a CPU with the same vectors (cosine
@@ -10,7 +10,8 @@ transformers releases this project uses. After the export, encoding imports neit
 nor sentence-transformers.
 
 The export is written to a temporary file and renamed into place, so processes starting at
-once each see either no file or a whole one; a file ONNX Runtime cannot load is exported again.
+once each see either no file or a whole one; a file the runtime cannot load is exported again.
+OpenVINO (`OpenVinoEncoder`) runs the same export, on request.
 """
 
 from __future__ import annotations
@@ -135,17 +136,21 @@ def export(layout: ModelLayout, target: Path) -> None:
 
 
 class OnnxEncoder:
-    """Encodes texts with an exported model; thread-safe (ONNX Runtime sessions are)."""
+    """Encodes texts with an exported model run by ONNX Runtime; thread-safe (its sessions are).
+
+    The runtime is the one part a subclass replaces (`_import_runtime`, `_load`, `_hidden`): the
+    export, the tokenizer, the passes and the pooling are shared.
+    """
 
     backend = "onnx"
 
     def __init__(self, model_folder: str, cache_dir: Path | None = None, pass_size: int = 16) -> None:
-        import onnxruntime
         from tokenizers import Tokenizer
 
+        self._runtime = self._import_runtime()  # ImportError before any export work
         self.layout = ModelLayout(model_folder)
         if self.layout.why_not:
-            raise UnsupportedModel(f"the ONNX backend cannot run {model_folder!r}: {self.layout.why_not}")
+            raise UnsupportedModel(f"the {self.backend} backend cannot run {model_folder!r}: {self.layout.why_not}")
         self.path = (cache_dir or cache_root()) / "onnx" / f"{self.layout.cache_key()}.onnx"
         self.dimension = self.layout.dimension
         self.pass_size = pass_size
@@ -154,12 +159,17 @@ class OnnxEncoder:
         tokenizer.enable_padding()
         self._tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()  # padding/truncation settings are shared state
-        self._session = self._open(onnxruntime)
-        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._inputs: set[str] = set()
+        self._open()
 
-    def _open(self, onnxruntime):
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
+    @staticmethod
+    def _import_runtime() -> Any:
+        import onnxruntime
+
+        return onnxruntime
+
+    def _open(self) -> None:
+        """Load the export, exporting it first if it is missing, and once more if it is damaged."""
         for attempt in (1, 2):
             if not self.path.exists():
                 try:
@@ -167,13 +177,23 @@ class OnnxEncoder:
                 except Exception as exc:  # torch, transformers or onnx missing or failing
                     raise EmbeddingError(f"could not export {self.layout.folder} to ONNX: {exc}") from exc
             try:
-                return onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+                self._load()
+                return
             except Exception as exc:
                 if attempt == 2:
                     raise EmbeddingError(f"could not load the ONNX export {self.path}: {exc}") from exc
                 log.warning("the ONNX export %s could not be loaded (%s); exporting it again", self.path, exc)
                 self.path.unlink(missing_ok=True)
-        raise AssertionError("unreachable")
+
+    def _load(self) -> None:
+        options = self._runtime.SessionOptions()
+        options.log_severity_level = 3
+        self._session = self._runtime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def _hidden(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The transformer's last hidden states (batch, tokens, width) for one pass."""
+        return self._session.run(None, feeds)[0]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors of `texts`, in order. Texts run in passes of `pass_size`, sorted by length,
@@ -192,7 +212,7 @@ class OnnxEncoder:
         ids = np.array([e.ids[:length] for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask[:length] for e in encodings], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        hidden = self._hidden({k: v for k, v in feeds.items() if k in self._inputs})
         if self.layout.mean:
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
@@ -200,3 +220,36 @@ class OnnxEncoder:
             pooled = hidden[:, 0]
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return np.ascontiguousarray(pooled / np.clip(norms, 1e-12, None), dtype=np.float32)
+
+
+class OpenVinoEncoder(OnnxEncoder):
+    """The same export run by OpenVINO's CPU runtime (`backend="openvino"`, the `[openvino]` extra).
+
+    Why offer it: OpenVINO is tuned for Intel CPUs, where it may beat ONNX Runtime; on this
+    project's AMD machine it was slower (docs/EVAL.md), so it is a choice, not the default.
+    Inference precision is pinned to float32: on CPUs with bf16 units OpenVINO would otherwise
+    compute in bf16, and the vectors would drift from every other backend's. An infer request
+    is not thread-safe, so each thread gets its own.
+    """
+
+    backend = "openvino"
+
+    @staticmethod
+    def _import_runtime() -> Any:
+        import openvino
+
+        return openvino
+
+    def _load(self) -> None:
+        core = self._runtime.Core()
+        self._compiled = core.compile_model(
+            core.read_model(str(self.path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        )
+        self._inputs = {port.get_any_name() for port in self._compiled.inputs}
+        self._requests = threading.local()
+
+    def _hidden(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._compiled.create_infer_request()
+        return np.asarray(request.infer(feeds)[0])

@@ -1,5 +1,5 @@
 """The ONNX Runtime encoder: torch's vectors, an export cache that survives races and damage,
-and a fallback to torch that says why."""
+and a fallback to torch that says why; OpenVINO running the same export."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from memcache import ConfigError, MemCache, SentenceTransformerEmbedder
 from memcache.embedding import TorchEncoder, _build_encoder, default_model_path
 from memcache.eval import backends
-from memcache.onnx_encoder import ModelLayout, OnnxEncoder
+from memcache.onnx_encoder import ModelLayout, OnnxEncoder, OpenVinoEncoder
 
 QUESTIONS = [
     "how do I reset my password",
@@ -105,7 +106,7 @@ def test_the_backend_is_chosen_by_argument_or_environment(monkeypatch, tmp_path)
     with MemCache(f"sqlite:///{tmp_path / 'm.db'}", embedding_backend="onnx") as cache:
         assert cache.embedder.backend_in_use == "onnx"
     monkeypatch.setenv("MEMCACHE_EMBEDDING_BACKEND", "tensorflow")
-    with pytest.raises(ConfigError, match="auto, onnx, torch"):
+    with pytest.raises(ConfigError, match="auto, onnx, openvino, torch"):
         SentenceTransformerEmbedder()
     with pytest.raises(ConfigError, match="runs on the CPU"):
         _build_encoder(default_model_path(), "cuda", "onnx", 16)
@@ -117,3 +118,42 @@ def test_the_encoder_comparison_replays_one_stream_per_encoder(data_dir, capsys)
     )
     assert report["onnx"]["same_outcome"] == 1.0 and 0 < report["int8"]["same_outcome"] <= 1.0
     assert report["int8"]["single_encode_p50_ms"] > 0 and "int8 {" in capsys.readouterr().out
+
+
+def test_openvino_runs_the_same_export_with_the_same_vectors(embedder, data_dir, tmp_path):
+    rows = [json.loads(line)["text"] for line in (data_dir / "clinc150.jsonl").open()][:200] + QUESTIONS
+    encoder = _build_encoder(default_model_path(), "cpu", "openvino", 16)
+    assert isinstance(encoder, OpenVinoEncoder) and encoder.path == embedder.encoder.path  # one export for both
+    vectors = encoder.encode(rows)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(rows), 384)
+    assert (vectors * embedder.encode_batch(rows)).sum(axis=1).min() > 0.99999  # float32, not bf16
+
+    results: dict[int, np.ndarray] = {}  # threads each get their own infer request
+
+    def encode_in_thread(i: int) -> None:
+        results[i] = encoder.encode(rows[i * 20 : i * 20 + 20])
+
+    threads = [threading.Thread(target=encode_in_thread, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert np.allclose(np.vstack([results[i] for i in range(4)]), vectors[:80], atol=1e-5)
+
+    with MemCache(f"sqlite:///{tmp_path / 'm.db'}", embedding_backend="openvino") as cache:
+        assert cache.embedder.backend_in_use == "openvino"
+        cache.write_back("how do I reset my password", "Settings > Security > Reset.", model="m", paid=False)
+        question = "I forgot my password, how can I reset it?"
+        result = cache.lookup(question, model="m")
+        expected = float(
+            embedder.encode_batch([question])[0] @ embedder.encode_batch(["how do I reset my password"])[0]
+        )
+        assert len(result.candidates) == 1 and result.decision.similarity == pytest.approx(expected, abs=1e-4)
+
+
+def test_openvino_by_name_without_openvino_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ConfigError, match=r'pip install "memcache\[openvino\]"'):
+        _build_encoder(default_model_path(), "cpu", "openvino", 16)
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        _build_encoder(default_model_path(), "cuda", "openvino", 16)
