@@ -67,8 +67,7 @@ def replay_real(
                                 info.confidence, ms, audited=info.audited,
                                 cheap_called=cache.counters()["cheap_calls"] > asked_cheap)
                 )  # fmt: skip
-                _, scope = cache._parse(messages, strong_model, None, options)
-                entry = cache.memory.exact_entry(scope.key, query.text)
+                entry = cache.entry_of(messages, model=strong_model, **options)
                 if entry is not None:
                     label_of_entry.setdefault(entry, query.label)
                     seen.add(query.label)

@@ -320,6 +320,18 @@ class MemCache:
         """Async `forget`, run off the event loop."""
         return await self._run(functools.partial(self.forget, tenant=tenant))
 
+    def entry_of(self, request: Request, *, model: Name = None, tenant: Name = None, **params: Any) -> int | None:
+        """The id of the entry stored for exactly this request (the same text up to whitespace,
+        in the same scope), or None; no embedding and no counters. With `invalidate`, it deletes
+        the answer a prompt would be served from an exact repeat of.
+
+        Raises:
+            InvalidRequestError: empty, non-string, oversized or malformed input.
+        """
+        query, scope = self._parse(request, model, tenant, params)
+        self.warm_up()
+        return self.memory.exact_entry(scope.key, query)
+
     def get(self, entry_id: int) -> CacheEntry | None:
         """One stored entry with all its query keys, or None.
 

@@ -53,6 +53,20 @@ def test_invalidate_the_newest_then_store_again_serves_the_next_repeat(url, embe
             assert hit is not None and hit.answer == "vpn2-berlin.acme.example"
 
 
+def test_entry_of_finds_a_prompt_in_its_own_scope_only(url, embedder):
+    with cache_at(url, embedder) as cache:
+        entry = cache.write_back(QA, ANSWER_A, tenant="acme", temperature=0)
+        assert cache.entry_of("  " + QA.replace(" ", "   "), tenant="acme", temperature=0) == entry.id
+        assert cache.entry_of(QA, tenant="globex", temperature=0) is None  # another tenant
+        assert cache.entry_of(QA, tenant="acme", temperature=0.7) is None  # other parameters
+        assert cache.entry_of(QB, tenant="acme", temperature=0) is None
+        before = cache.counters()
+        assert cache.invalidate(cache.entry_of(QA, tenant="acme", temperature=0))
+        assert cache.entry_of(QA, tenant="acme", temperature=0) is None and cache.counters() == before
+        with pytest.raises(InvalidRequestError):
+            cache.entry_of("")
+
+
 def test_a_snapshot_of_before_a_forget_never_serves_the_new_tenant(url, embedder, tmp_path):
     snapshot = tmp_path / "index.snap"
     with cache_at(url, embedder, snapshot=snapshot) as a:
