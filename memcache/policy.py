@@ -46,6 +46,7 @@ FEATURE_NAMES = (
 # 2: kth and second similarity added (version 1 files had five features); 3: entry centroid similarity and margin;
 # 4: entry gap
 CALIBRATION_VERSION = 4
+_ENTRY_MARGIN = FEATURE_NAMES.index("entry_margin")
 _VOTE_TEMPERATURE = 0.05
 log = logging.getLogger("memcache")
 
@@ -219,6 +220,7 @@ def _check_settings(
     warmup_hits,
     warmup_share,
     warmup_hit_share,
+    warmup_entry_margin,
 ) -> None:
     """ConfigError for a `CalibratedPolicy` setting out of range."""
 
@@ -243,6 +245,10 @@ def _check_settings(
         raise ConfigError("warmup_share is a share of the bound in (0, 1]")
     if warmup_hit_share is not None and (not _is_number(warmup_hit_share) or not 0.0 < warmup_hit_share <= 1.0):
         raise ConfigError("warmup_hit_share is a share of the bound in (0, 1], or None for no per-hit floor")
+    if warmup_entry_margin is not None and (
+        not _is_number(warmup_entry_margin) or not 0.0 <= warmup_entry_margin <= 1.0
+    ):
+        raise ConfigError("warmup_entry_margin is a difference of cosine similarities in [0, 1], or None for none")
     if not _is_number(l2) or l2 < 0:
         raise ConfigError("l2 is the logistic fit's penalty and must be a number >= 0")
 
@@ -250,7 +256,7 @@ def _check_settings(
 # What a calibration file keeps of a policy's settings, by constructor argument name.
 _SETTINGS = (
     "max_false_hit_rate", "confidence_level", "min_audit_rate", "max_audit_rate", "l2", "shift_hold_audits",
-    "max_labels", "folds", "warmup_hits", "warmup_share", "warmup_hit_share",
+    "max_labels", "folds", "warmup_hits", "warmup_share", "warmup_hit_share", "warmup_entry_margin",
 )  # fmt: skip
 
 
@@ -298,6 +304,10 @@ class CalibratedPolicy:
         warmup_hit_share: during the warm-up, each hit must also be sure on its own: a would-be
             hit whose estimated error (1 - confidence) exceeds this share of the bound is paid
             for instead (a miss, and a label). None: no such floor. See `serves_now`.
+        warmup_entry_margin: during the warm-up, each hit's answer must also lead the nearest
+            other answer: the request must be at least this much more similar to the best
+            entry's centroid than to any other candidate entry's (the `entry_margin` feature).
+            None: no such floor. See `serves_now`.
     """
 
     def __init__(
@@ -317,11 +327,13 @@ class CalibratedPolicy:
         warmup_hits: int = 300,
         warmup_share: float = 0.75,
         warmup_hit_share: float | None = 0.5,
+        warmup_entry_margin: float | None = 0.02,
     ) -> None:
         settings = dict(
             max_false_hit_rate=max_false_hit_rate, confidence_level=confidence_level, min_audit_rate=min_audit_rate,
             max_audit_rate=max_audit_rate, l2=l2, shift_hold_audits=shift_hold_audits, max_labels=max_labels,
             folds=folds, warmup_hits=warmup_hits, warmup_share=warmup_share, warmup_hit_share=warmup_hit_share,
+            warmup_entry_margin=warmup_entry_margin,
         )  # fmt: skip
         _check_settings(**settings)
         for name, value in settings.items():  # the `_SETTINGS` a calibration file keeps
@@ -383,7 +395,7 @@ class CalibratedPolicy:
                 self._on_shift()
             self._recent.append(features)
             confidence = self._confidence(features)
-            if self.threshold is None or confidence < self.threshold or not self.serves_now(confidence):
+            if self.threshold is None or confidence < self.threshold or not self.serves_now(confidence, features):
                 return Decision("miss", entry_id, s1, confidence, features, shift_detected=shifted)
             if self._hold_left:
                 return Decision("audit", entry_id, s1, confidence, features, held=True, shift_detected=shifted)
@@ -402,18 +414,23 @@ class CalibratedPolicy:
         is most fragile, and given back once it is not."""
         return certify.warmup_target(self.max_false_hit_rate, self._served, self.warmup_hits, self.warmup_share)
 
-    def serves_now(self, confidence: float) -> bool:
+    def serves_now(self, confidence: float, features: Sequence[float] | None = None) -> bool:
         """Whether a would-be hit above the cut-off is sure enough on its own to serve now: after
         the warm-up always; during it, only if its estimated error is at most `warmup_hit_share`
-        of the bound.
+        of the bound and (given its `features`) its entry margin is at least `warmup_entry_margin`.
 
         Why: the cut-off bounds the average error of what it serves, and the hits just above it
         are the likeliest to be wrong. Over the first few hundred hits that average is taken over
         few of them, so a handful of marginal hits can carry the running rate over the bound;
-        a user watching a new deployment sees that rate, not the certificate."""
-        if self.warmup_hit_share is None or self._served >= self.warmup_hits:
+        a user watching a new deployment sees that rate, not the certificate. The margin floor
+        is the same idea without the model: a young model is most overconfident between two
+        answers the request is about as close to (confusable intents), and no confidence says so."""
+        if self._served >= self.warmup_hits:
             return True
-        return 1.0 - confidence <= self.warmup_hit_share * self.max_false_hit_rate
+        if self.warmup_hit_share is not None and 1.0 - confidence > self.warmup_hit_share * self.max_false_hit_rate:
+            return False
+        margin = None if features is None else features[_ENTRY_MARGIN]
+        return self.warmup_entry_margin is None or margin is None or margin >= self.warmup_entry_margin
 
     @property
     def holding(self) -> bool:

@@ -12,6 +12,7 @@ from memcache.eval.commands import HINDSIGHT_THRESHOLDS, Stream
 from memcache.eval.data import OOS, load_intents, load_pairs, pair_groups
 from memcache.eval.metrics import best_static, summarize
 from memcache.eval.replay import replay_intents, replay_pairs, shuffled, static_replay
+from memcache.policy import FEATURE_NAMES
 
 INTENTS = 40
 OOS_QUERIES = 250
@@ -96,6 +97,17 @@ def test_the_first_hits_are_each_sure_on_their_own(seed_0):
     assert len(served) > policy.warmup_hits
     assert min(served[: policy.warmup_hits]) >= floor
     assert min(served[policy.warmup_hits :]) < floor
+
+
+def test_the_first_hits_each_lead_the_next_answer(clinc_subset, memo):
+    """During the warm-up every served would-be hit is at least `warmup_entry_margin` closer to
+    its entry than to any other candidate answer."""
+    policy = SpyPolicy(BOUND, seed=0)
+    replay_intents(clinc_subset, policy=policy, embedder=memo, seed=0)
+    margin = FEATURE_NAMES.index("entry_margin")
+    served = [d for d in policy.decisions if d.action == "hit" or (d.action == "audit" and not d.held)]
+    assert len(served) > policy.warmup_hits
+    assert min(d.features[margin] for d in served[: policy.warmup_hits]) >= policy.warmup_entry_margin
 
 
 def test_a_late_out_of_scope_shift_is_detected_and_would_be_hits_are_held(clinc_subset, memo):

@@ -5,7 +5,7 @@ import pytest
 
 from memcache.certify import poisson_upper
 from memcache.errors import ConfigError
-from memcache.policy import CalibratedPolicy, ThresholdPolicy, neighbourhood_features
+from memcache.policy import FEATURE_NAMES, CalibratedPolicy, ThresholdPolicy, neighbourhood_features
 from memcache.shift import ShiftDetector
 from memcache.types import Candidate, HindsightExample
 
@@ -410,6 +410,37 @@ def test_without_the_per_hit_floor_the_cut_off_alone_decides_from_the_first_hit(
     policy.load_labels(synthetic_labels(3000))
     _, marginal = _hits_by_confidence(policy)  # held back under the default floor, as above
     assert policy.decide(marginal, {}).action == "hit"
+
+
+def test_during_the_warm_up_each_hit_must_lead_the_next_answer():
+    policy = CalibratedPolicy(0.05, seed=0, warmup_hits=2)
+    sure = 1.0  # no estimated error: only the margin floor can refuse
+    at = FEATURE_NAMES.index("entry_margin")
+    close, clear = [0.0] * 10, [0.0] * 10
+    close[at], clear[at] = policy.warmup_entry_margin / 2, policy.warmup_entry_margin
+    assert not policy.serves_now(sure, close) and policy.serves_now(sure, clear)
+    assert policy.serves_now(sure)  # without features only the confidence floor applies
+    policy.load_audit_claims([(0.99, True)])  # an audit: at least 5 hits were served, the warm-up is over
+    assert policy.serves_now(sure, close)
+    assert CalibratedPolicy(0.05, warmup_entry_margin=None).serves_now(sure, close)
+
+
+@pytest.mark.parametrize("margin", [-0.01, 1.5, float("nan"), True, "0.02"])
+def test_the_margin_floor_is_a_difference_of_similarities(margin):
+    with pytest.raises(ConfigError, match="warmup_entry_margin"):
+        CalibratedPolicy(0.02, warmup_entry_margin=margin)
+
+
+def test_the_margin_floor_survives_the_calibration_file(tmp_path):
+    for margin in (0.05, None):
+        policy = CalibratedPolicy(0.05, seed=0, warmup_entry_margin=margin)
+        policy.load_labels(synthetic_labels(500))
+        policy.save(tmp_path / "c.json")
+        assert CalibratedPolicy.from_file(tmp_path / "c.json").warmup_entry_margin == margin
+    data = json.loads((tmp_path / "c.json").read_text())
+    del data["warmup_entry_margin"]  # a file written before the floor existed gets the default
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert CalibratedPolicy.from_file(tmp_path / "old.json").warmup_entry_margin == 0.02
 
 
 @pytest.mark.parametrize("share", [0, -0.1, 1.5, float("nan"), True])
