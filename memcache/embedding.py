@@ -96,10 +96,11 @@ def _build_encoder(name: str, device: str, backend: str, inner_batch_size: int):
     if backend in EXPORT_RUNNERS and device != "cpu":
         raise ConfigError(f"the {backend} embedding backend runs on the CPU, not on {device!r}; use backend='torch'")
     if backend == "auto" and device == "cpu":
+        runner, install = EXPORT_RUNNERS["onnx"]
         try:
-            return OnnxEncoder(name, pass_size=inner_batch_size)
+            return runner(name, pass_size=inner_batch_size)
         except ImportError:
-            log.warning("onnxruntime is not installed (pip install onnxruntime); embedding with torch")
+            log.warning("onnxruntime is not installed (%s); embedding with torch", install)
         except EmbeddingError as exc:
             expected = isinstance(exc, UnsupportedModel)  # said only in the debug log
             log.log(logging.DEBUG if expected else logging.WARNING, "%s; embedding with torch", exc)
