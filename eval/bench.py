@@ -6,7 +6,8 @@
 - cold start in a fresh process: rebuild from the store, and load from an index snapshot,
   with the resident memory each adds per entry;
 - recall@1 of the index against exact search;
-- GPTCache (from PyPI) with the same model, data and machine: hit latency and lookups/s.
+- GPTCache (from PyPI) with the same model, data and machine: hit latency and lookups/s;
+- `memcache ask` in a fresh process (`memcache.eval.cli_bench`): exact repeat and miss.
 
 Stored keys are real Quora questions embedded by the real model; past `--real` of them the
 store is filled with synthetic keys (a real question's vector plus noise, at cosine ~0.75 to
@@ -34,6 +35,7 @@ import numpy as np
 
 from memcache.cache import MemCache
 from memcache.embedding import SentenceTransformerEmbedder
+from memcache.eval import cli_bench
 from memcache.eval.bulk import BulkRow, bulk_insert
 from memcache.eval.data import load_pairs
 from memcache.policy import ThresholdPolicy
@@ -463,6 +465,8 @@ def markdown(results: dict) -> str:
             f"memcache / GPTCache lookups/s with 8 callers: {g['lookups_ratio_8']:.2f}x; "
             f"p99 ratio: {g['p99_ratio']:.2f}x.",
         ]
+    if "cli" in results:
+        lines += ["", *cli_bench.markdown(results["cli"])]
     return "\n".join(lines) + "\n"
 
 
@@ -520,6 +524,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "sizes": [],
     }
+    if args.cli_runs:
+        results["cli"] = cli_bench.cli_startup(args.cli_runs, args.workdir)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         directory = Path(tmp)
         if args.gptcache_entries:
@@ -549,6 +555,9 @@ def add_bench_command(sub) -> None:
         "--rounds", type=int, default=3, help="throughput rounds (median); the encoder batching gain takes 7 per round"
     )
     bench.add_argument("--gptcache-entries", type=int, default=10_000, help="0 skips the GPTCache comparison")
+    bench.add_argument(
+        "--cli-runs", type=int, default=10, help="fresh `memcache ask` processes per command (median); 0 skips"
+    )
     bench.add_argument("--workdir", default=None, help="where the temporary stores go (default: system temp)")
     bench.add_argument("--out", default=None, help="write the Markdown table here (e.g. docs/BENCHMARKS.md)")
     bench.add_argument("--json", default=None, help="write all figures as JSON here")
