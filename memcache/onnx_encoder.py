@@ -10,7 +10,7 @@ transformers releases this project uses. After the export, encoding imports neit
 nor sentence-transformers.
 
 The export is written to a temporary file and renamed into place, so processes starting at
-once each see either no file or a whole one; a file the runtime cannot load is exported again.
+once each see either no file or a whole one; a damaged file is exported again.
 OpenVINO (`OpenVinoEncoder`) runs the same export, on request.
 """
 
@@ -135,6 +135,17 @@ def export(layout: ModelLayout, target: Path) -> None:
             os.unlink(temporary)
 
 
+def _parses(path: Path) -> bool:
+    """Whether `path` holds a whole, well-formed ONNX model (a truncated or garbled file does not)."""
+    try:
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(path), load_external_data=False))
+        return True
+    except Exception:
+        return False
+
+
 class OnnxEncoder:
     """Encodes texts with an exported model run by ONNX Runtime; thread-safe (its sessions are).
 
@@ -169,7 +180,11 @@ class OnnxEncoder:
         return onnxruntime
 
     def _open(self) -> None:
-        """Load the export, exporting it first if it is missing, and once more if it is damaged."""
+        """Load the export, exporting it first if it is missing, and once more if it is damaged.
+
+        A file that parses as an ONNX model is not damaged: if the runtime cannot load it, the
+        runtime is at fault, and the file (shared with other processes and backends) is kept.
+        """
         for attempt in (1, 2):
             if not self.path.exists():
                 try:
@@ -180,8 +195,8 @@ class OnnxEncoder:
                 self._load()
                 return
             except Exception as exc:
-                if attempt == 2:
-                    raise EmbeddingError(f"could not load the ONNX export {self.path}: {exc}") from exc
+                if attempt == 2 or _parses(self.path):
+                    raise EmbeddingError(f"{self.backend} could not load the ONNX export {self.path}: {exc}") from exc
                 log.warning("the ONNX export %s could not be loaded (%s); exporting it again", self.path, exc)
                 self.path.unlink(missing_ok=True)
 

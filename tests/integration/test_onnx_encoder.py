@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memcache import ConfigError, MemCache, SentenceTransformerEmbedder
+from memcache import ConfigError, EmbeddingError, MemCache, SentenceTransformerEmbedder
 from memcache.embedding import TorchEncoder, _build_encoder, default_model_path
 from memcache.eval import backends
-from memcache.onnx_encoder import ModelLayout, OnnxEncoder, OpenVinoEncoder
+from memcache.onnx_encoder import ModelLayout, OnnxEncoder, OpenVinoEncoder, cache_root
 
 QUESTIONS = [
     "how do I reset my password",
@@ -68,6 +68,29 @@ def test_a_damaged_export_is_exported_again(tmp_path, caplog):
     assert "exporting it again" in caplog.text
     assert damaged.stat().st_size > 1_000_000 and not list(damaged.parent.glob("*.tmp"))
     assert encoder.encode(["hello"]).shape == (1, 384)
+
+
+def test_a_whole_export_that_a_runtime_cannot_load_is_kept(embedder, tmp_path, capsys):
+    """A runtime failing on a sound file is the runtime's fault: the export, shared by every process
+    and backend, is neither deleted nor made again."""
+    embedder.encode_batch(["make sure the shared export exists"])
+    shared = cache_root() / "onnx" / f"{ModelLayout(default_model_path()).cache_key()}.onnx"
+    kept = tmp_path / "onnx" / shared.name
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(shared.read_bytes())
+    before = kept.stat()
+
+    class BrokenRuntime(OnnxEncoder):
+        backend = "broken"
+
+        def _load(self) -> None:
+            raise RuntimeError("this runtime cannot run opset 17")
+
+    with pytest.raises(EmbeddingError, match="broken could not load the ONNX export .*opset 17"):
+        BrokenRuntime(default_model_path(), cache_dir=tmp_path)
+    after = kept.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert "preparing the ONNX encoder" not in capsys.readouterr().err
 
 
 def test_without_onnxruntime_auto_falls_back_to_torch_with_one_line(monkeypatch, caplog):
