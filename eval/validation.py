@@ -8,6 +8,11 @@ made) and `validation` (auto_and_commute, travel, utility, work, meta: reported,
 Each family has three kinds of short stream: one domain's train rows cut to 1,000 queries (fifteen
 near intents, many wordings), one domain's test and val rows (750), and three domains' test rows
 (1,350). Every figure is "streams over the bound / streams" beside its mean.
+
+`--drift`: traffic that changes under the policy. The family's five domains' test and val rows
+(3,750) with its own half of CLINC150's out-of-scope rows (600, none shared with the other
+family): out-of-scope questions arriving from query 2,000 on, or their share rising from none at
+query 1,000 to the end of the stream.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from memcache.embedding import SentenceTransformerEmbedder
-from memcache.eval.data import load_intents
+from memcache.eval.data import OOS, LabeledQuery, load_intents
 from memcache.eval.metrics import best_static, cheap_path, summarize
 from memcache.eval.replay import MemoEmbedder, SimulatedCheapModel, replay_intents, shuffled, static_replay
 from memcache.policy import CalibratedPolicy, Policy
@@ -36,19 +41,41 @@ STATIC_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.60, 1.0001, 0.01))
 
 @dataclass(frozen=True)
 class ShortStream:
-    """One short stream: rows of some domains and splits, cut to `limit` queries after the shuffle."""
+    """One short stream: rows of some domains and splits, cut to `limit` queries after the shuffle;
+    with `oos_from`, the family's out-of-scope rows join, arriving from there (`memcache eval --oos-from`,
+    with `oos_ramp` its `--oos-ramp`)."""
 
     name: str
     kind: str
     domains: tuple[str, ...]
     splits: tuple[str, ...]
     limit: int | None = None
+    oos_from: int | None = None
+    oos_ramp: bool = False
 
 
-def streams_of(family: str, longer: bool = False) -> list[ShortStream]:
+def out_of_scope_half(data: str, family: str) -> list[LabeledQuery]:
+    """The family's own out-of-scope rows: alternate test rows (the first of each two for tuning,
+    the second for validation), and the 100 of val (tuning) or of train (validation)."""
+    rows = load_intents(data, None, {"domain": {OOS}})
+    first = 0 if family == "tuning" else 1
+    other = "val" if family == "tuning" else "train"
+    return [r for r in rows if r.split == "test"][first::2] + [r for r in rows if r.split == other]
+
+
+def streams_of(family: str, longer: bool = False, drift: bool = False) -> list[ShortStream]:
     """The family's short streams; `longer`: its train rows instead, three domains cut to 1,500
-    queries (ten streams) and all five to 4,000 (one), where the cheap path has time to learn."""
+    queries (ten streams) and all five to 4,000 (one), where the cheap path has time to learn;
+    `drift`: its five domains' test and val rows with out-of-scope rows arriving at once or
+    rising slowly (see the module's docstring)."""
     domains = FAMILIES[family]
+    if drift:
+        name = "+".join(domains) + "/test+val+oos"
+        return [
+            ShortStream(name, "out of scope from query 2,000", domains, ("test", "val"), oos_from=2000),
+            ShortStream(name, "out-of-scope share rising from 1,000", domains, ("test", "val"), oos_from=1000,
+                        oos_ramp=True),
+        ]  # fmt: skip
     if longer:
         out = [
             ShortStream("+".join(c) + "/train", "three domains, train, 1,500", c, ("train",), 1500)
@@ -77,6 +104,7 @@ def run_family(
     progress: bool = False,
     cheap_accuracy: float | None = None,
     longer: bool = False,
+    drift: bool = False,
 ) -> dict:
     """Replay every stream of `family` with the policy and with static cut-offs; the report.
     With `cheap_accuracy`, the cheap path runs too, with the simulated cheap model's defaults
@@ -84,19 +112,22 @@ def run_family(
     memo = MemoEmbedder(embedder or SentenceTransformerEmbedder())
     make = policy or (lambda seed: CalibratedPolicy(bound, seed=seed))
     runs, static = [], {}
-    for stream in streams_of(family, longer):
+    for stream in streams_of(family, longer, drift):
         wanted = load_intents(data, stream.splits, {"domain": set(stream.domains)})
+        if stream.oos_from is not None:
+            wanted += out_of_scope_half(data, family)
         memo.prefill([r.text for r in wanted])
         for seed in seeds:
             reader = None if cheap_accuracy is None else SimulatedCheapModel(cheap_accuracy, seed=seed)
             records = replay_intents(
-                wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit, cheap_model=reader
-            )
+                wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit, cheap_model=reader,
+                oos_from=stream.oos_from, oos_ramp=stream.oos_ramp,
+            )  # fmt: skip
             summary = summarize(records, max_false_hit_rate=bound)
             if reader is not None:
                 summary.update(cheap_path(records, reader.cost))
             runs.append({"stream": stream.name, "kind": stream.kind, "seed": seed, **summary})
-            order = shuffled(wanted, seed)[: stream.limit]
+            order = shuffled(wanted, seed, stream.oos_from, stream.oos_ramp)[: stream.limit]
             curve = static_replay(order, memo.embed([q.text for q in order]), STATIC_THRESHOLDS)
             for threshold, (hits, wrong) in curve.items():
                 static.setdefault(threshold, []).append((len(order), hits, wrong))
@@ -107,7 +138,7 @@ def run_family(
                     flush=True,
                 )
     return {
-        "family": family + (" (longer train-row streams)" if longer else ""),
+        "family": family + (" (longer train-row streams)" if longer else "") + (" (drift)" if drift else ""),
         "bound": bound,
         "seeds": list(seeds),
         "runs": runs,
@@ -160,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-false-hit-rate", type=float, default=0.02)
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--cheap-accuracy", type=float, default=None, help="run the cheap path too (memcache eval)")
-    parser.add_argument("--longer", action="store_true", help="train-row streams of 1,500 and 4,000 queries instead")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--longer", action="store_true", help="train-row streams of 1,500 and 4,000 queries instead")
+    kind.add_argument(
+        "--drift", action="store_true", help="streams whose traffic changes: out-of-scope questions arriving or rising"
+    )
     args = parser.parse_args(argv)
     report = run_family(
         args.data,
@@ -170,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=True,
         cheap_accuracy=args.cheap_accuracy,
         longer=args.longer,
+        drift=args.drift,
     )
     for row in report["rows"]:
         print(json.dumps(row))
