@@ -183,7 +183,7 @@ def table(runs: Sequence[dict], bound: float) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m memcache.eval.validation", description=__doc__.splitlines()[0])
     parser.add_argument("data", help="clinc150.jsonl (rows with a domain field)")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="validation")
@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     kind.add_argument(
         "--drift", action="store_true", help="streams whose traffic changes: out-of-scope questions arriving or rising"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     report = run_family(
         args.data,
         args.family,

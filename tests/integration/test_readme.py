@@ -24,6 +24,7 @@ import pytest
 from stub_llm import StubLLM
 
 from memcache import cli
+from memcache.eval import validation
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"```(python|bash)\n(.*?)```", re.DOTALL)
@@ -83,7 +84,9 @@ def run_shell_block(code: str) -> None:
             for command in line.split("#")[0].strip().split(" && "):
                 assert command in ci, f"README's `{command}` is not what .ci/run runs"
         elif argv[:3] == ["python", "-m", "memcache.eval.validation"]:
-            assert argv[3].endswith(".jsonl")
+            assert (
+                validation.build_parser().parse_args(argv[3:]).data.endswith(".jsonl")
+            )  # parses (its streams: test_validation_streams)
         elif argv[0] == "memcache" and argv[1] in MEASURING:
             cli.build_parser().parse_args(argv[1:])  # parses; run on subsets by test_eval / test_bench
         elif argv[0] == "memcache" and argv[-1] == "&":
