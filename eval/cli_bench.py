@@ -88,9 +88,9 @@ def cli_startup(runs: int = 10, workdir: str | None = None) -> dict:
 def imported_by_exact_repeat(workdir: str | None = None) -> list[str]:
     """Which of torch, sentence-transformers and LiteLLM a served exact repeat imported (should be none)."""
     code = (
-        "import sys\nfrom memcache.cli import main\n"
+        "import json, sys\nfrom memcache.cli import main\n"
         f"main(['ask', 'Is this stored?', '--model', {MODEL!r}, '--mock-response', 'yes'])\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     )
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         env = {**os.environ, "MEMCACHE_DATABASE_URL": f"sqlite:///{Path(tmp) / 'cli.db'}", "HF_HUB_OFFLINE": "1"}
@@ -98,7 +98,7 @@ def imported_by_exact_repeat(workdir: str | None = None) -> list[str]:
         _, done = _timed([sys.executable, "-c", code], env)
     if _outcome(done) != "hit":
         raise RuntimeError(f"the exact repeat was not served: {done.stderr[-300:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"'))
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cli_targets(result: dict) -> list[str]:
