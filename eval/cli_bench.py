@@ -35,6 +35,11 @@ def memcache_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "memcache.cli"]
 
 
+def _user_env(folder: Path) -> dict[str, str]:
+    """A user's environment with a new SQLite store in `folder`, offline."""
+    return {**os.environ, "MEMCACHE_DATABASE_URL": f"sqlite:///{folder / 'cli.db'}", "HF_HUB_OFFLINE": "1"}
+
+
 def _timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -58,7 +63,7 @@ def cli_startup(runs: int = 10, workdir: str | None = None) -> dict:
     run prepares once (the ONNX export) and stores the question the exact repeats ask.
     """
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        env = {**os.environ, "MEMCACHE_DATABASE_URL": f"sqlite:///{Path(tmp) / 'cli.db'}", "HF_HUB_OFFLINE": "1"}
+        env = _user_env(Path(tmp))
         ask = [*memcache_command(), "ask", "--model", MODEL, "--mock-response", "a stored answer"]
         stored = "How many moons does Jupiter have?"
         _timed([*ask, stored], env)
@@ -93,7 +98,7 @@ def imported_by_exact_repeat(workdir: str | None = None) -> list[str]:
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     )
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        env = {**os.environ, "MEMCACHE_DATABASE_URL": f"sqlite:///{Path(tmp) / 'cli.db'}", "HF_HUB_OFFLINE": "1"}
+        env = _user_env(Path(tmp))
         _timed([sys.executable, "-c", code], env)  # stores the answer (a miss: imports everything)
         _, done = _timed([sys.executable, "-c", code], env)
     if _outcome(done) != "hit":
