@@ -39,8 +39,9 @@ from memcache.eval import cli_bench
 from memcache.eval.bulk import BulkRow, bulk_insert
 from memcache.eval.data import load_pairs
 from memcache.policy import ThresholdPolicy
+from memcache.schema import text_hash
 from memcache.scope import build_scope, normalize
-from memcache.store import Store, text_hash
+from memcache.store import Store
 
 SCOPE = build_scope(tenant=None, model="bench", params={}, earlier=[], extra_parts=[])
 NOISE = 0.045  # per-dimension noise of synthetic keys: cosine ~0.75 to the real vector they copy

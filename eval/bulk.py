@@ -13,7 +13,8 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from memcache.errors import StoreError
-from memcache.store import ChangeRow, EntryRow, KeyRow, Store, _new_entry, text_hash, utcnow
+from memcache.schema import ChangeRow, EntryRow, KeyRow, text_hash
+from memcache.store import Store, _new_entry, utcnow
 from memcache.types import Scope
 
 

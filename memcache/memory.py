@@ -24,8 +24,9 @@ from memcache.centroids import EntryCentroids
 from memcache.embedding import resolve_device
 from memcache.errors import ConfigError
 from memcache.index import FaissIndex, VectorIndex
+from memcache.schema import text_hash
 from memcache.scope import normalize
-from memcache.store import Store, StoredAnswer, StoredKey, text_hash, utcnow
+from memcache.store import Store, StoredAnswer, StoredKey, utcnow
 from memcache.types import CacheEntry, Candidate, EntryStats, Label, Scope
 
 ANSWER_CACHE_SIZE = 10_000  # answers of recently served entries kept in memory (a hit then needs no store read)

@@ -18,8 +18,9 @@ import sqlalchemy
 from memcache import MemCache, ThresholdPolicy
 from memcache.errors import StoreError
 from memcache.judge import comparable as v1_normal_form  # what the exact path hashed before v4
+from memcache.schema import SCHEMA_VERSION, text_hash
 from memcache.scope import build_scope
-from memcache.store import SCHEMA_VERSION, Store, text_hash
+from memcache.store import Store
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 ANSWER = "Open Settings > Account > Reset password and follow the e-mail link."
