@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from memcache.cli import main
-from memcache.eval import cli_bench, gpu_bench
+from memcache.eval import gpu_bench
 
 
 def run_module(cwd, module: str, *args: str) -> subprocess.CompletedProcess:
@@ -70,12 +70,9 @@ def test_bench_writes_every_figure_and_the_table(tmp_path, data_dir):
     cli = results["cli"]
     assert cli["runs"] == 1 and 0 < cli["bare_import_s"] and 0 < cli["exact_repeat_s"] < cli["miss_mock_s"]
     assert cli["exact_vs_bare"] == pytest.approx(cli["exact_repeat_s"] / cli["bare_import_s"])
+    assert cli["exact_repeat_imports"] == []  # a served exact repeat needs no torch, sentence-transformers, LiteLLM
     assert "## The command line, from a fresh process" in table and "exact repeat (served)" in table
     assert not list(tmp_path.glob("tmp*"))  # temporary stores are gone
-
-
-def test_a_served_exact_repeat_imports_neither_torch_nor_sentence_transformers_nor_litellm(tmp_path):
-    assert cli_bench.imported_by_exact_repeat(str(tmp_path)) == []
 
 
 def test_gpu_script_dry_run_on_cpu(data_dir, capsys):
