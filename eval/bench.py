@@ -382,7 +382,7 @@ def bench_gptcache(work: Workload, embedder, args, directory: Path) -> dict:
 
 def machine() -> str:
     """The CPU as /proc/cpuinfo names it, with its model number and the vector units that decide
-    how fast each encoder runs (two "Intel Xeon Processor" machines differed by 1.2x in PyTorch)."""
+    how fast each encoder runs (two machines of one name differed in PyTorch; docs/DECISIONS.md)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:

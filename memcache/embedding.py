@@ -169,8 +169,8 @@ class SentenceTransformerEmbedder:
             recent average size (under load, callers come back from the rest of their lookup a
             moment after their last batch). A lone caller never waits.
         inner_batch_size: texts per forward pass inside one call; sentence-transformers sorts a
-            call's texts by length, so small passes pad less (on 2 CPU cores 32 questions
-            encode at 258/s in passes of 16 against 196/s in one pass of 32).
+            call's texts by length, so small passes pad less and a batch encodes faster on a
+            CPU (docs/DECISIONS.md).
     """
 
     def __init__(
@@ -244,8 +244,9 @@ class SentenceTransformerEmbedder:
         """Encode `texts`, sharing the encode call with any concurrent callers.
 
         A caller that finds nobody else embedding and no recent load encodes in its own
-        thread: handing one text to the worker and back cost 3-8 ms per lookup on a 2-core
-        machine (torch's per-thread OpenMP pools spin against each other). Callers arriving
+        thread: handing one text to the worker and back costs milliseconds per lookup on a
+        small machine (torch's per-thread OpenMP pools spin against each other;
+        docs/DECISIONS.md). Callers arriving
         meanwhile queue for the worker, which batches them once this call is done.
         """
         with self._waiting_lock:

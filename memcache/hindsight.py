@@ -24,9 +24,8 @@ Search = Callable[[str, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 # Queries per index search when the window is asked again. The index lets a waiting write-back
 # in between two pieces, so a write-back waits for one piece, not for the whole window. Not
 # smaller: FAISS (1.15) computes a flat search of fewer than ~128,000 / dimension queries
-# without BLAS: at 384 dimensions, on a 2-core EPYC, pieces of 256 made the relabel 8x slower
-# (8.4 s instead of 1.0 s at 40,000 keys, flat), where 512 took the time of one batch (1.1 s;
-# at 200,000 keys, HNSW: 1.3 s against 1.1 s; `memcache.eval.relabel_bench`).
+# without BLAS, and at 384 dimensions smaller pieces made the relabel several times slower
+# where 512 took the time of one batch (docs/DECISIONS.md; `memcache.eval.relabel_bench`).
 SEARCH_PIECE = 512
 
 

@@ -67,9 +67,8 @@ class _SharedLock:
 
     Why: FAISS indexes may be searched from several threads at once (the search releases the
     GIL) but not changed while searched. With one plain lock, a batch search (the hindsight
-    relabel asks 4,000 queries again) held every lookup for its whole length: 7.6 s at 40,000
-    keys (flat) and 3.6 s at 200,000 (HNSW) on a 2-core Xeon, 0.6 s and 1.0 s on a 2-core EPYC,
-    one FAISS thread (`memcache.eval.relabel_bench`).
+    relabel asks thousands of queries again) held every lookup for its whole length, up to
+    seconds (docs/DECISIONS.md; `memcache.eval.relabel_bench`).
     Changes come from write-backs, after a paid model call. `FaissIndex.search` of several
     vectors (the relabel's pieces, see `memcache.hindsight`) takes the lock with
     `yield_to_changes=True`, so a waiting change gets in between two pieces instead of waiting
@@ -124,14 +123,13 @@ class FaissIndex:
         dimension: vector width.
         approximate_after: a partition switches from exact flat search to HNSW past this size.
         hnsw_m / ef_search / ef_construction: HNSW graph parameters. The defaults (16 / 256 /
-            100) were chosen by measurement on 1M keys (real question vectors and noisy copies):
-            recall@1 1.000 (graph built in one pass) and 0.980 (grown in 50k batches) at
-            efSearch 256, 0.997 / 0.947 at 128; a search takes ~0.7 ms, a twentieth of the
-            encode; a 1M build takes ~3 min on 2 cores, half of M=32 / efConstruction=200.
+            100) were chosen by measurement on a million keys: a graph grown as the index grows
+            it still finds the true nearest key almost always at efSearch 256, not at 128, and
+            builds in half the time of M 32 / efConstruction 200 (docs/DECISIONS.md).
         omp_threads: FAISS OpenMP threads (process-wide), or None to leave them alone. One
             thread is the default because lookups search one query at a time, and FAISS's
-            spinning OpenMP pool otherwise fights torch's for the cores: on a 2-core machine
-            encode + search took 25.8 ms with 2 threads and 13.8 ms with 1.
+            spinning OpenMP pool otherwise fights torch's for the cores (on two cores an
+            encode and a search took nearly twice as long with two threads; docs/DECISIONS.md).
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """A sentence-transformers model run by ONNX Runtime (the default CPU encoder) or OpenVINO.
 
 Why: the single-query encode is the floor of every semantic lookup, and ONNX Runtime runs
-all-MiniLM-L6-v2 about 2.5x faster than PyTorch on a CPU with the same vectors (cosine
-0.9999999; docs/BENCHMARKS.md). The route: export the model's transformer once with
+all-MiniLM-L6-v2 several times faster than PyTorch on a CPU, with the same vectors
+(docs/BENCHMARKS.md). The route: export the model's transformer once with
 `torch.onnx.export` into a per-user cache directory, then run it with `onnxruntime` and the
 model's own `tokenizer.json`, pooling and normalizing in NumPy. sentence-transformers' own
 ONNX backend needs optimum, which does not install beside the sentence-transformers and

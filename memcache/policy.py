@@ -101,8 +101,8 @@ def neighbourhood_features(
     Features: top similarity; margin to the closest key of any other entry (0 if none);
     similarity-weighted share of neighbours that hold the same answer; share of the k
     neighbours that hold it; the entry's smoothed failure rate in earlier checks; the
-    similarity of the k-th and of the second neighbour (how crowded the neighbourhood is:
-    on CLINC150 these two lifted correct hits at a 2% bound by 2-3 points); the similarity to
+    similarity of the k-th and of the second neighbour (how crowded the neighbourhood is,
+    which lifted correct hits at the bound; docs/DECISIONS.md); the similarity to
     the best entry's centroid and its margin over the best other candidate entry's centroid
     (`Candidate.entry_similarity`, see `memcache.centroids`; a one-key entry's centroid is
     its key); the best entry's gap (`Candidate.entry_gap`: how much further the request is
@@ -139,9 +139,9 @@ class LabelBuffer:
     """Arrival-time labels (features, right, key id) in numpy arrays, oldest first.
 
     A ring of `capacity` rows that drops the oldest, or a growing buffer when capacity is None.
-    Why arrays rather than tuples of floats: a refit copies the labels, which from arrays takes
-    ~1 ms per 50,000, where turning 50,000 tuples into an array took ~18 ms holding the GIL
-    (lookups in other threads waited); and a label takes 81 bytes here against ~350 as a tuple.
+    Why arrays rather than tuples of floats: a refit copies the labels, and building an array
+    from tuples holds the GIL many times longer (lookups in other threads wait); a label also
+    takes a fraction of the memory (docs/DECISIONS.md).
     """
 
     _NO_KEY = -1  # key ids are positive
@@ -289,9 +289,9 @@ class CalibratedPolicy:
         detect_shifts: watch the traffic for changes, abrupt or building up (`memcache.shift.ShiftDetector`).
         shift_hold_audits: after a change, how many would-be hits are escalated (checked, not
             served) before serving resumes; 0 only records the change. docs/EVAL.md has what
-            270 does on CLINC150 with a late out-of-scope shift, and what 103-536 did.
+            the default and other lengths did with a late out-of-scope shift.
         max_labels: arrival-time labels kept for fitting, newest first (None: all). Bounds the
-            policy's memory and each refit's time (about 0.1 s at 50,000 on one core, run
+            policy's memory and each refit's time (linear in the labels, run
             outside the lock that `decide` takes); 66 weights gain nothing from millions of
             labels, and the newest describe today's traffic. `python -m memcache.eval.policy_bench`
             measures both.
@@ -408,9 +408,9 @@ class CalibratedPolicy:
         """The false-hit rate the cut-off is certified against now: `warmup_share` of the bound
         at the first hit, rising linearly to the whole bound over `warmup_hits` served hits.
 
-        Why: the running rate over few hits is noisy. At a true 1% rate, a quarter of streams
-        show a running rate over 2% somewhere after their 100th hit, by chance alone; the first
-        hits are also served on the youngest model. The margin is spent where the running rate
+        Why: the running rate over few hits is noisy. Even at half the bound, many streams show
+        a running rate over the bound somewhere after their 100th hit, by chance alone
+        (docs/DECISIONS.md); the first hits are also served on the youngest model. The margin is spent where the running rate
         is most fragile, and given back once it is not."""
         return certify.warmup_target(self.max_false_hit_rate, self._served, self.warmup_hits, self.warmup_share)
 

@@ -206,8 +206,8 @@ def _switch_to_wal(cursor, wait_s: float = 10.0) -> None:
     """`PRAGMA journal_mode=WAL`, retried while the file is locked.
 
     Why: leaving rollback-journal mode needs an exclusive lock that SQLite does not wait for
-    (busy_timeout does not apply), so four threads opening a store still in that mode (one
-    written by memcache 0.1) at once failed with "database is locked" on about 6% of tries.
+    (busy_timeout does not apply), so threads opening a store still in that mode (one written
+    by memcache 0.1) at once sometimes failed with "database is locked" (docs/DECISIONS.md).
     Once a file is in WAL mode the pragma is a no-op and succeeds at once.
     """
     delay, deadline = 0.005, time.monotonic() + wait_s
