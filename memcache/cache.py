@@ -170,7 +170,8 @@ class MemCache:
     # -- lookup -----------------------------------------------------------------------------
 
     def _parse(self, request: Request, model: str | None, tenant: str | None, params: Mapping[str, Any]):
-        model = model or self.strong_model or DEFAULT_SCOPE_MODEL
+        if model is None:  # an empty name is refused by the scope, not replaced by the default
+            model = self.strong_model or DEFAULT_SCOPE_MODEL
         return parse_request(request, model=model, tenant=tenant, params=params, max_chars=self.max_query_chars)
 
     def lookup(self, request: Request, *, model: Name = None, tenant: Name = None, **params: Any) -> LookupResult:

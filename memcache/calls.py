@@ -69,8 +69,8 @@ def completion_flow(
     """`MemCache.completion`, written once; from `result` when the caller has looked up already
     (the command line serves a hit without importing LiteLLM)."""
     stream = _streams(messages, kwargs)
-    model = model or cache.strong_model
-    if not model:
+    model = cache.strong_model if model is None else model
+    if model is None:
         raise ConfigError(
             "no model: pass model=... or construct MemCache(strong_model=...) "
             "(on the command line: --model, or MEMCACHE_STRONG_MODEL)"

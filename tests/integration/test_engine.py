@@ -288,6 +288,16 @@ def test_bad_input_is_refused_and_changes_nothing(cache, stub_llm, llm_kwargs, m
     assert len(stub_llm.calls) == calls and cache.stats().entries == 0 and cache.stats().lookups == 0
 
 
+@pytest.mark.parametrize("model", ["", "   "])
+def test_an_empty_model_name_is_refused_not_replaced_by_the_default(cache, stub_llm, llm_kwargs, model):
+    calls = len(stub_llm.calls)
+    with pytest.raises(InvalidRequestError, match="model must be a non-empty string"):
+        cache.completion(messages=[{"role": "user", "content": "Which model answers?"}], model=model, **llm_kwargs)
+    with pytest.raises(InvalidRequestError, match="model must be a non-empty string"):
+        cache.lookup("Which model answers?", model=model)
+    assert len(stub_llm.calls) == calls and cache.stats().entries == 0 and cache.stats().lookups == 0
+
+
 @pytest.mark.parametrize("bad", [None, 7, b"bytes", "", "  "])
 def test_bad_lookup_and_write_back_arguments(cache, bad):
     with pytest.raises(InvalidRequestError):
