@@ -1,5 +1,7 @@
-"""The validation protocol of docs/EVAL.md: short streams of CLINC150 domains the policy was not
-tuned on, several shuffles each, beside the best static cosine threshold chosen in hindsight.
+"""The validation protocol of docs/EVAL.md: CLINC150 domains the policy was never tuned on.
+
+Short streams of those domains, several shuffles each, beside the best static cosine threshold
+chosen in hindsight.
 
     python -m memcache.eval.validation ../shared/data/clinc150.jsonl --family validation --json out.json
 
