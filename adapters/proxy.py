@@ -348,14 +348,20 @@ async def _read_body(request: Request, limit: int) -> dict[str, Any]:
     if _nesting(raw) > MAX_BODY_NESTING:
         raise _Refused(_error(400, f"the body nests lists and objects more than {MAX_BODY_NESTING} deep"))
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError):
-        raise _Refused(_error(400, "the body is not JSON")) from None
+        raise _Refused(_error(400, "the body is not JSON (NaN and Infinity are not JSON numbers)")) from None
     if not isinstance(body, dict) or "messages" not in body or "model" not in body:
         raise _Refused(_error(400, "a chat completion needs 'model' and 'messages'"))
     if not isinstance(body["model"], str) or not isinstance(body["messages"], list):
         raise _Refused(_error(400, "'model' must be a string and 'messages' an array"))
     return body
+
+
+def _not_json(constant: str) -> Any:
+    """Python's reader takes NaN and Infinity; JSON has no such numbers, and forwarded upstream they
+    would be sent on as text no API accepts."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _bearer(request: Request) -> str:

@@ -339,6 +339,8 @@ USER_HI = '"messages": [{"role": "user", "content": "hi"}]'
         '{"model": "gpt-test", "messages": [{"role": "system", "content": "x \\udcff"}, {"role": "user", "content": "hi"}]}',
         '{"model": "gpt-test", "messages": [{"role": "user", "content": "\\u200b\\u200b"}]}',
         '{{"model": "gpt-test", {}, "tools": {}{}}}'.format(USER_HI, "[" * 5000, "]" * 5000),
+        f'{{"model": "gpt-test", {USER_HI}, "temperature": NaN}}',
+        f'{{"model": "gpt-test", {USER_HI}, "top_p": -Infinity}}',
     ],
     ids=[
         "stream-string",
@@ -350,6 +352,8 @@ USER_HI = '"messages": [{"role": "user", "content": "hi"}]'
         "lone-surrogate",
         "invisible-query",
         "deep-anywhere",
+        "temperature-nan",
+        "top-p-infinity",
     ],
 )
 def test_no_500_from_a_clients_body(guarded_proxy, stub_llm, raw):
