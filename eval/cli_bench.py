@@ -59,15 +59,18 @@ def cli_startup(runs: int = 10, workdir: str | None = None) -> dict:
     """Medians of `runs` fresh processes each: bare imports, an exact repeat, a miss with a mock answer.
 
     Each miss asks a question the store has not seen (its answer is then stored, so the next
-    round's exact repeat is of a real entry). The first call, untimed, prepares what a first
-    run prepares once (the ONNX export) and stores the question the exact repeats ask; a second,
-    untimed, records which heavy modules an exact repeat imports (`exact_repeat_imports`).
+    round's exact repeat is of a real entry). Untimed first: the question the exact repeats ask
+    is stored from this process (which also prepares what a first run prepares once, the ONNX
+    export), and one exact repeat records which heavy modules it imports (`exact_repeat_imports`).
     """
+    from memcache.cache import MemCache
+
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         env = _user_env(Path(tmp))
         ask = [*memcache_command(), "ask", "--model", MODEL, "--mock-response", "a stored answer"]
         stored = "How many moons does Jupiter have?"
-        _timed([*ask, stored], env)
+        with MemCache(env["MEMCACHE_DATABASE_URL"], strong_model=MODEL) as cache:
+            cache.write_back([{"role": "user", "content": stored}], "a stored answer", model=MODEL)
         heavy = heavy_imports_of_exact_repeat(env, stored)
         times: dict[str, list[float]] = {"bare": [], "exact": [], "miss": []}
         for i in range(runs):
