@@ -1,10 +1,12 @@
-"""Text -> unit vectors, with concurrent callers micro-batched into one encode call.
+"""Text -> unit vectors, with concurrent callers micro-batched into one encode call where that pays.
 
 The model is loaded on first use: on CUDA with torch when a GPU is present, else run by ONNX
-Runtime (memcache/onnx_encoder.py), with torch as the fallback. A single worker thread owns
-the model: each caller enqueues its text and waits; the worker drains everything that
-queued up while the previous batch was encoding, so 32 concurrent callers cost a few
-batched encodes instead of 32 single ones, and a lone caller waits for nobody.
+Runtime (memcache/onnx_encoder.py), with torch as the fallback. For torch (and OpenVINO) a
+single worker thread owns the model: each caller enqueues its text and waits; the worker drains
+everything that queued up while the previous batch was encoding, so 32 concurrent callers cost
+a few batched encodes instead of 32 single ones, and a lone caller waits for nobody. ONNX
+Runtime gains little from batching single questions and runs concurrent calls side by side
+(`OnnxEncoder.concurrent_calls`), so there every caller encodes in its own thread.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class TorchEncoder:
     tokenizer is not re-entrant."""
 
     backend = "torch"
+    concurrent_calls = False  # one forward pass at a time: concurrent callers are batched instead
 
     def __init__(self, name: str, device: str, inner_batch_size: int) -> None:
         self.model = _load_quietly(name, device)
@@ -246,11 +249,13 @@ class SentenceTransformerEmbedder:
         A caller that finds nobody else embedding and no recent load encodes in its own
         thread: handing one text to the worker and back costs milliseconds per lookup on a
         small machine (torch's per-thread OpenMP pools spin against each other;
-        docs/DECISIONS.md). Callers arriving
-        meanwhile queue for the worker, which batches them once this call is done.
+        docs/DECISIONS.md). Callers arriving meanwhile queue for the worker, which batches
+        them once this call is done; with an encoder that runs concurrent calls side by side
+        (ONNX Runtime) every caller encodes in its own thread.
         """
+        own_thread = self.encoder.concurrent_calls  # ONNX Runtime: side by side, no batching
         with self._waiting_lock:
-            alone = self._waiting == 0 and self._recent_batch < 1.5
+            alone = own_thread or (self._waiting == 0 and self._recent_batch < 1.5)
             if alone:
                 self._waiting += len(texts)
         if not alone:
@@ -263,6 +268,8 @@ class SentenceTransformerEmbedder:
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """Like `embed`, without blocking the event loop."""
+        if self.encoder.concurrent_calls:
+            return await asyncio.to_thread(self.encode_batch, list(texts))
         return await asyncio.wrap_future(self.submit(texts))
 
     def submit(self, texts: Sequence[str]) -> Future:

@@ -10,7 +10,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from memcache import (
@@ -19,6 +21,7 @@ from memcache import (
     EscalationError,
     InvalidRequestError,
     MemCache,
+    SentenceTransformerEmbedder,
     StoreError,
     ThresholdPolicy,
     cache_info,
@@ -172,14 +175,33 @@ def test_killed_writer_leaves_a_consistent_store(db_url, embedder, tmp_path):
         assert cache.lookup("What is fact number 0 about the moon?").hit is not None
 
 
-def test_concurrent_threads_share_encode_calls(cache, embedder):
+def test_concurrent_threads_share_torch_encode_calls(db_url):
+    embedder = SentenceTransformerEmbedder(backend="torch")
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.75), strong_model=MODEL) as cache:
+        cache.write_back("What is the capital of Italy?", "Rome")
+        questions = [f"What is the capital of Italy? Variant {i}" for i in range(32)]
+        before = embedder.encode_calls
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(lambda q: cache.lookup(q), questions))
+    assert all(r.decision.entry_id is not None for r in results)
+    assert embedder.encode_calls - before < len(questions)  # batched by the worker
+
+
+def test_concurrent_threads_encode_side_by_side_with_onnx_runtime(cache, embedder, monkeypatch):
+    encoder = embedder.encoder
+    assert encoder.backend == "onnx" and encoder.concurrent_calls
+    side_runs = []
+    side = encoder._side_session
+    monkeypatch.setattr(encoder, "_side_session", SimpleNamespace(run=lambda *a: side_runs.append(1) or side.run(*a)))
     cache.write_back("What is the capital of Italy?", "Rome")
     questions = [f"What is the capital of Italy? Variant {i}" for i in range(32)]
-    before = embedder.encode_calls
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(lambda q: cache.lookup(q), questions))
     assert all(r.decision.entry_id is not None for r in results)
-    assert embedder.encode_calls - before < len(questions)
+    assert side_runs  # calls that found another running took the one-thread session, not a queue
+    alone = np.stack([embedder.encode_batch([q])[0] for q in questions])
+    together = np.stack(list(ThreadPoolExecutor(max_workers=8).map(lambda q: embedder.embed([q])[0], questions)))
+    assert np.allclose(alone, together, atol=1e-5)  # either session gives the same vectors
 
 
 async def test_concurrent_asyncio_callers(db_url, embedder, stub_llm, llm_kwargs):
