@@ -181,6 +181,7 @@ class OnnxEncoder:
         self._inputs: set[str] = set()
         self._running = 0  # calls in flight, to send a concurrent one to the one-thread session
         self._running_lock = threading.Lock()
+        self._side_lock = threading.Lock()
         self._open()
 
     @staticmethod
@@ -212,8 +213,16 @@ class OnnxEncoder:
 
     def _load(self) -> None:
         self._session = self._new_session(threads=None)
-        self._side_session = self._new_session(threads=1)
+        self._side_session = None  # made by the first call that runs beside another (`_side`)
         self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def _side(self) -> Any:
+        """The one-thread session, made once, when calls first overlap: a process that never
+        encodes from two threads at once (the command line) neither waits for it nor holds it."""
+        with self._side_lock:
+            if self._side_session is None:
+                self._side_session = self._new_session(threads=1)
+            return self._side_session
 
     def _new_session(self, threads: int | None) -> Any:
         options = self._runtime.SessionOptions()
@@ -225,7 +234,7 @@ class OnnxEncoder:
     def _hidden(self, feeds: dict[str, np.ndarray], alongside: bool = False) -> np.ndarray:
         """The transformer's last hidden states (batch, tokens, width) for one pass; `alongside`:
         other calls are running, so this one takes the one-thread session."""
-        return (self._side_session if alongside else self._session).run(None, feeds)[0]
+        return (self._side() if alongside else self._session).run(None, feeds)[0]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors of `texts`, in order. Texts run in passes of `pass_size`, sorted by length,

@@ -191,7 +191,7 @@ def test_concurrent_threads_encode_side_by_side_with_onnx_runtime(cache, embedde
     encoder = embedder.encoder
     assert encoder.backend == "onnx" and encoder.concurrent_calls
     side_runs = []
-    side = encoder._side_session
+    side = encoder._side()  # made on first use; wrapped here to count the runs it takes
     monkeypatch.setattr(encoder, "_side_session", SimpleNamespace(run=lambda *a: side_runs.append(1) or side.run(*a)))
     cache.write_back("What is the capital of Italy?", "Rome")
     questions = [f"What is the capital of Italy? Variant {i}" for i in range(32)]

@@ -58,6 +58,26 @@ def test_processes_starting_at_once_share_one_export(tmp_path):
     assert "preparing the ONNX encoder once" in outputs[0][1].decode() + outputs[1][1].decode()
 
 
+def test_only_overlapping_calls_make_the_one_thread_session(embedder):
+    encoder = OnnxEncoder(default_model_path())  # the shared export, a fresh pair of sessions
+    for text in ("one", "after", "another"):
+        encoder.encode([text])
+    assert encoder._side_session is None  # a lone caller (the command line) never pays for it
+    start = threading.Barrier(4)
+
+    def overlapping(text: str) -> np.ndarray:
+        start.wait()
+        return encoder.encode([text] * 64)[0]
+
+    threads = [threading.Thread(target=overlapping, args=(f"question {i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert encoder._side_session is not None
+    assert np.allclose(encoder.encode(["question 1"])[0], embedder.embed(["question 1"])[0], atol=1e-5)
+
+
 def test_a_damaged_export_is_exported_again(tmp_path, caplog):
     layout = ModelLayout(default_model_path())
     damaged = tmp_path / "onnx" / f"{layout.cache_key()}.onnx"
