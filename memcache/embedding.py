@@ -253,9 +253,10 @@ class SentenceTransformerEmbedder:
         them once this call is done; with an encoder that runs concurrent calls side by side
         (ONNX Runtime) every caller encodes in its own thread.
         """
-        own_thread = self.encoder.concurrent_calls  # ONNX Runtime: side by side, no batching
+        if self.encoder.concurrent_calls:  # ONNX Runtime: callers run side by side, nothing to batch
+            return self.encode_batch(texts)
         with self._waiting_lock:
-            alone = own_thread or (self._waiting == 0 and self._recent_batch < 1.5)
+            alone = self._waiting == 0 and self._recent_batch < 1.5
             if alone:
                 self._waiting += len(texts)
         if not alone:
