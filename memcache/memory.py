@@ -103,6 +103,7 @@ class Memory:
         self._changes_applied: set[int] = set()  # applied ids above the cursor
         self._change_gaps: dict[int, float] = {}  # unseen ids below applied ones: when first noticed
         self._last_sync = 0.0
+        self._drops = 0  # calls of drop_derived: a write registers its key only if none came between
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -408,6 +409,7 @@ class Memory:
     ) -> Written:
         """Write an answer (and its label) to the store, then index the query's key."""
         exact_form = text_hash(normalize(query))
+        drops = self._drops
         written = self.store.add_answer(
             scope=scope,
             query=query,
@@ -421,7 +423,9 @@ class Memory:
         )
         with self._lock:
             self._answers.pop(written.entry_id, None)  # its expiry may have moved
-            if written.new_key:  # an existing key is registered by whoever stored it
+            # an existing key is registered by whoever stored it; a new one only if its entry was
+            # not deleted between the store's commit and here (the delete found no key to drop)
+            if written.new_key and (self._drops == drops or self.store.keys_by_id([written.key_id])):
                 self._add_key(written.key_id, KeyRecord(written.entry_id, scope.key, exact_form), vector)
         entry = CacheEntry(
             id=written.entry_id,
@@ -458,6 +462,7 @@ class Memory:
         that another process added while the entry was being deleted is in one list only.
         """
         with self._lock:
+            self._drops += 1
             key_ids = {*key_ids, *(k for e in entry_ids for k in self._keys_of_entry.get(e, ()))}
             if self._index is not None:
                 self._index.remove(key_ids)

@@ -143,6 +143,28 @@ def test_invalidating_while_another_thread_writes_back(url, embedder):
     assert not errors, errors[0]
 
 
+def test_a_delete_between_a_writes_commit_and_its_indexing_leaves_no_dead_key(url, embedder):
+    """The interleaving the test above hits by chance under load: the entry is deleted after
+    the store committed the new key but before this process indexed it."""
+    with cache_at(url, embedder, policy=ThresholdPolicy(0.8)) as cache:
+        cache.write_back("Where is the quarterly report?", "In the shared drive.")
+        commit = cache.store.add_answer
+
+        def commit_then_deleted(**kwargs):
+            written = commit(**kwargs)
+            cache.invalidate(written.entry_id)  # another thread's delete, finished in the gap
+            return written
+
+        cache.store.add_answer = commit_then_deleted
+        cache.write_back("Who approves travel expenses?", "Your manager.")
+        cache.store.add_answer = commit
+        stored = {k.key_id for k in cache.store.iter_keys(embeddings=False)}
+        assert len(stored) == 1 and cache.index.ids() == stored
+        assert cache.memory.entries == 1
+        assert cache.lookup("Who approves travel expenses?").hit is None
+        assert cache.lookup("Where is the quarterly report?").hit.answer == "In the shared drive."
+
+
 def test_concurrent_forgets_and_writes_are_retried_not_raised(url, embedder):
     with cache_at(url, embedder) as cache:
         vectors = embedder.embed([f"Where is office number {i}?" for i in range(8)])
