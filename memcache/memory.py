@@ -299,7 +299,10 @@ class Memory:
         return self._index
 
     def _add_key(self, key_id: int, key: KeyRecord, vector: np.ndarray | None) -> None:
-        """Index and register one stored key, written here or by another process (hold the lock)."""
+        """Index and register one stored key, written here or by another process (hold the lock).
+        Once only: a sync may register a key between its writer's commit and the writer's own call."""
+        if key_id in self._keys:
+            return
         if vector is not None:
             self._index_for(len(vector)).add(key.scope_key, [key_id], vector[None, :])
         self._answers.pop(key.entry_id, None)  # a new key may have moved the entry's expiry

@@ -117,3 +117,26 @@ def test_keys_written_by_another_process_move_the_centroid(pg_url, embedder):
         expected = centroid_similarity(embedder, PASSWORD_QUESTIONS, QUERY)
         assert entry_similarities(reader, policy)[entry] == pytest.approx(expected, abs=1e-5)
         assert entry_gaps(reader, policy)[entry] == pytest.approx(gap(embedder, PASSWORD_QUESTIONS, QUERY), abs=1e-5)
+
+
+def test_a_sync_between_a_writes_commit_and_its_indexing_counts_the_key_once(db_url, embedder):
+    """Another thread's sync may register a key this thread has just committed and not yet
+    indexed; the write's own registration must then not add its vector to the centroid again."""
+    policy = RecordingPolicy()
+    with MemCache(db_url, embedder=embedder, policy=policy) as cache:
+        fill(cache, PASSWORD_QUESTIONS[:2])
+        commit = cache.store.add_answer
+
+        def commit_then_synced(**kwargs):
+            written = commit(**kwargs)
+            cache.memory.sync()  # a lookup in another thread, whose sync came due in the gap
+            return written
+
+        cache.store.add_answer = commit_then_synced
+        cache.write_back(PASSWORD_QUESTIONS[2], PASSWORD, paid=False)
+        cache.store.add_answer = commit
+        password_entry = cache.lookup(PASSWORD_QUESTIONS[0]).hit.entry_id
+        sims = entry_similarities(cache, policy)
+        gaps = entry_gaps(cache, policy)
+    assert sims[password_entry] == pytest.approx(centroid_similarity(embedder, PASSWORD_QUESTIONS, QUERY), abs=1e-5)
+    assert gaps[password_entry] == pytest.approx(gap(embedder, PASSWORD_QUESTIONS, QUERY), abs=1e-5)
