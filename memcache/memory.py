@@ -35,6 +35,41 @@ log = logging.getLogger("memcache")
 Batch = dict[str, tuple[list[int], list[np.ndarray]]]
 
 
+class ExactForms:
+    """(scope key, exact-form hash) -> the newest live key of that text in that scope.
+
+    Two entries of one scope can hold the same query (an answer written again, differently):
+    an exact repeat is served from the newest, and the older one takes over when the newest
+    is deleted, as a rebuild from the store would have it.
+    """
+
+    def __init__(self) -> None:
+        self._newest: dict[tuple[str, str], int] = {}
+        self._older: dict[tuple[str, str], set[int]] = {}  # rare: the other live keys of a form
+
+    def get(self, form: tuple[str, str]) -> int | None:
+        return self._newest.get(form)
+
+    def add(self, form: tuple[str, str], key_id: int) -> None:
+        current = self._newest.setdefault(form, key_id)
+        if current != key_id:
+            self._newest[form] = max(current, key_id)
+            self._older.setdefault(form, set()).add(min(current, key_id))
+
+    def remove(self, form: tuple[str, str], key_id: int) -> None:
+        older = self._older.get(form)
+        if older is not None:
+            older.discard(key_id)
+        if self._newest.get(form) == key_id:
+            if older:
+                self._newest[form] = max(older)
+                older.discard(self._newest[form])
+            else:
+                del self._newest[form]
+        if older is not None and not older:
+            del self._older[form]
+
+
 class KeyRecord(NamedTuple):
     """One stored query as this process knows it."""
 
@@ -91,7 +126,7 @@ class Memory:
         self._index = index
         self._lock = threading.RLock()
         self.loaded = False
-        self._exact: dict[tuple[str, str], int] = {}  # (scope key, exact-form hash) -> key id
+        self._exact = ExactForms()
         self._keys: dict[int, KeyRecord] = {}
         self._keys_of_entry: dict[int, tuple[int, ...]] = {}  # tuples: most entries have one key
         self.centroids = EntryCentroids()  # key-vector sums of entries with two keys or more
@@ -315,7 +350,7 @@ class Memory:
             self._entry_stats[key.entry_id] = replace(stats, n_keys=n_keys)
 
     def _register(self, key_id: int, key: KeyRecord) -> None:
-        self._exact[(key.scope_key, key.text_hash)] = key_id
+        self._exact.add((key.scope_key, key.text_hash), key_id)
         self._keys[key_id] = key
         keys_of = self._keys_of_entry.get(key.entry_id, ())
         if key_id not in keys_of:
@@ -477,7 +512,7 @@ class Memory:
             for key_id in key_ids:
                 key = self._keys.pop(key_id, None)
                 if key is not None:
-                    self._exact.pop((key.scope_key, key.text_hash), None)
+                    self._exact.remove((key.scope_key, key.text_hash), key_id)
 
 
 def _expired(row: StoredAnswer) -> bool:

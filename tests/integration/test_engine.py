@@ -115,6 +115,21 @@ def test_equal_answers_share_one_entry(cache):
     assert cache.stats().entries == 1 and cache.stats().keys == 2
 
 
+def test_an_exact_repeat_is_served_the_newest_answer_and_the_older_one_once_that_is_deleted(db_url, embedder):
+    question = "What is the capital of France?"
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.75)) as cache:
+        old = cache.write_back(question, "Paris")
+        new = cache.write_back(question, "Paris, on the Seine")  # a corrected answer: a second entry
+        assert new.id != old.id
+        assert cache.lookup(question).hit.answer == "Paris, on the Seine"
+        assert cache.invalidate(new.id)
+        assert cache.entry_of(question) == old.id  # was None: the deletion took the text's older key with it
+        assert cache.lookup(question).hit.answer == "Paris"
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.75)) as restarted:
+        assert restarted.entry_of(question) == old.id  # the same as a rebuild from the store
+        assert restarted.invalidate(old.id) and restarted.entry_of(question) is None
+
+
 def test_invalidate_and_forget_remove_from_search(cache):
     entry = cache.write_back("What is the speed of light?", "About 299,792 km/s.", tenant="a")
     cache.write_back("What is the speed of sound?", "About 343 m/s.", tenant="b")
