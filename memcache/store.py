@@ -110,8 +110,11 @@ def _add_answer(
     answer_hash = text_hash(answer)
     if label is not None:
         _write_label(conn, label, now)
-    entry_id = conn.execute(
-        select(EntryRow.id).where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash).limit(1)
+    entry_id = conn.execute(  # locked against deletes (PostgreSQL) until the key is in
+        select(EntryRow.id)
+        .where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash)
+        .limit(1)
+        .with_for_update(key_share=True)
     ).scalar()
     new_entry = entry_id is None
     if new_entry:
@@ -236,7 +239,8 @@ class Store:
         self.url = url
         try:
             self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-            if self.engine.dialect.name == "sqlite":
+            self._sqlite = self.engine.dialect.name == "sqlite"
+            if self._sqlite:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             self.store_id = self._prepare_schema()
         except SQLAlchemyError as exc:
@@ -302,13 +306,17 @@ class Store:
     def _transact(self, action: str, work: Callable[[Connection], T]) -> T:
         """Run `work` in one transaction; all of it is stored, or none.
 
-        A deadlock or serialization failure (PostgreSQL picks a victim when two deletes meet in
-        opposite order) and a concurrent insert of the same unique row are retried, twice;
-        other failures surface as StoreError naming `action`.
+        On SQLite the transaction takes the write lock before `work` reads (pysqlite would begin
+        it only at the first write, after the reads it depends on). A deadlock or serialization
+        failure (PostgreSQL picks a victim when two deletes meet in opposite order) and a
+        concurrent insert of the same unique row are retried, twice; other failures surface as
+        StoreError naming `action`.
         """
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
+                    if self._sqlite:  # the write lock first: what `work` reads cannot change before it writes
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
                     return work(conn)
             except StoreError:
                 raise

@@ -165,6 +165,47 @@ def test_a_delete_between_a_writes_commit_and_its_indexing_leaves_no_dead_key(ur
         assert cache.lookup("Where is the quarterly report?").hit.answer == "In the shared drive."
 
 
+def test_a_delete_racing_a_write_into_its_entry_waits_for_the_write(url, embedder):
+    """On every try of a write-back, after it read the entry of its answer and before it inserts
+    its key, other writers delete that entry and store the same answer again. All three tries
+    failed on the foreign key (a StoreError; on a busy SQLite store about once in a thousand
+    writes): SQLite read outside the write's transaction, and PostgreSQL did not lock the entry
+    it read. Now the others wait for the write."""
+    from sqlalchemy import event
+
+    answer, question = "In the shared drive.", "Where can I find the quarterly report?"
+    with cache_at(url, embedder, policy=ThresholdPolicy(0.8)) as cache:
+        cache.write_back("Where is the quarterly report?", answer)
+        scope = cache.lookup(question).scope
+        writer, others = threading.get_ident(), []
+
+        def replace_entry(entry_id: int) -> None:
+            cache.store.delete_entries([entry_id])
+            vector = embedder.embed(["Quarterly report location?"])[0]
+            cache.store.add_answer(scope=scope, query="Quarterly report location?", normalized_hash="other",
+                                   embedding=vector, answer=answer, source_model="test")  # fmt: skip
+
+        def others_first(conn, cursor, statement, parameters, context, executemany):
+            if threading.get_ident() == writer and statement.startswith("INSERT INTO memcache_keys"):
+                entry_id = parameters["entry_id"] if isinstance(parameters, dict) else parameters[0]
+                other = threading.Thread(target=replace_entry, args=(entry_id,))
+                other.start()
+                other.join(0.5)  # they commit now, or wait for this write's transaction
+                others.append(other)
+
+        event.listen(cache.store.engine, "before_cursor_execute", others_first)
+        try:
+            written = cache.write_back(question, answer)
+        finally:
+            event.remove(cache.store.engine, "before_cursor_execute", others_first)
+        for other in others:
+            other.join()
+        assert written is not None
+        cache.sync()  # the others wrote outside this process's memory
+        stored = {k.key_id for k in cache.store.iter_keys(embeddings=False)}
+        assert cache.index.ids() == stored
+
+
 def test_concurrent_forgets_and_writes_are_retried_not_raised(url, embedder):
     with cache_at(url, embedder) as cache:
         vectors = embedder.embed([f"Where is office number {i}?" for i in range(8)])
