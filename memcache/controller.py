@@ -295,7 +295,6 @@ class Controller:
                     label.claimed_confidence, label.correct
                 )  # before the refit `observe` may run
             self.policy.observe(label.features, label.correct, key=key_id)  # a hindsight label may replace it later
-            self.memory.record_check(label.entry_id, label.correct)
         if key_id is not None and self._hindsight.add(key_id, scope_key, vector):
             self._start_relabel()
 

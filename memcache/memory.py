@@ -285,6 +285,9 @@ class Memory:
             changes = [c for c in self.store.changes_since(self._change_cursor) if c.id not in self._changes_applied]
             new_keys = [c.key_id for c in changes if c.kind == "key" and c.key_id not in self._keys]
             stored = {key.key_id: key for key in self.store.keys_by_id(new_keys)}
+            # entries checked elsewhere, and entries new here (checked before their key arrived?)
+            checked = {c.entry_id for c in changes if c.kind == "check"}
+            checked |= {key.entry_id for key in stored.values() if key.entry_id not in self._keys_of_entry}
             for change in changes:
                 if change.kind == "drop":
                     self.drop_derived([change.entry_id], ())
@@ -294,6 +297,8 @@ class Memory:
                         key.key_id, KeyRecord(key.entry_id, key.scope_key, key.normalized_hash), key.embedding
                     )
                 self._changes_applied.add(change.id)
+            for entry_id, checks, failures in self.store.entry_reliability(checked) if checked else ():
+                self._set_checks(entry_id, checks, failures)
             self._advance_cursor()
             return len(changes)
 
@@ -371,15 +376,14 @@ class Memory:
         """Entries this process knows of."""
         return len(self._keys_of_entry)
 
-    def record_check(self, entry_id: int, correct: bool) -> None:
-        """Count one check of an entry's answer (a paid answer compared with it)."""
-        with self._lock:
-            keys_of = self._keys_of_entry.get(entry_id)
-            if keys_of is not None:
-                stats = self._entry_stats.get(entry_id) or EntryStats(entry_id, len(keys_of))
-                self._entry_stats[entry_id] = replace(
-                    stats, checks=stats.checks + 1, failures=stats.failures + (not correct)
-                )
+    def _set_checks(self, entry_id: int, checks: int, failures: int) -> None:
+        """Take an entry's check counts as the store had them (hold the lock). Counts only grow,
+        so the reading with more checks is the newer: this process's own label and another
+        process's, read by a sync, may arrive in either order."""
+        keys_of = self._keys_of_entry.get(entry_id)
+        stats = self._entry_stats.get(entry_id)
+        if keys_of is not None and (stats is None or checks > stats.checks):
+            self._entry_stats[entry_id] = EntryStats(entry_id, len(keys_of), checks, failures)
 
     # -- finding answers ------------------------------------------------------------------------
 
@@ -445,7 +449,8 @@ class Memory:
         label: Label | None = None,
         expires_at: datetime | None = None,
     ) -> Written:
-        """Write an answer (and its label) to the store, then index the query's key."""
+        """Write an answer (and its label) to the store, then index the query's key; the judged
+        entry's check counts are taken as the store has them after the label."""
         exact_form = text_hash(normalize(query))
         drops = self._drops
         written = self.store.add_answer(
@@ -460,6 +465,8 @@ class Memory:
             label=label,
         )
         with self._lock:
+            if label is not None and written.checked is not None:
+                self._set_checks(label.entry_id, *written.checked)
             self._answers.pop(written.entry_id, None)  # its expiry may have moved
             # an existing key is registered by whoever stored it; a new one only if its entry was
             # not deleted between the store's commit and here (the delete found no key to drop)

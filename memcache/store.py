@@ -83,10 +83,13 @@ class WriteResult:
     key_id: int
     new_entry: bool
     new_key: bool
+    checked: tuple[int, int] | None = None  # the label's entry's (checks, failures) after it; None: no label
 
 
-def _write_label(conn: Connection, label: Label, now: datetime) -> None:
-    """Store a label and count the check on the entry it judged (inside the write-back's transaction)."""
+def _write_label(conn: Connection, label: Label, now: datetime) -> tuple[int, int] | None:
+    """Store a label and count the check on the entry it judged (inside the write-back's
+    transaction); returns that entry's (checks, failures) after it, None when it is gone.
+    A "check" change tells other processes to read the entry's counts again."""
     conn.execute(
         LabelRow.__table__.insert().values(
             features=json.dumps(list(label.features)),
@@ -95,11 +98,16 @@ def _write_label(conn: Connection, label: Label, now: datetime) -> None:
             claimed_confidence=label.claimed_confidence,
         )
     )
-    conn.execute(
+    counts = conn.execute(
         update(EntryRow)
         .where(EntryRow.id == label.entry_id)
         .values(checks=EntryRow.checks + 1, failures=EntryRow.failures + (0 if label.correct else 1))
-    )
+        .returning(EntryRow.checks, EntryRow.failures)
+    ).first()
+    if counts is None:
+        return None
+    conn.execute(ChangeRow.__table__.insert().values(kind="check", entry_id=label.entry_id, created_at=now))
+    return int(counts[0]), int(counts[1])
 
 
 def _add_answer(
@@ -108,8 +116,7 @@ def _add_answer(
 ) -> WriteResult:  # fmt: skip
     """`Store.add_answer` inside its transaction: the label, the entry (or the equal one), the key, the change."""
     answer_hash = text_hash(answer)
-    if label is not None:
-        _write_label(conn, label, now)
+    checked = _write_label(conn, label, now) if label is not None else None
     entry_id = conn.execute(  # locked against deletes (PostgreSQL) until the key is in
         select(EntryRow.id)
         .where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash)
@@ -130,7 +137,7 @@ def _add_answer(
         if expires_at is not None:
             conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
         if key_id is not None:
-            return WriteResult(entry_id, key_id, new_entry=False, new_key=False)
+            return WriteResult(entry_id, key_id, new_entry=False, new_key=False, checked=checked)
     key_id = conn.execute(
         KeyRow.__table__.insert()
         .values(
@@ -144,7 +151,7 @@ def _add_answer(
         .returning(KeyRow.id)
     ).scalar_one()
     conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
-    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True)
+    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True, checked=checked)
 
 
 def _retryable(exc: SQLAlchemyError) -> bool:
@@ -555,10 +562,12 @@ class Store:
             blob = conn.execute(select(KeyRow.embedding).where(KeyRow.embedding.is_not(None)).limit(1)).scalar()
         return None if blob is None else len(blob) // 4
 
-    def entry_reliability(self) -> list[tuple[int, int, int]]:
-        """(entry_id, checks, failures) of every entry checked at least once."""
+    def entry_reliability(self, entry_ids: Iterable[int] | None = None) -> list[tuple[int, int, int]]:
+        """(entry_id, checks, failures) of every entry checked at least once (of `entry_ids` only, if given)."""
+        query = select(EntryRow.id, EntryRow.checks, EntryRow.failures).where(EntryRow.checks > 0)
+        if entry_ids is not None:
+            query = query.where(EntryRow.id.in_(list(entry_ids)))
         with self._read("reading entry checks") as conn:
-            query = select(EntryRow.id, EntryRow.checks, EntryRow.failures).where(EntryRow.checks > 0)
             return [tuple(row) for row in conn.execute(query)]
 
     def iter_labels(self, limit: int | None = None) -> Iterator[tuple[list[float], bool]]:

@@ -111,3 +111,28 @@ def test_three_processes_write_at_once_and_each_sees_the_others(pg_url):
     finally:
         for peer in peers:
             peer.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_check_made_in_one_process_reaches_the_others(backend, tmp_path, embedder, request):
+    """A paid answer found a stored answer wrong in one process: the others' policies see the
+    entry's failure too (its failure rate is a feature), not only after a restart."""
+    url = f"sqlite:///{tmp_path / 'memcache.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    question, paraphrase = "How do I rotate my API key?", "How can I rotate an API key?"
+    with (
+        MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.99)) as serving,
+        MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.99)) as paying,
+    ):
+        entry = serving.write_back(question, "Settings, then API keys, then Rotate.")
+        paying.sync()
+        missed = paying.lookup(paraphrase)
+        assert missed.hit is None and missed.decision.entry_id == entry.id
+        paying.write_back(missed, "Open the API page and press Rotate.")  # differs: the entry failed a check
+
+        def checks_of(cache: MemCache) -> tuple[int, int] | None:
+            stats = cache.memory.entry_stats.get(entry.id)
+            return None if stats is None else (stats.checks, stats.failures)
+
+        assert checks_of(paying) == (1, 1)
+        serving.sync()  # what its lookups do every sync_interval
+        assert checks_of(serving) == (1, 1)  # was None until a restart
