@@ -40,7 +40,7 @@ from sqlalchemy.schema import CreateTable
 from memcache.errors import StoreError
 from memcache.scope import normalize
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def text_hash(text: str) -> str:
@@ -117,6 +117,8 @@ class _LabelColumns:
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # set on audits: the confidence the answer was served with
     claimed_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the instance that learned it first (`Store.writer`; v7): the others learn it while they run
+    writer: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class LabelRow(_LabelColumns, Base):
@@ -228,7 +230,8 @@ def _sqlite_autoincrement(conn: Connection) -> None:
         name, rebuilt = table.name, f"{table.name}__v4"
         ddl = str(CreateTable(table).compile(dialect=conn.dialect))
         conn.exec_driver_sql(ddl.replace(f"CREATE TABLE {name} ", f"CREATE TABLE {rebuilt} ", 1))
-        columns = ", ".join(column.name for column in table.columns)
+        present = {column["name"] for column in inspect(conn).get_columns(name)}  # later steps add the rest
+        columns = ", ".join(column.name for column in table.columns if column.name in present)
         conn.exec_driver_sql(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {name}")
         conn.exec_driver_sql(f"DROP TABLE {name}")
         conn.exec_driver_sql(f"ALTER TABLE {rebuilt} RENAME TO {name}")
@@ -251,6 +254,15 @@ def _migrate_5_to_6(conn: Connection) -> None:
     CheapLabelRow.__table__.create(conn)
 
 
+def _migrate_6_to_7(conn: Connection) -> None:
+    """v7: the labels' `writer`, so a running instance learns the labels of the others on the
+    store and not its own twice. A table made by an earlier step from today's models has it."""
+    column_type = String(32).compile(dialect=conn.dialect)
+    for table in (LabelRow.__tablename__, CheapLabelRow.__tablename__):
+        if "writer" not in {column["name"] for column in inspect(conn).get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN writer {column_type}"))
+
+
 # step from version N to N + 1; each runs inside the locked schema transaction
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_1_to_2,
@@ -258,6 +270,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
     5: _migrate_5_to_6,
+    6: _migrate_6_to_7,
 }
 
 

@@ -14,6 +14,7 @@ import json
 import sqlite3
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,7 +87,7 @@ class WriteResult:
     checked: tuple[int, int] | None = None  # the label's entry's (checks, failures) after it; None: no label
 
 
-def _write_label(conn: Connection, label: Label, now: datetime) -> tuple[int, int] | None:
+def _write_label(conn: Connection, label: Label, now: datetime, writer: str) -> tuple[int, int] | None:
     """Store a label and count the check on the entry it judged (inside the write-back's
     transaction); returns that entry's (checks, failures) after it, None when it is gone.
     A "check" change tells other processes to read the entry's counts again."""
@@ -96,6 +97,7 @@ def _write_label(conn: Connection, label: Label, now: datetime) -> tuple[int, in
             correct=label.correct,
             created_at=now,
             claimed_confidence=label.claimed_confidence,
+            writer=writer,
         )
     )
     counts = conn.execute(
@@ -113,10 +115,11 @@ def _write_label(conn: Connection, label: Label, now: datetime) -> tuple[int, in
 def _add_answer(
     conn: Connection, scope: Scope, query: str, normalized_hash: str, blob: bytes | None, answer: str,
     source_model: str, expires_at: datetime | None, payload: str | None, label: Label | None, now: datetime,
+    writer: str,
 ) -> WriteResult:  # fmt: skip
     """`Store.add_answer` inside its transaction: the label, the entry (or the equal one), the key, the change."""
     answer_hash = text_hash(answer)
-    checked = _write_label(conn, label, now) if label is not None else None
+    checked = _write_label(conn, label, now, writer) if label is not None else None
     entry_id = conn.execute(  # locked against deletes (PostgreSQL) until the key is in
         select(EntryRow.id)
         .where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash)
@@ -152,6 +155,10 @@ def _add_answer(
     ).scalar_one()
     conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
     return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True, checked=checked)
+
+
+def _up_to(query, table, until: int | None):
+    return query if until is None else query.where(table.id <= until)
 
 
 def _retryable(exc: SQLAlchemyError) -> bool:
@@ -250,6 +257,7 @@ class Store:
             if self._sqlite:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             self.store_id = self._prepare_schema()
+            self.writer = uuid.uuid4().hex  # names this instance's labels (see `labels_of_others`)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self._safe_url()}: {exc}") from exc
         except ModuleNotFoundError as exc:
@@ -362,7 +370,7 @@ class Store:
         return self._transact(
             "write-back",
             lambda conn: _add_answer(conn, scope, query, normalized_hash, blob, answer, source_model, expires_at,
-                                     payload, label, now),
+                                     payload, label, now, self.writer),
         )  # fmt: skip
 
     def record_usage(self, hits: dict[int, tuple[int, datetime]], counts: dict[str, int]) -> None:
@@ -570,35 +578,62 @@ class Store:
         with self._read("reading entry checks") as conn:
             return [tuple(row) for row in conn.execute(query)]
 
-    def iter_labels(self, limit: int | None = None) -> Iterator[tuple[list[float], bool]]:
-        """(features, correct) of stored labels, oldest first; with `limit`, only the newest `limit`."""
-        query = select(LabelRow.id, LabelRow.features, LabelRow.correct)
+    def iter_labels(self, limit: int | None = None, until: int | None = None) -> Iterator[tuple[list[float], bool]]:
+        """(features, correct) of stored labels, oldest first; with `limit`, only the newest
+        `limit`; with `until`, only ids up to it."""
+        query = _up_to(select(LabelRow.id, LabelRow.features, LabelRow.correct), LabelRow, until)
         for _, features, correct in self._oldest_first(query, limit):
             yield json.loads(features), bool(correct)
 
-    def iter_audit_claims(self, limit: int | None = None) -> Iterator[tuple[float, bool]]:
+    def iter_audit_claims(self, limit: int | None = None, until: int | None = None) -> Iterator[tuple[float, bool]]:
         """(confidence claimed when served, whether the audit found it right), oldest first;
-        with `limit`, only the newest `limit`."""
+        with `limit`, only the newest `limit`; with `until`, only ids up to it."""
         query = select(LabelRow.id, LabelRow.claimed_confidence, LabelRow.correct).where(
             LabelRow.claimed_confidence.is_not(None)
         )
-        for _, claimed, correct in self._oldest_first(query, limit):
+        for _, claimed, correct in self._oldest_first(_up_to(query, LabelRow, until), limit):
             yield float(claimed), bool(correct)
 
     def add_cheap_label(self, features: Sequence[float], correct: bool, claimed: float | None) -> None:
         """Keep one cheap-path label (see `CheapLabelRow`)."""
         row = {"features": json.dumps([float(f) for f in features]), "correct": bool(correct),
-               "created_at": utcnow(), "claimed_confidence": claimed}  # fmt: skip
+               "created_at": utcnow(), "claimed_confidence": claimed, "writer": self.writer}  # fmt: skip
         self._transact("storing a cheap-path label", lambda conn: conn.execute(CheapLabelRow.__table__.insert(), row))
 
-    def iter_cheap_labels(self, limit: int | None = None) -> Iterator[tuple[list[float], bool, float | None]]:
+    def iter_cheap_labels(
+        self, limit: int | None = None, until: int | None = None
+    ) -> Iterator[tuple[list[float], bool, float | None]]:
         """(features, right, claimed confidence or None) of cheap-path labels, oldest first;
-        with `limit`, only the newest `limit`."""
+        with `limit`, only the newest `limit`; with `until`, only ids up to it."""
         query = select(
             CheapLabelRow.id, CheapLabelRow.features, CheapLabelRow.correct, CheapLabelRow.claimed_confidence
         )
-        for _, features, correct, claimed in self._oldest_first(query, limit, CheapLabelRow.id):
+        for _, features, correct, claimed in self._oldest_first(_up_to(query, CheapLabelRow, until), limit,
+                                                               CheapLabelRow.id):  # fmt: skip
             yield json.loads(features), bool(correct), None if claimed is None else float(claimed)
+
+    def last_label_id(self, cheap: bool = False) -> int:
+        """The highest id of the policy's labels (`cheap`: of the cheap path's), 0 for none."""
+        table = CheapLabelRow if cheap else LabelRow
+        with self._read("reading labels") as conn:
+            return conn.execute(select(func.max(table.id))).scalar() or 0
+
+    def label_ids_after(self, after: int, *, cheap: bool = False, others_only: bool = True) -> list[int]:
+        """Ids of labels above `after`, in order; `others_only`: those other instances wrote."""
+        table = CheapLabelRow if cheap else LabelRow
+        query = select(table.id).where(table.id > after).order_by(table.id)
+        if others_only:
+            query = query.where((table.writer.is_(None)) | (table.writer != self.writer))
+        with self._read("reading labels") as conn:
+            return list(conn.execute(query).scalars())
+
+    def labels_by_id(self, ids: Sequence[int], *, cheap: bool = False) -> list[tuple[list[float], bool, float | None]]:
+        """(features, right, claimed confidence or None) of the labels `ids`, in id order."""
+        table = CheapLabelRow if cheap else LabelRow
+        query = select(table.features, table.correct, table.claimed_confidence).where(table.id.in_(list(ids)))
+        with self._read("reading labels") as conn:
+            rows = conn.execute(query.order_by(table.id)).all()
+        return [(json.loads(f), bool(c), None if k is None else float(k)) for f, c, k in rows]
 
     def _oldest_first(self, query, limit: int | None, order=LabelRow.id) -> list[tuple]:
         """Rows of a label query in id order; with `limit`, the newest `limit` of them (read newest

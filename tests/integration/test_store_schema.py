@@ -85,7 +85,7 @@ def _create_v1_store(url: str, embedder) -> None:
 
 def _check_migrated(url: str, embedder) -> None:
     with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8)) as cache:
-        assert cache.store.schema_version() == SCHEMA_VERSION == 6
+        assert cache.store.schema_version() == SCHEMA_VERSION == 7
         assert cache.stats().entries == 1 and cache.stats().keys == 2 and cache.stats().labels == 1
         exact = cache.lookup("How do I reset  my password? ")  # v4: key hashes of the stricter exact form
         assert exact.hit is not None and exact.hit.exact and exact.hit.answer == ANSWER
@@ -100,8 +100,36 @@ def _check_migrated(url: str, embedder) -> None:
         lifetime = cache.stats().lifetime  # v5: the store keeps the counters of every process
         assert lifetime == {"lookups": 2, "hits": 2, "exact_hits": 1, "write_backs": 1}
         assert list(cache.store.iter_cheap_labels()) == []  # v6: the cheap path's labels have a table
+        assert cache.store.label_ids_after(0) == [1]  # v7: a label of no named writer is another instance's
         assert cache.invalidate(entry.id)  # v4: the newest entry's id does not come back
         assert cache.write_back("Where is the nearest ATM?", "Use the ATM finder.", paid=False).id == 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_v6_store_gains_the_labels_writer(backend, tmp_path, request, embedder):
+    """v7 adds `writer` to both label tables of a store laid out by v6 (its exact DDL)."""
+    url = f"sqlite:///{tmp_path / 'v6.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        for statement in (FIXTURES / f"store_v6_{engine.dialect.name}.sql").read_text().split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        for table in ("memcache_labels", "memcache_cheap_labels"):
+            conn.execute(
+                sqlalchemy.text(f"INSERT INTO {table} (features, correct, created_at) VALUES ('[0.5]', false, :c)"),
+                {"c": datetime(2026, 11, 1)},
+            )
+    engine.dispose()
+    store = Store(url)
+    try:
+        assert store.schema_version() == 7
+        assert store.label_ids_after(0) == [1] and store.label_ids_after(0, cheap=True) == [1]
+        assert store.labels_by_id([1]) == [([0.5], False, None)]
+        store.add_cheap_label([0.25], True, None)  # this instance's own: not another's
+        assert store.label_ids_after(0, cheap=True) == [1]
+        assert store.label_ids_after(0, cheap=True, others_only=False) == [1, 2]
+    finally:
+        store.close()
 
 
 def test_v1_sqlite_store_is_migrated_with_nothing_lost(tmp_path, embedder):
