@@ -163,9 +163,12 @@ class MemCache:
         return self.memory.save_snapshot(path)
 
     def sync(self) -> int:
-        """Apply what other processes wrote or deleted since the last sync; returns changes applied."""
+        """Apply what other processes wrote or deleted since the last sync, and learn the labels
+        they paid for; returns the changes applied to the memory."""
         self.warm_up()
-        return self.memory.sync()
+        applied = self.memory.sync()
+        self.controller.follow_labels()
+        return applied
 
     # -- lookup -----------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 It asks the policy, keeps the per-process counters, turns paid answers into labels, schedules
 the hindsight relabel, runs shadow audits (on worker threads or the caller's event loop),
-persists traffic-shift holds, restores what a learning policy learned from the store at start-up,
-and flushes hit counters. Every background thread or task it starts is waited for by `wait`
+persists traffic-shift holds, restores what a learning policy learned from the store at start-up
+and then follows the labels other processes store, and flushes hit counters. Every background thread or task it starts is waited for by `wait`
 (or `await_wait`) and released by `close`.
 """
 
@@ -21,12 +21,13 @@ from datetime import datetime
 import numpy as np
 
 from memcache import cheap
-from memcache.cheap_gate import CheapGate, gate_features
+from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
 from memcache.errors import StoreError
 from memcache.hindsight import HindsightWindow
 from memcache.judge import Judge
+from memcache.label_feed import LOOKBACK, LabelFeed
 from memcache.memory import Memory
-from memcache.policy import LearningPolicy, Policy, PolicyStatus
+from memcache.policy import FEATURE_NAMES, LearningPolicy, Policy, PolicyStatus
 from memcache.store import utcnow
 from memcache.types import CacheHit, CheapVerdict, Label, LookupResult, Scope, Stats
 
@@ -98,21 +99,65 @@ class Controller:
         self._audits: set[Future] = set()  # shadow audits' strong calls still running (threads)
         self._audit_tasks: set[asyncio.Task] = set()  # ... and on an event loop (async `cached`)
         self._audit_pool: ThreadPoolExecutor | None = None
+        self._policy_feed: LabelFeed | None = None  # set by `restore`
+        self._cheap_feed: LabelFeed | None = None
+        self._follower: threading.Thread | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
     def restore(self) -> None:
         """Hand a learning policy what the store kept: audit claims (before the labels, whose
-        refit uses them), the newest labels it keeps, and a shift hold a restart interrupted."""
+        refit uses them), the newest labels it keeps, and a shift hold a restart interrupted;
+        then follow the labels other instances write from there (`follow_labels`)."""
         if self.cheap_gate is not None:
-            self.cheap_gate.load(self.store.iter_cheap_labels(limit=self.cheap_gate.max_labels))
+            highest = self.store.last_label_id(cheap=True)
+            self.cheap_gate.load(self.store.iter_cheap_labels(limit=self.cheap_gate.max_labels, until=highest))
+            self._cheap_feed = self._feed_from(highest, cheap=True)
         if self.learning is None:
             return
-        self.learning.load_audit_claims(self.store.iter_audit_claims(limit=self.learning.claim_limit))
-        labels = list(self.store.iter_labels(limit=self.learning.label_limit))
+        highest = self.store.last_label_id()
+        self.learning.load_audit_claims(self.store.iter_audit_claims(limit=self.learning.claim_limit, until=highest))
+        labels = list(self.store.iter_labels(limit=self.learning.label_limit, until=highest))
         if labels:
             self.learning.load_labels(labels)
         self.learning.resume_hold(self.store.shift_hold_left())
+        self._policy_feed = self._feed_from(highest, cheap=False)
+
+    def _feed_from(self, highest: int, *, cheap: bool) -> LabelFeed:
+        """A feed of one label table that starts after what start-up loaded (up to `highest`)."""
+        feed = LabelFeed(
+            lambda after: self.store.label_ids_after(after, cheap=cheap),
+            lambda ids: self.store.labels_by_id(ids, cheap=cheap),
+        )
+        recent = self.store.label_ids_after(max(0, highest - LOOKBACK), cheap=cheap, others_only=False)
+        feed.start(highest, [i for i in recent if i <= highest])
+        return feed
+
+    def follow_labels(self) -> None:
+        """Learn the labels other instances on the store wrote since the last call (a sync
+        calls it): on a thread, or inline where relabels run inline (replays)."""
+        if self._policy_feed is None and self._cheap_feed is None:
+            return
+        if not self.relabel_in_background:
+            self._follow()
+            return
+        with self._lock:
+            self._follower = _start_unless_running(self._follower, self._follow, "memcache-labels")
+
+    def _follow(self) -> None:
+        try:
+            if self._policy_feed is not None and self.learning is not None:
+                for features, correct, claimed in self._policy_feed.new_rows():
+                    if len(features) == len(FEATURE_NAMES):  # another feature set: an older version's
+                        if claimed is not None:
+                            self.learning.observe_audit(claimed, correct)
+                        self.learning.observe(features, correct)
+            if self._cheap_feed is not None and self.cheap_gate is not None:
+                for features, correct, claimed in self._cheap_feed.new_rows():
+                    if len(features) == len(GATE_FEATURES):
+                        self.cheap_gate.observe(features, correct, claimed)
+        except StoreError as exc:  # the next sync reads them
+            log.warning("labels of other instances not read yet: %s", exc)
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -363,11 +408,12 @@ class Controller:
 
     def wait(self) -> None:
         """Block until background learning is done: shadow audits on worker threads, then the
-        hindsight relabel they may have started, then a hit-counter flush under way."""
+        hindsight relabel they may have started, a hit-counter flush and a read of other
+        processes' labels under way."""
         with self._lock:
             audits = list(self._audits)
         wait_for_futures(audits)
-        for thread in (self._relabeler, self._flusher):
+        for thread in (self._relabeler, self._flusher, self._follower):
             if thread is not None:
                 thread.join()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -136,3 +137,62 @@ def test_a_check_made_in_one_process_reaches_the_others(backend, tmp_path, embed
         assert checks_of(paying) == (1, 1)
         serving.sync()  # what its lookups do every sync_interval
         assert checks_of(serving) == (1, 1)  # was None until a restart
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_every_instance_learns_the_labels_the_others_paid_for(backend, tmp_path, embedder, request):
+    """Labels (and audits' claims) one instance pays for reach the others' policies at their next
+    sync, once each; an instance never learns its own twice, and a restart loads them all once."""
+    url = f"sqlite:///{tmp_path / 'memcache.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+    def instance() -> MemCache:
+        cache = MemCache(url, embedder=embedder, relabel_in_background=False, hindsight_window=0)
+        cache.warm_up()
+        return cache
+
+    def paid(cache: MemCache, question: str, answer: str, *, audited: bool = False) -> None:
+        result = cache.lookup(question)
+        assert result.hit is None and result.decision.features
+        if audited:  # as if served at 0.99 and checked: the label carries the claim
+            result = dataclasses.replace(result, decision=dataclasses.replace(result.decision, action="audit",
+                                                                               confidence=0.99))  # fmt: skip
+        cache.write_back(result, answer)
+
+    follower, payer = instance(), instance()
+    try:
+        follower.write_back("How do I reset my password?", "Use the reset link.")
+        payer.sync()
+        paid(payer, "I forgot my password, what now?", "Use the reset link.")
+        paid(payer, "How do I change my password?", "Open Settings, then Security.")
+        paid(payer, "Can I reset my password by phone?", "Use the reset link.", audited=True)
+        paid(follower, "Where do I reset the password?", "Use the reset link.")
+        assert (payer.policy.labels, follower.policy.labels) == (3, 1)
+        follower.sync()
+        payer.sync()
+        assert (payer.policy.labels, follower.policy.labels) == (4, 4)
+        assert len(follower.policy._claims) == len(payer.policy._claims) == 1  # the audit's claim too
+        follower.sync()  # nothing new: nothing learned again
+        assert follower.policy.labels == 4
+        with instance() as restarted:
+            restarted.sync()
+            assert restarted.policy.labels == 4 and len(restarted.policy._claims) == 1
+    finally:
+        follower.close()
+        payer.close()
+
+
+def test_the_cheap_paths_labels_reach_the_other_instances_too(db_url, embedder):
+    from memcache.cheap_gate import GATE_FEATURES, CheapGate
+
+    with (
+        MemCache(db_url, embedder=embedder, cheap_gate=CheapGate(0.02), relabel_in_background=False) as follower,
+        MemCache(db_url, embedder=embedder, cheap_gate=CheapGate(0.02), relabel_in_background=False) as payer,
+    ):
+        follower.warm_up()
+        payer.warm_up()
+        for correct in (True, True, False):
+            payer.store.add_cheap_label([0.5] * len(GATE_FEATURES), correct, None)  # what `learn_cheap` stores
+            payer.controller.cheap_gate.observe([0.5] * len(GATE_FEATURES), correct)  # ... and teaches its own gate
+        follower.sync()
+        payer.sync()
+        assert follower.controller.cheap_gate.labels == payer.controller.cheap_gate.labels == 3
