@@ -147,17 +147,33 @@ class Controller:
     def _follow(self) -> None:
         try:
             if self._policy_feed is not None and self.learning is not None:
-                for features, correct, claimed in self._policy_feed.new_rows():
-                    if len(features) == len(FEATURE_NAMES):  # another feature set: an older version's
-                        if claimed is not None:
-                            self.learning.observe_audit(claimed, correct)
-                        self.learning.observe(features, correct)
+                self._learn_others([r for r in self._policy_feed.new_rows() if len(r[0]) == len(FEATURE_NAMES)])
             if self._cheap_feed is not None and self.cheap_gate is not None:
-                for features, correct, claimed in self._cheap_feed.new_rows():
-                    if len(features) == len(GATE_FEATURES):
+                for features, correct, claimed, _ in self._cheap_feed.new_rows():
+                    if len(features) == len(GATE_FEATURES):  # another feature set: an older version's
                         self.cheap_gate.observe(features, correct, claimed)
         except StoreError as exc:  # the next sync reads them
             log.warning("labels of other instances not read yet: %s", exc)
+
+    def _learn_others(self, rows: list[tuple[list[float], bool, float | None, int | None]]) -> None:
+        """Teach the policy labels other instances paid for, as their own are taught (`learn`):
+        an audit's claim first, and the paid key joins the hindsight window, so its label is
+        asked again of today's index like this instance's own."""
+        try:
+            keys = {key.key_id: key for key in self.store.keys_by_id([r[3] for r in rows if r[3] is not None])}
+        except StoreError as exc:  # the labels are still learned, as they were taken
+            log.warning("keys of other instances' labels not read: %s", exc)
+            keys = {}
+        due = False
+        for features, correct, claimed, key_id in rows:
+            if claimed is not None:
+                self.learning.observe_audit(claimed, correct, elsewhere=True)
+            key = keys.get(key_id)
+            self.learning.observe(features, correct, key=None if key is None else key_id)
+            if key is not None and key.embedding is not None:
+                due = self._hindsight.add(key_id, key.scope_key, key.embedding) or due
+        if due:
+            self._start_relabel()
 
     # -- deciding ---------------------------------------------------------------------------
 

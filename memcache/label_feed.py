@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 LOOKBACK = 1000  # ids below the highest read that are read again (a commit later than its id)
 
-Row = tuple[list[float], bool, float | None]  # features, right, claimed confidence (audits) or None
+Row = tuple  # (features, right, claimed confidence or None, key id or None): `Store.labels_by_id`
 
 
 class LabelFeed:

@@ -86,7 +86,7 @@ class LearningPolicy(Policy, Protocol):
 
     def resume_hold(self, audits: int) -> None: ...
 
-    def observe_audit(self, claimed_confidence: float, correct: bool) -> None: ...
+    def observe_audit(self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False) -> None: ...
 
     def set_hindsight(self, examples: Sequence[HindsightExample], entries: Mapping[int, EntryStats]) -> None: ...
 
@@ -364,6 +364,7 @@ class CalibratedPolicy:
         self._lookups = 0
         self._hold_left = 0  # would-be hits still to be escalated, unserved, after a shift
         self._served = 0  # would-be hits this policy let serve (hits and unheld audits)
+        self._served_elsewhere = 0.0  # ... and what other instances' audits say they served at least
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -412,7 +413,13 @@ class CalibratedPolicy:
         a running rate over the bound somewhere after their 100th hit, by chance alone
         (docs/DECISIONS.md); the first hits are also served on the youngest model. The margin is spent where the running rate
         is most fragile, and given back once it is not."""
-        return certify.warmup_target(self.max_false_hit_rate, self._served, self.warmup_hits, self.warmup_share)
+        return certify.warmup_target(self.max_false_hit_rate, self.served, self.warmup_hits, self.warmup_share)
+
+    @property
+    def served(self) -> int:
+        """Hits served from the store so far, as far as this instance knows: its own, and at
+        least 1 / `max_audit_rate` per audit of another instance's (`observe_audit`)."""
+        return self._served + int(self._served_elsewhere)
 
     def serves_now(self, confidence: float, features: Sequence[float] | None = None) -> bool:
         """Whether a would-be hit above the cut-off is sure enough on its own to serve now: after
@@ -425,7 +432,7 @@ class CalibratedPolicy:
         a user watching a new deployment sees that rate, not the certificate. The margin floor
         is the same idea without the model: a young model is most overconfident between two
         answers the request is about as close to (confusable intents), and no confidence says so."""
-        if self._served >= self.warmup_hits:
+        if self.served >= self.warmup_hits:
             return True
         if self.warmup_hit_share is not None and 1.0 - confidence > self.warmup_hit_share * self.max_false_hit_rate:
             return False
@@ -509,15 +516,22 @@ class CalibratedPolicy:
             self._observed += 1
         self._refit_if_due()
 
-    def observe_audit(self, claimed_confidence: float, correct: bool) -> None:
+    def observe_audit(self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False) -> None:
         """Record one audit: the confidence the hit was served with, and whether it was right.
 
         Takes effect at the next refit (the label of the same audit, passed to `observe`,
-        usually triggers one).
+        usually triggers one). `elsewhere`: another instance on the store served and audited it
+        (read at a sync). Its claim counts the same; it does not count toward this instance's
+        shift hold (that checks this instance's traffic); and it says that instance served at
+        least 1 / `max_audit_rate` hits, which the warm-up counts: the bound is over every hit
+        served from the store, and a restart resumes the warm-up the same way.
         """
         with self._lock:
             self._claims.append((float(claimed_confidence), bool(correct)))
-            self._hold_left = max(0, self._hold_left - 1)
+            if not elsewhere:
+                self._hold_left = max(0, self._hold_left - 1)
+            elif self.max_audit_rate > 0:
+                self._served_elsewhere += 1.0 / self.max_audit_rate
 
     def load_audit_claims(self, claims) -> None:
         """Add stored audits (claimed confidence, right) at start-up; the next fit uses them.

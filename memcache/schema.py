@@ -126,6 +126,8 @@ class LabelRow(_LabelColumns, Base):
     nearest entry's answer agreed with it. Kept so learning survives restarts."""
 
     __tablename__ = "memcache_labels"
+    # the new key the paid answer was stored under (v7): other processes ask it again in hindsight
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CheapLabelRow(_LabelColumns, Base):
@@ -256,11 +258,17 @@ def _migrate_5_to_6(conn: Connection) -> None:
 
 def _migrate_6_to_7(conn: Connection) -> None:
     """v7: the labels' `writer`, so a running instance learns the labels of the others on the
-    store and not its own twice. A table made by an earlier step from today's models has it."""
-    column_type = String(32).compile(dialect=conn.dialect)
-    for table in (LabelRow.__tablename__, CheapLabelRow.__tablename__):
-        if "writer" not in {column["name"] for column in inspect(conn).get_columns(table)}:
-            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN writer {column_type}"))
+    store and not its own twice, and the policy labels' `key_id`, so it asks their keys again in
+    hindsight. A table made by an earlier step from today's models has them already."""
+    new_columns = {
+        LabelRow.__tablename__: {"writer": String(32), "key_id": Integer()},
+        CheapLabelRow.__tablename__: {"writer": String(32)},
+    }
+    for table, columns in new_columns.items():
+        present = {column["name"] for column in inspect(conn).get_columns(table)}
+        for name, column_type in columns.items():
+            if name not in present:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {column_type.compile(dialect=conn.dialect)}"))
 
 
 # step from version N to N + 1; each runs inside the locked schema transaction

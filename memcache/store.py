@@ -87,8 +87,11 @@ class WriteResult:
     checked: tuple[int, int] | None = None  # the label's entry's (checks, failures) after it; None: no label
 
 
-def _write_label(conn: Connection, label: Label, now: datetime, writer: str) -> tuple[int, int] | None:
-    """Store a label and count the check on the entry it judged (inside the write-back's
+def _write_label(
+    conn: Connection, label: Label, now: datetime, writer: str, key_id: int | None
+) -> tuple[int, int] | None:
+    """Store a label (with the new key its answer was stored under, which other processes ask
+    again in hindsight) and count the check on the entry it judged (inside the write-back's
     transaction); returns that entry's (checks, failures) after it, None when it is gone.
     A "check" change tells other processes to read the entry's counts again."""
     conn.execute(
@@ -98,6 +101,7 @@ def _write_label(conn: Connection, label: Label, now: datetime, writer: str) -> 
             created_at=now,
             claimed_confidence=label.claimed_confidence,
             writer=writer,
+            key_id=key_id,
         )
     )
     counts = conn.execute(
@@ -119,7 +123,6 @@ def _add_answer(
 ) -> WriteResult:  # fmt: skip
     """`Store.add_answer` inside its transaction: the label, the entry (or the equal one), the key, the change."""
     answer_hash = text_hash(answer)
-    checked = _write_label(conn, label, now, writer) if label is not None else None
     entry_id = conn.execute(  # locked against deletes (PostgreSQL) until the key is in
         select(EntryRow.id)
         .where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash)
@@ -140,6 +143,7 @@ def _add_answer(
         if expires_at is not None:
             conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
         if key_id is not None:
+            checked = _write_label(conn, label, now, writer, None) if label is not None else None
             return WriteResult(entry_id, key_id, new_entry=False, new_key=False, checked=checked)
     key_id = conn.execute(
         KeyRow.__table__.insert()
@@ -154,6 +158,7 @@ def _add_answer(
         .returning(KeyRow.id)
     ).scalar_one()
     conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
+    checked = _write_label(conn, label, now, writer, key_id) if label is not None else None
     return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True, checked=checked)
 
 
@@ -627,13 +632,17 @@ class Store:
         with self._read("reading labels") as conn:
             return list(conn.execute(query).scalars())
 
-    def labels_by_id(self, ids: Sequence[int], *, cheap: bool = False) -> list[tuple[list[float], bool, float | None]]:
-        """(features, right, claimed confidence or None) of the labels `ids`, in id order."""
+    def labels_by_id(
+        self, ids: Sequence[int], *, cheap: bool = False
+    ) -> list[tuple[list[float], bool, float | None, int | None]]:
+        """(features, right, claimed confidence or None, the new key its answer was stored under
+        or None) of the labels `ids`, in id order."""
         table = CheapLabelRow if cheap else LabelRow
-        query = select(table.features, table.correct, table.claimed_confidence).where(table.id.in_(list(ids)))
+        key = sqlalchemy.null() if cheap else LabelRow.key_id
+        query = select(table.features, table.correct, table.claimed_confidence, key).where(table.id.in_(list(ids)))
         with self._read("reading labels") as conn:
             rows = conn.execute(query.order_by(table.id)).all()
-        return [(json.loads(f), bool(c), None if k is None else float(k)) for f, c, k in rows]
+        return [(json.loads(f), bool(c), None if k is None else float(k), key_id) for f, c, k, key_id in rows]
 
     def _oldest_first(self, query, limit: int | None, order=LabelRow.id) -> list[tuple]:
         """Rows of a label query in id order; with `limit`, the newest `limit` of them (read newest

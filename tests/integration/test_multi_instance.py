@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -142,11 +143,12 @@ def test_a_check_made_in_one_process_reaches_the_others(backend, tmp_path, embed
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_every_instance_learns_the_labels_the_others_paid_for(backend, tmp_path, embedder, request):
     """Labels (and audits' claims) one instance pays for reach the others' policies at their next
-    sync, once each; an instance never learns its own twice, and a restart loads them all once."""
+    sync, once each, and their keys join the others' hindsight windows; an instance never learns
+    its own twice, and a restart loads them all once."""
     url = f"sqlite:///{tmp_path / 'memcache.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
 
     def instance() -> MemCache:
-        cache = MemCache(url, embedder=embedder, relabel_in_background=False, hindsight_window=0)
+        cache = MemCache(url, embedder=embedder, relabel_in_background=False)
         cache.warm_up()
         return cache
 
@@ -160,7 +162,7 @@ def test_every_instance_learns_the_labels_the_others_paid_for(backend, tmp_path,
 
     follower, payer = instance(), instance()
     try:
-        follower.write_back("How do I reset my password?", "Use the reset link.")
+        follower.write_back("How do I reset my password?", "Use the reset link.", paid=False)  # seeded, not paid
         payer.sync()
         paid(payer, "I forgot my password, what now?", "Use the reset link.")
         paid(payer, "How do I change my password?", "Open Settings, then Security.")
@@ -171,6 +173,8 @@ def test_every_instance_learns_the_labels_the_others_paid_for(backend, tmp_path,
         payer.sync()
         assert (payer.policy.labels, follower.policy.labels) == (4, 4)
         assert len(follower.policy._claims) == len(payer.policy._claims) == 1  # the audit's claim too
+        assert follower.policy.served == 5  # an audit elsewhere: at least 1 / 0.2 hits were served there
+        assert len(follower.controller._hindsight) == len(payer.controller._hindsight) == 4  # every paid key
         follower.sync()  # nothing new: nothing learned again
         assert follower.policy.labels == 4
         with instance() as restarted:
@@ -196,3 +200,18 @@ def test_the_cheap_paths_labels_reach_the_other_instances_too(db_url, embedder):
         follower.sync()
         payer.sync()
         assert follower.controller.cheap_gate.labels == payer.controller.cheap_gate.labels == 3
+
+
+def test_the_workers_replay_deals_a_stream_over_instances(data_dir, vectors, monkeypatch, tmp_path):
+    from memcache.eval import workers
+
+    monkeypatch.setattr(workers, "SentenceTransformerEmbedder", lambda: vectors)
+    out = tmp_path / "workers.json"
+    report = workers.main([str(data_dir / "clinc150.jsonl"), "--family", "validation", "--seeds", "0",
+                           "--workers", "2", "--limit", "60", "--own", "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["summary"] == report["summary"]
+    assert set(report["summary"]) == {"one instance", "2 instances", "2 instances, own labels only"}
+    assert len(report["runs"]) == 9 and all(run["queries"] == 60 for run in report["runs"])
+    for run in report["runs"]:
+        assert 0 <= run["wrong_hits"] <= run["hits"] <= 60
+        assert run["false_hit_rate"] == (run["wrong_hits"] / run["hits"] if run["hits"] else 0.0)

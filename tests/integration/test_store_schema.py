@@ -124,7 +124,7 @@ def test_v6_store_gains_the_labels_writer(backend, tmp_path, request, embedder):
     try:
         assert store.schema_version() == 7
         assert store.label_ids_after(0) == [1] and store.label_ids_after(0, cheap=True) == [1]
-        assert store.labels_by_id([1]) == [([0.5], False, None)]
+        assert store.labels_by_id([1]) == [([0.5], False, None, None)]  # and no key: v6 kept none
         store.add_cheap_label([0.25], True, None)  # this instance's own: not another's
         assert store.label_ids_after(0, cheap=True) == [1]
         assert store.label_ids_after(0, cheap=True, others_only=False) == [1, 2]
