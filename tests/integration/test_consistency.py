@@ -1,7 +1,8 @@
 """Two instances on one store, four threads of random writes, lookups, deletes, forgets and
 syncs, one instance restarted from its snapshot: afterwards each instance's derived state is
-what a rebuild from the store makes of it (real SQLite and PostgreSQL; the tiny embedder,
-since what is checked is bookkeeping, not ranking).
+what a rebuild from the store makes of it, and a learning policy has learned every stored label
+once (real SQLite and PostgreSQL; the tiny embedder, since what is checked is bookkeeping, not
+ranking; a fixed cut-off serves many hits, the calibrated policy few).
 
 This is how three faults were found: a write-back that failed when other writers deleted and
 re-created its entry, an exact repeat lost when the newest of two entries holding the same
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import HashingEmbedder
 
-from memcache import MemCache, ThresholdPolicy
+from memcache import CalibratedPolicy, MemCache, ThresholdPolicy
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
 OPERATIONS = 150  # per thread
@@ -64,15 +65,17 @@ def churn(caches: list[MemCache], queries: list[str], seed: int) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("policy", ["threshold", "calibrated"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_random_concurrent_work_leaves_every_instance_as_a_rebuild_would(backend, seed, tmp_path, request):
+def test_random_concurrent_work_leaves_every_instance_as_a_rebuild_would(backend, policy, seed, tmp_path, request):
     url = f"sqlite:///{tmp_path / 'memcache.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     embedder, snapshot = HashingEmbedder(), tmp_path / "index.snapshot"
     rnd = random.Random(seed)
     queries = [" ".join(rnd.sample(WORDS, 3)) for _ in range(25)]
 
     def open_cache(**kwargs) -> MemCache:
-        cache = MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.8), hindsight_window=20, **kwargs)
+        rule = ThresholdPolicy(0.8) if policy == "threshold" else CalibratedPolicy(0.05, seed=seed)
+        cache = MemCache(url, embedder=embedder, policy=rule, hindsight_window=20, **kwargs)
         cache.warm_up()
         return cache
 
@@ -100,6 +103,9 @@ def test_random_concurrent_work_leaves_every_instance_as_a_rebuild_would(backend
             expected = derived_state(rebuilt)
         for cache in caches:
             assert derived_state(cache) == expected
+        if policy == "calibrated":  # its own at once, the other's at a sync, the restarted one's at start-up
+            labels = len(list(caches[1].store.iter_labels()))
+            assert [cache.policy.labels for cache in caches] == [labels, labels]
     finally:
         for cache in caches:
             cache.close()
