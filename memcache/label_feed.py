@@ -8,7 +8,8 @@ the instance that wrote it, `Store.writer`; an instance learns its own when it p
 
 Ids are handed out when a row is inserted, not when it commits, so a label can appear below one
 already read (PostgreSQL, two writers at once). Each read looks back `LOOKBACK` ids and skips
-the ones it has seen: a label is learned once, and a late one is not lost.
+the ones it has seen: a label is learned once, and one that commits late is not lost unless a
+thousand later ones committed first (then the next restart loads it).
 """
 
 from __future__ import annotations
