@@ -3,8 +3,8 @@
 It asks the policy, keeps the per-process counters, turns paid answers into labels, schedules
 the hindsight relabel, runs shadow audits (on worker threads or the caller's event loop),
 persists traffic-shift holds, restores what a learning policy learned from the store at start-up
-and then follows the labels other processes store, and flushes hit counters. Every background thread or task it starts is waited for by `wait`
-(or `await_wait`) and released by `close`.
+and then learns the labels other processes store, and flushes hit counters. Every background
+thread or task it starts is waited for by `wait` (or `await_wait`) and released by `close`.
 """
 
 from __future__ import annotations
