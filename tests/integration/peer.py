@@ -4,6 +4,7 @@ write <tenant>|<question>|<answer>   -> "ok <entry id>"
 invalidate <entry id>                -> "ok <True|False>"
 forget <tenant>                      -> "ok <entries deleted>"
 lookup <tenant>|<question>           -> "ok <served answer, or None>"
+pay <tenant>|<question>|<answer>     -> "ok <entry id>": a lookup, then its answer paid for (a label)
 """
 
 import os
@@ -26,6 +27,9 @@ for line in sys.stdin:
         print(f"ok {cache.invalidate(int(argument))}", flush=True)
     elif command == "forget":
         print(f"ok {cache.forget(tenant=argument)}", flush=True)
+    elif command == "pay":
+        tenant, question, answer = argument.split("|")
+        print(f"ok {cache.write_back(cache.lookup(question, tenant=tenant), answer).id}", flush=True)
     elif command == "lookup":
         tenant, question = argument.split("|")
         hit = cache.lookup(question, tenant=tenant).hit

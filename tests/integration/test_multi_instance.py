@@ -215,3 +215,18 @@ def test_the_workers_replay_deals_a_stream_over_instances(data_dir, vectors, mon
     for run in report["runs"]:
         assert 0 <= run["wrong_hits"] <= run["hits"] <= 60
         assert run["false_hit_rate"] == (run["wrong_hits"] / run["hits"] if run["hits"] else 0.0)
+
+
+def test_a_label_paid_for_in_another_process_is_learned_here(db_url, embedder):
+    with MemCache(db_url, embedder=embedder) as local:
+        local.write_back("How do I rotate my API key?", "Settings, then API keys, then Rotate.", tenant="acme")
+        peer = Peer(db_url)
+        try:
+            peer("pay acme|Where can I see my API usage?|Settings, then Usage.")
+            peer("pay acme|How do I delete my API key?|Settings, then API keys, then Delete.")
+        finally:
+            peer.close()
+        assert local.policy.labels == 0
+        local.sync()
+        local.wait_for_learning()
+        assert local.policy.labels == 2 and len(local.controller._hindsight) == 3  # its own key, and the two paid there
