@@ -61,7 +61,7 @@ def deal(queries: Sequence[LabeledQuery], workers: int, *, seed: int, embedder, 
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m memcache.eval.workers", description=__doc__.splitlines()[0])
     parser.add_argument("data", help="clinc150.jsonl (rows carry a domain)")
     parser.add_argument("--family", choices=("tuning", "validation"), default="validation")
@@ -70,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--own", action="store_true", help="also run the workers on their own labels only")
     parser.add_argument("--limit", type=int, help="cut every stream to this many queries")
     parser.add_argument("--json", help="write the report here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     embedder = MemoEmbedder(SentenceTransformerEmbedder())
     setups = {"one instance": (1, True), f"{args.workers} instances": (args.workers, True)}
