@@ -20,8 +20,8 @@ from pathlib import Path
 
 from memcache.cache import MemCache
 from memcache.embedding import SentenceTransformerEmbedder
-from memcache.eval.data import LabeledQuery, load_intents
-from memcache.eval.replay import MemoEmbedder, shuffled
+from memcache.eval.data import OOS, LabeledQuery, load_intents
+from memcache.eval.replay import MemoEmbedder, _answer, _label_of, shuffled
 from memcache.eval.validation import streams_of
 
 
@@ -43,10 +43,11 @@ def deal(queries: Sequence[LabeledQuery], workers: int, *, seed: int, embedder, 
             cache = caches[position % workers]
             result = cache.lookup(query.text)
             if result.hit is None:
-                cache.write_back(result, query.label)  # the strong model's answer: the intent
+                cache.write_back(result, _answer(query.label, position))  # as `replay_intents` pays
                 continue
             hits += 1
-            wrong += result.hit.answer != query.label
+            label = _label_of(result.hit.answer)
+            wrong += label != query.label or label == OOS  # an out-of-scope query has no right answer
             first_hit = position if first_hit is None else first_hit
     finally:
         for cache in caches:

@@ -25,7 +25,7 @@ from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
 from memcache.errors import StoreError
 from memcache.hindsight import HindsightWindow
 from memcache.judge import Judge
-from memcache.label_feed import LOOKBACK, LabelFeed
+from memcache.label_feed import LabelFeed
 from memcache.memory import Memory
 from memcache.policy import FEATURE_NAMES, LearningPolicy, Policy, PolicyStatus
 from memcache.store import utcnow
@@ -128,9 +128,9 @@ class Controller:
         feed = LabelFeed(
             lambda after: self.store.label_ids_after(after, cheap=cheap),
             lambda ids: self.store.labels_by_id(ids, cheap=cheap),
+            lambda after: self.store.label_ids_after(after, cheap=cheap, others_only=False),
         )
-        recent = self.store.label_ids_after(max(0, highest - LOOKBACK), cheap=cheap, others_only=False)
-        feed.start(highest, [i for i in recent if i <= highest])
+        feed.start(highest)
         return feed
 
     def follow_labels(self) -> None:

@@ -28,18 +28,25 @@ class LabelFeed:
     Args:
         ids_after: ids of the other instances' labels above an id, in order.
         rows_of: those labels' rows, by id, in id order.
+        all_ids_after: ids of every instance's labels above an id (this one's too), in order.
     """
 
-    def __init__(self, ids_after: Callable[[int], list[int]], rows_of: Callable[[Sequence[int]], list[Row]]) -> None:
-        self._ids_after, self._rows_of = ids_after, rows_of
+    def __init__(
+        self,
+        ids_after: Callable[[int], list[int]],
+        rows_of: Callable[[Sequence[int]], list[Row]],
+        all_ids_after: Callable[[int], list[int]],
+    ) -> None:
+        self._ids_after, self._rows_of, self._all_ids_after = ids_after, rows_of, all_ids_after
         self._highest = 0
         self._seen: set[int] = set()  # ids read within LOOKBACK of the highest
         self._lock = threading.Lock()
 
-    def start(self, highest: int, seen: Sequence[int]) -> None:
-        """Start-up loaded every label up to `highest`; `seen` are the ids within LOOKBACK of it."""
+    def start(self, highest: int) -> None:
+        """Start-up loaded every label up to `highest`: those within LOOKBACK of it count as read."""
         with self._lock:
-            self._highest, self._seen = highest, set(seen)
+            self._highest = highest
+            self._seen = {i for i in self._all_ids_after(max(0, highest - LOOKBACK)) if i <= highest}
 
     def new_rows(self) -> list[Row]:
         """The labels other instances wrote that this one has not read yet, oldest first."""

@@ -364,7 +364,7 @@ class CalibratedPolicy:
         self._lookups = 0
         self._hold_left = 0  # would-be hits still to be escalated, unserved, after a shift
         self._served = 0  # would-be hits this policy let serve (hits and unheld audits)
-        self._served_elsewhere = 0.0  # ... and what other instances' audits say they served at least
+        self._audits_elsewhere = 0  # other instances' audits read at a sync: they served some too
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -419,7 +419,7 @@ class CalibratedPolicy:
     def served(self) -> int:
         """Hits served from the store so far, as far as this instance knows: its own, and at
         least 1 / `max_audit_rate` per audit of another instance's (`observe_audit`)."""
-        return self._served + int(self._served_elsewhere)
+        return self._served + certify.served_at_least(self._audits_elsewhere, self.max_audit_rate)
 
     def serves_now(self, confidence: float, features: Sequence[float] | None = None) -> bool:
         """Whether a would-be hit above the cut-off is sure enough on its own to serve now: after
@@ -528,10 +528,10 @@ class CalibratedPolicy:
         """
         with self._lock:
             self._claims.append((float(claimed_confidence), bool(correct)))
-            if not elsewhere:
+            if elsewhere:
+                self._audits_elsewhere += 1
+            else:
                 self._hold_left = max(0, self._hold_left - 1)
-            elif self.max_audit_rate > 0:
-                self._served_elsewhere += 1.0 / self.max_audit_rate
 
     def load_audit_claims(self, claims) -> None:
         """Add stored audits (claimed confidence, right) at start-up; the next fit uses them.

@@ -161,6 +161,10 @@ class CounterRow(Base):
 SCHEMA_LOCK_KEY = 0x6D656D6361636865 >> 2  # "memcache", fits a signed 64-bit advisory lock key
 
 
+def _column_names(conn: Connection, table: str) -> set[str]:
+    return {column["name"] for column in inspect(conn).get_columns(table)}
+
+
 def get_meta(conn: Connection, name: str) -> str | None:
     return conn.execute(select(MetaRow.value).where(MetaRow.name == name)).scalar()
 
@@ -232,7 +236,7 @@ def _sqlite_autoincrement(conn: Connection) -> None:
         name, rebuilt = table.name, f"{table.name}__v4"
         ddl = str(CreateTable(table).compile(dialect=conn.dialect))
         conn.exec_driver_sql(ddl.replace(f"CREATE TABLE {name} ", f"CREATE TABLE {rebuilt} ", 1))
-        present = {column["name"] for column in inspect(conn).get_columns(name)}  # later steps add the rest
+        present = _column_names(conn, name)  # later steps add the rest
         columns = ", ".join(column.name for column in table.columns if column.name in present)
         conn.exec_driver_sql(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {name}")
         conn.exec_driver_sql(f"DROP TABLE {name}")
@@ -265,7 +269,7 @@ def _migrate_6_to_7(conn: Connection) -> None:
         CheapLabelRow.__tablename__: {"writer": String(32)},
     }
     for table, columns in new_columns.items():
-        present = {column["name"] for column in inspect(conn).get_columns(table)}
+        present = _column_names(conn, table)
         for name, column_type in columns.items():
             if name not in present:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {column_type.compile(dialect=conn.dialect)}"))

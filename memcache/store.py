@@ -262,7 +262,7 @@ class Store:
             if self._sqlite:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             self.store_id = self._prepare_schema()
-            self.writer = uuid.uuid4().hex  # names this instance's labels (see `labels_of_others`)
+            self.writer = uuid.uuid4().hex  # names this instance's labels (see `label_ids_after`)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self._safe_url()}: {exc}") from exc
         except ModuleNotFoundError as exc:

@@ -11,7 +11,8 @@ class Table:
         self.ids = set(ids)
 
     def feed(self) -> LabelFeed:
-        return LabelFeed(lambda after: sorted(i for i in self.ids if i > after), lambda ids: list(ids))
+        ids_after = lambda after: sorted(i for i in self.ids if i > after)  # noqa: E731
+        return LabelFeed(ids_after, lambda ids: list(ids), ids_after)
 
 
 def test_each_label_is_read_once_and_a_late_commit_below_the_highest_is_not_lost():
@@ -27,7 +28,7 @@ def test_each_label_is_read_once_and_a_late_commit_below_the_highest_is_not_lost
 def test_start_up_loads_up_to_the_highest_and_the_feed_goes_on_from_there():
     table = Table(range(1, 11))
     feed = table.feed()
-    feed.start(10, seen=range(1, 11))  # start-up loaded 1..10
+    feed.start(10)  # start-up loaded 1..10
     table.ids |= {11}
     assert feed.new_rows() == [11]
 
