@@ -147,8 +147,8 @@ def test_every_instance_learns_the_labels_the_others_paid_for(backend, tmp_path,
     its own twice, and a restart loads them all once."""
     url = f"sqlite:///{tmp_path / 'memcache.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
 
-    def instance() -> MemCache:
-        cache = MemCache(url, embedder=embedder, relabel_in_background=False)
+    def instance() -> MemCache:  # syncs only when told: a slow step must not sync early
+        cache = MemCache(url, embedder=embedder, relabel_in_background=False, sync_interval=None)
         cache.warm_up()
         return cache
 
