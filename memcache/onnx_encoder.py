@@ -30,13 +30,26 @@ from typing import Any
 
 import numpy as np
 
-from memcache.errors import EmbeddingError
+from memcache.errors import ConfigError, EmbeddingError
 
 log = logging.getLogger("memcache")
 
 EXPORT_VERSION = 1  # part of the cache key: a change to the export's graph re-exports
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CACHE_ENV = "MEMCACHE_CACHE_DIR"
+THREADS_ENV = "MEMCACHE_EMBEDDING_THREADS"
+
+
+def session_threads() -> int | None:
+    """Threads of the encoder's main session: $MEMCACHE_EMBEDDING_THREADS, else the runtime's
+    default (every physical core). Processes sharing a machine (`memcache serve --workers N`)
+    each take their share, or their spinning threads fight over the cores."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number of threads, at least 1 (got {value!r})")
+    return int(value)
 
 
 def cache_root() -> Path:
@@ -173,6 +186,7 @@ class OnnxEncoder:
         self.path = (cache_dir or cache_root()) / "onnx" / f"{self.layout.cache_key()}.onnx"
         self.dimension = self.layout.dimension
         self.pass_size = pass_size
+        self.threads = session_threads()  # a bad setting fails here, not as a damaged export
         tokenizer = Tokenizer.from_file(str(self.layout.folder / "tokenizer.json"))
         tokenizer.enable_truncation(self.layout.max_length)
         tokenizer.enable_padding()
@@ -212,7 +226,7 @@ class OnnxEncoder:
                 self.path.unlink(missing_ok=True)
 
     def _load(self) -> None:
-        self._session = self._new_session(threads=None)
+        self._session = self._new_session(threads=self.threads)
         self._side_session = None  # made by the first call that runs beside another (`_side`)
         self._inputs = {i.name for i in self._session.get_inputs()}
 
@@ -291,9 +305,10 @@ class OpenVinoEncoder(OnnxEncoder):
 
     def _load(self) -> None:
         core = self._runtime.Core()
-        self._compiled = core.compile_model(
-            core.read_model(str(self.path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        )
+        settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if self.threads is not None:
+            settings["INFERENCE_NUM_THREADS"] = self.threads
+        self._compiled = core.compile_model(core.read_model(str(self.path)), "CPU", settings)
         self._inputs = {port.get_any_name() for port in self._compiled.inputs}
         self._requests = threading.local()
 

@@ -58,6 +58,23 @@ def test_processes_starting_at_once_share_one_export(tmp_path):
     assert "preparing the ONNX encoder once" in outputs[0][1].decode() + outputs[1][1].decode()
 
 
+@pytest.mark.parametrize("runner", [OnnxEncoder, OpenVinoEncoder])
+def test_the_threads_setting_sizes_the_main_session_and_a_bad_one_is_refused(runner, embedder, monkeypatch):
+    if runner is OpenVinoEncoder:
+        pytest.importorskip("openvino")
+    monkeypatch.setenv("MEMCACHE_EMBEDDING_THREADS", "1")
+    encoder = runner(default_model_path())  # the session's shared export
+    if runner is OnnxEncoder:
+        assert encoder._session.get_session_options().intra_op_num_threads == 1
+    else:
+        assert int(encoder._compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert np.allclose(encoder.encode(QUESTIONS[:2]), embedder.embed(QUESTIONS[:2]), atol=1e-5)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MEMCACHE_EMBEDDING_THREADS", bad)
+        with pytest.raises(ConfigError, match="MEMCACHE_EMBEDDING_THREADS must be a whole number"):
+            runner(default_model_path())
+
+
 def test_only_overlapping_calls_make_the_one_thread_session(embedder):
     encoder = OnnxEncoder(default_model_path())  # the shared export, a fresh pair of sessions
     for text in ("one", "after", "another"):
