@@ -20,6 +20,8 @@ config lets more through). Bodies are bounded in size and nesting before they ar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -39,6 +41,7 @@ import numpy as np
 
 from memcache.cache import MemCache, cache_info
 from memcache.errors import ConfigError, EscalationError, InvalidRequestError, MemcacheError
+from memcache.onnx_encoder import THREADS_ENV
 from memcache.scope import build_scope
 from memcache.types import CacheInfo, PolicyStatus, saving_micro_usd
 
@@ -476,14 +479,15 @@ class _Proxy:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
-def create_app(cache: MemCache, config: ProxyConfig | None = None) -> FastAPI:
-    """The proxy as an ASGI app around an open MemCache (run it with uvicorn)."""
+def create_app(cache: MemCache, config: ProxyConfig | None = None, *, lifespan=None) -> FastAPI:
+    """The proxy as an ASGI app around an open MemCache (run it with uvicorn); `lifespan` is
+    Starlette's, for an app that owns its cache (`worker_app`)."""
     proxy = _Proxy(cache, config or ProxyConfig())
     if not proxy.config.keys:
         log.warning("no [keys] configured: every client is served, and names its tenant in X-Memcache-Tenant")
     if not proxy.config.models:
         log.warning("no [models] configured: clients may ask for any LiteLLM model name, with the server's credentials")
-    app = FastAPI(title="memcache proxy")
+    app = FastAPI(title="memcache proxy", lifespan=lifespan)
     app.get("/healthz")(_healthz)
     app.get("/v1/models")(proxy.guarded(proxy.models))
     app.get("/metrics")(proxy.guarded(proxy.prometheus))
@@ -495,14 +499,13 @@ async def _healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def serve(config_path: str | None, host: str, port: int) -> None:
-    """Run the proxy with uvicorn until interrupted."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ConfigError.missing_extra("server", "uvicorn") from exc
-    config = ProxyConfig.from_file(config_path) if config_path else ProxyConfig()
-    with MemCache(
+CONFIG_ENV = "MEMCACHE_PROXY_CONFIG"  # how `memcache serve --workers N` hands its config to each worker
+
+
+def open_cache(config: ProxyConfig) -> MemCache:
+    """The proxy's MemCache as its config describes it, loaded (the first request should not
+    wait for the index)."""
+    cache = MemCache(
         config.database_url,
         embedding_model=config.embedding_model,
         max_false_hit_rate=config.max_false_hit_rate,
@@ -511,6 +514,46 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         cheap_model=None if config.cheap is None else config.cheap.model,
         cheap_options=None if config.cheap is None else dict(config.cheap.kwargs),
         progress=True,
-    ) as cache:
-        cache.warm_up()  # the first request should not wait for the index
+    )
+    try:
+        cache.warm_up()
+    except BaseException:
+        cache.close()
+        raise
+    return cache
+
+
+def worker_app() -> FastAPI:
+    """One worker of `memcache serve --workers N` (a uvicorn app factory, run in each worker
+    process): its own MemCache on the shared store, closed when the worker stops. The workers
+    follow each other's writes and labels through the store, as any processes on one store do."""
+    path = os.environ.get(CONFIG_ENV) or None
+    config = ProxyConfig.from_file(path) if path else ProxyConfig()
+    cache = open_cache(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(cache.close)  # learning finished, counters flushed, snapshot written
+
+    return create_app(cache, config, lifespan=lifespan)
+
+
+def serve(config_path: str | None, host: str, port: int, workers: int = 1) -> None:
+    """Run the proxy with uvicorn until interrupted: in this process, or in `workers` processes
+    that share the port and the store."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ConfigError.missing_extra("server", "uvicorn") from exc
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a whole number of processes, at least 1 (got {workers!r})")
+    config = ProxyConfig.from_file(config_path) if config_path else ProxyConfig()  # a bad config fails here, once
+    if workers > 1:
+        os.environ[CONFIG_ENV] = str(Path(config_path).resolve()) if config_path else ""
+        os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // workers)))  # a share of the cores each
+        target = f"{__name__}:worker_app"
+        uvicorn.run(target, factory=True, workers=workers, host=host, port=port, log_level="info")
+        return
+    with open_cache(config) as cache:
         uvicorn.run(create_app(cache, config), host=host, port=port, log_level="info")

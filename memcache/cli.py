@@ -141,7 +141,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from memcache.adapters.proxy import serve
 
-    serve(args.config, args.host, args.port)
+    serve(args.config, args.host, args.port, args.workers)
     return 0
 
 
@@ -257,6 +257,12 @@ def _add_serve(sub) -> None:
     server.add_argument("--config", default=None, help="TOML file: database_url, models, keys (see README: the proxy)")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that share the port and the store, each with its own model (default 1)",
+    )
     server.set_defaults(func=cmd_serve)
 
 

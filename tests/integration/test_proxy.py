@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -416,3 +419,47 @@ def test_a_nul_byte_on_postgresql_still_answers_the_client(pg_url, embedder, stu
             "Answer to"
         )
         assert cache.stats().entries == 0
+
+
+def test_serve_with_two_workers_shares_the_port_and_the_store(tmp_path, stub_llm, cli):
+    """`memcache serve --workers 2`: two processes behind one port, each with its own model, on
+    one store; what one stores the other serves, and each flushes its counters when stopped."""
+    url = f"sqlite:///{tmp_path / 'memcache.db'}"
+    config = tmp_path / "memcache.toml"
+    config.write_text(
+        f'database_url = "{url}"\n[models.gpt-test]\nmodel = "openai/stub-strong"\n'
+        f'api_base = "{stub_llm.base_url}"\napi_key = "sk-upstream"\nnum_retries = 0\n[keys]\n"sk-team-a" = "team-a"\n'
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "memcache.cli", "serve", "--config", str(config), "--port", str(port)]
+    server = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while sum("Application startup complete" in line for line in lines) < 2:
+            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}"
+        headers, first = ask(base, "What is the capital of Spain?")
+        assert headers["x-memcache-cache"] == "miss"
+        time.sleep(1.5)  # past both workers' sync interval
+        for _ in range(12):  # a new connection each: the kernel hands them to either worker
+            headers, again = ask(base, "What is the capital of  Spain? ")  # an exact repeat
+            assert headers["x-memcache-cache"] == "hit"
+            assert again.choices[0].message.content == first.choices[0].message.content
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert server.returncode == 0, output[-3000:]
+    assert output.count("Started server process") == 2 and output.count("Application shutdown complete") == 2
+    stats = json.loads(cli(["stats", "--json", "--database-url", url]).stdout)
+    assert stats["entries"] == 1 and stats["lifetime"]["lookups"] == 13 and stats["lifetime"]["strong_calls"] == 1
+
+
+def test_workers_must_be_a_positive_number(cli):
+    result = cli(["serve", "--workers", "0"])
+    assert result.returncode == 2 and "workers must be a whole number of processes" in result.stderr
