@@ -16,9 +16,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The ONNX export goes to a folder of this session (child processes inherit it): the suite
-# proves the first use on every run and never touches the user's own cache.
-os.environ["MEMCACHE_CACHE_DIR"] = tempfile.mkdtemp(prefix="memcache-test-cache-")
+# The ONNX export goes to a folder of this run (child processes and pytest-xdist's workers
+# inherit it): the suite proves the first use on every run and never touches the user's own
+# cache. The process that made the folder removes it (see pytest_unconfigure).
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["MEMCACHE_CACHE_DIR"] = tempfile.mkdtemp(prefix="memcache-test-cache-")
+else:  # workers side by side: each takes its share of the cores (spinning thread pools that
+    # each assume every core slow both down, as `memcache serve --workers` arranges too)
+    share = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for name in ("MEMCACHE_EMBEDDING_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, share)
 
 import numpy as np
 import pytest
@@ -48,10 +55,9 @@ class HashingEmbedder:
         return out
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _session_cache_dir():
-    yield
-    shutil.rmtree(os.environ["MEMCACHE_CACHE_DIR"], ignore_errors=True)
+def pytest_unconfigure(config):
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's own process, after every worker ended
+        shutil.rmtree(os.environ["MEMCACHE_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
