@@ -527,6 +527,11 @@ def worker_app() -> FastAPI:
     """One worker of `memcache serve --workers N` (a uvicorn app factory, run in each worker
     process): its own MemCache on the shared store, closed when the worker stops. The workers
     follow each other's writes and labels through the store, as any processes on one store do."""
+    from tqdm import tqdm
+
+    # A thread lock for progress bars: tqdm's default is also a multiprocessing semaphore, which a
+    # worker leaks when uvicorn ends it by re-raising the stop signal (after the cache is closed).
+    tqdm.set_lock(threading.RLock())
     path = os.environ.get(CONFIG_ENV) or None
     config = ProxyConfig.from_file(path) if path else ProxyConfig()
     cache = open_cache(config)
