@@ -29,9 +29,11 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 import tomllib
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,7 @@ PATH_COUNTERS = (
 )  # fmt: skip
 MAX_BODY_BYTES = 8 * 1024 * 1024  # default bound on a request body (images as data URLs fit)
 MAX_BODY_NESTING = 64  # deepest nesting of lists and objects in a body (memcache.scope.MAX_NESTING)
+PUBLISH_EVERY_S = 1.0  # how often a worker of `serve --workers` publishes its figures for the others' scrapes
 log = logging.getLogger("memcache.proxy")
 
 _JSON_TYPES = {
@@ -234,10 +237,18 @@ def _check_params(body: Mapping[str, Any], allowed: frozenset[str]) -> str | Non
 
 
 class Metrics:
-    """Counters and a latency histogram, rendered as Prometheus text."""
+    """Counters and a latency histogram, rendered as Prometheus text.
 
-    def __init__(self) -> None:
+    With `shared_dir` (the workers of `memcache serve --workers N`) each worker publishes its
+    figures there (`publish`, about every second) and a scrape, whichever worker answers it,
+    renders all of them summed: the counters Prometheus sees never jump from one worker's to
+    another's. The false-hit estimate and the shift hold are the highest any worker reports.
+    """
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
         self._lock = threading.Lock()
+        self.shared_dir = shared_dir
+        self._published_as = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"  # one file per worker
         self.requests = 0
         self.outcomes = {"hit": 0, "miss": 0, "audit": 0}
         self.audited_hits = 0  # hits served while the upstream model checks them
@@ -258,55 +269,123 @@ class Metrics:
             self.buckets[outcome][index] += 1
             self.sums[outcome] += seconds
 
+    def _figures(self, status: PolicyStatus, counters: Mapping[str, int]) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "errors": self.errors,
+                "audited_hits": self.audited_hits,
+                "outcomes": dict(self.outcomes),
+                "buckets": {outcome: list(counts) for outcome, counts in self.buckets.items()},
+                "sums": dict(self.sums),
+                "counters": dict(counters),
+                "shifts_detected": status.shifts_detected,
+                "shift_hold_remaining": status.shift_hold_remaining,
+                "false_hit_rate_estimate": status.estimated_false_hit_rate,
+            }
+
+    def publish(self, status: PolicyStatus, counters: Mapping[str, int]) -> None:
+        """Write this worker's figures where the other workers' scrapes read them (replaced whole)."""
+        if self.shared_dir is None:
+            return
+        target = self.shared_dir / self._published_as
+        temporary = target.with_name(f"{target.name}.tmp")
+        temporary.write_text(json.dumps(self._figures(status, counters)))
+        os.replace(temporary, target)
+
+    def _gathered(self, status: PolicyStatus, counters: Mapping[str, int]) -> dict[str, Any]:
+        """This process's figures, or with `shared_dir` every worker's, summed."""
+        if self.shared_dir is None:
+            return self._figures(status, counters)
+        try:
+            self.publish(status, counters)
+        except OSError as exc:  # this scrape still answers, from this worker's own figures
+            log.warning("could not publish this worker's metrics: %s", exc)
+            return self._figures(status, counters)
+        every = []
+        for path in sorted(self.shared_dir.glob("*.json")):
+            try:
+                every.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # a worker's file is only ever replaced whole; skip the odd one
+                continue
+        return _summed(every)
+
     def render(self, status: PolicyStatus, counters: Mapping[str, int] | None = None) -> str:
         """Prometheus text; the shift figures (changes the policy saw, would-be hits it still holds)
         only where it watches for changes."""
-        false_hit_estimate, bound = status.estimated_false_hit_rate, status.max_false_hit_rate
-        shifts_detected, shift_hold_remaining = status.shifts_detected, status.shift_hold_remaining
-        with self._lock:
-            lines = [
-                "# TYPE memcache_requests_total counter",
-                f"memcache_requests_total {self.requests}",
-                "# TYPE memcache_errors_total counter",
-                f"memcache_errors_total {self.errors}",
-            ]
-            for outcome, plural in (("hit", "hits"), ("miss", "misses"), ("audit", "audits")):
-                lines += [
-                    f"# TYPE memcache_{plural}_total counter",
-                    f"memcache_{plural}_total {self.outcomes[outcome]}",
-                ]
+        figures = self._gathered(status, counters or {})
+        counted = dict(figures["counters"])
+        if counted:
+            saving = saving_micro_usd(counted["lookups"], counted["strong_calls"], counted["spend_micro_usd"],
+                                      counted["cheap_spend_micro_usd"])  # fmt: skip
+            if saving is not None:
+                counted["saving_micro_usd"] = saving
+        estimate, shifts, hold = (
+            figures["false_hit_rate_estimate"], figures["shifts_detected"], figures["shift_hold_remaining"]
+        )  # fmt: skip
+        lines = [
+            "# TYPE memcache_requests_total counter",
+            f"memcache_requests_total {figures['requests']}",
+            "# TYPE memcache_errors_total counter",
+            f"memcache_errors_total {figures['errors']}",
+        ]
+        for outcome, plural in (("hit", "hits"), ("miss", "misses"), ("audit", "audits")):
             lines += [
-                "# TYPE memcache_audited_hits_total counter",
-                f"memcache_audited_hits_total {self.audited_hits}",
-                "# TYPE memcache_false_hit_rate_estimate gauge",
-                f"memcache_false_hit_rate_estimate {'NaN' if false_hit_estimate is None else false_hit_estimate}",
-                "# TYPE memcache_false_hit_rate_bound gauge",
-                f"memcache_false_hit_rate_bound {bound}",
+                f"# TYPE memcache_{plural}_total counter",
+                f"memcache_{plural}_total {figures['outcomes'][outcome]}",
             ]
-            for name in PATH_COUNTERS:  # this process's calls and spend per path (see `Stats`)
-                if counters is not None and name in counters:
-                    kind = "gauge" if name == "saving_micro_usd" else "counter"
-                    suffix = "" if kind == "gauge" else "_total"
-                    lines += [f"# TYPE memcache_{name}{suffix} {kind}", f"memcache_{name}{suffix} {counters[name]}"]
-            if shifts_detected is not None:
-                lines += [
-                    "# TYPE memcache_shifts_detected_total counter",
-                    f"memcache_shifts_detected_total {shifts_detected}",
-                ]
-            if shift_hold_remaining is not None:
-                lines += [
-                    "# TYPE memcache_shift_hold_remaining gauge",
-                    f"memcache_shift_hold_remaining {shift_hold_remaining}",
-                ]
-            lines.append("# TYPE memcache_request_seconds histogram")
-            for outcome, counts in self.buckets.items():
-                running = 0
-                for edge, count in zip((*LATENCY_BUCKETS, "+Inf"), counts):
-                    running += count
-                    lines.append(f'memcache_request_seconds_bucket{{outcome="{outcome}",le="{edge}"}} {running}')
-                lines.append(f'memcache_request_seconds_sum{{outcome="{outcome}"}} {self.sums[outcome]}')
-                lines.append(f'memcache_request_seconds_count{{outcome="{outcome}"}} {running}')
+        lines += [
+            "# TYPE memcache_audited_hits_total counter",
+            f"memcache_audited_hits_total {figures['audited_hits']}",
+            "# TYPE memcache_false_hit_rate_estimate gauge",
+            f"memcache_false_hit_rate_estimate {'NaN' if estimate is None else estimate}",
+            "# TYPE memcache_false_hit_rate_bound gauge",
+            f"memcache_false_hit_rate_bound {status.max_false_hit_rate}",
+        ]
+        for name in PATH_COUNTERS:  # calls and spend per path (see `Stats`)
+            if name in counted:
+                kind = "gauge" if name == "saving_micro_usd" else "counter"
+                suffix = "" if kind == "gauge" else "_total"
+                lines += [f"# TYPE memcache_{name}{suffix} {kind}", f"memcache_{name}{suffix} {counted[name]}"]
+        if shifts is not None:
+            lines += ["# TYPE memcache_shifts_detected_total counter", f"memcache_shifts_detected_total {shifts}"]
+        if hold is not None:
+            lines += ["# TYPE memcache_shift_hold_remaining gauge", f"memcache_shift_hold_remaining {hold}"]
+        lines.append("# TYPE memcache_request_seconds histogram")
+        for outcome, counts in figures["buckets"].items():
+            running = 0
+            for edge, count in zip((*LATENCY_BUCKETS, "+Inf"), counts):
+                running += count
+                lines.append(f'memcache_request_seconds_bucket{{outcome="{outcome}",le="{edge}"}} {running}')
+            lines.append(f'memcache_request_seconds_sum{{outcome="{outcome}"}} {figures["sums"][outcome]}')
+            lines.append(f'memcache_request_seconds_count{{outcome="{outcome}"}} {running}')
         return "\n".join(lines) + "\n"
+
+
+def _summed(every: list[dict[str, Any]]) -> dict[str, Any]:
+    """Workers' figures as one: counts added, the estimate and the hold the highest reported."""
+
+    def highest(name: str) -> Any:
+        values = [f[name] for f in every if f[name] is not None]
+        return max(values) if values else None
+
+    def added(name: str) -> Any:
+        values = [f[name] for f in every if f[name] is not None]
+        return sum(values) if values else None
+
+    outcomes = {outcome: sum(f["outcomes"][outcome] for f in every) for outcome in every[0]["outcomes"]}
+    return {
+        "requests": sum(f["requests"] for f in every),
+        "errors": sum(f["errors"] for f in every),
+        "audited_hits": sum(f["audited_hits"] for f in every),
+        "outcomes": outcomes,
+        "buckets": {o: [sum(column) for column in zip(*(f["buckets"][o] for f in every))] for o in outcomes},
+        "sums": {o: sum(f["sums"][o] for f in every) for o in outcomes},
+        "counters": {n: sum(f["counters"].get(n, 0) for f in every) for n in {n for f in every for n in f["counters"]}},
+        "shifts_detected": added("shifts_detected"),
+        "shift_hold_remaining": highest("shift_hold_remaining"),
+        "false_hit_rate_estimate": highest("false_hit_rate_estimate"),
+    }
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
@@ -375,11 +454,11 @@ def _bearer(request: Request) -> str:
 class _Proxy:
     """The routes' logic around one MemCache and its config; client errors raise `_Refused`."""
 
-    def __init__(self, cache: MemCache, config: ProxyConfig) -> None:
+    def __init__(self, cache: MemCache, config: ProxyConfig, metrics: Metrics) -> None:
         reserved = config.allow_params & {"model", "messages", "tenant"}
         if reserved:
             raise ConfigError(f"allow_params cannot name {sorted(reserved)}: the proxy sets those itself")
-        self.cache, self.config, self.metrics = cache, config, Metrics()
+        self.cache, self.config, self.metrics = cache, config, metrics
 
     def tenant_of(self, request: Request) -> str | None:
         """The configured key's tenant; without keys, X-Memcache-Tenant or a hash of the key."""
@@ -421,11 +500,11 @@ class _Proxy:
         else:
             self.tenant_of(request)
         counters = self.cache.counters()  # a scrape does not touch the store
-        saving = saving_micro_usd(counters["lookups"], counters["strong_calls"], counters["spend_micro_usd"],
-                                  counters["cheap_spend_micro_usd"])  # fmt: skip
-        if saving is not None:
-            counters["saving_micro_usd"] = saving
         return PlainTextResponse(self.metrics.render(self.cache.policy_status(), counters))
+
+    def publish(self) -> None:
+        """This worker's figures, for the scrapes the other workers answer (`Metrics.publish`)."""
+        self.metrics.publish(self.cache.policy_status(), self.cache.counters())
 
     async def chat(self, request: Request):
         started = time.perf_counter()
@@ -479,14 +558,31 @@ class _Proxy:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
-def create_app(cache: MemCache, config: ProxyConfig | None = None, *, lifespan=None) -> FastAPI:
-    """The proxy as an ASGI app around an open MemCache (run it with uvicorn); `lifespan` is
-    Starlette's, for an app that owns its cache (`worker_app`)."""
-    proxy = _Proxy(cache, config or ProxyConfig())
+def create_app(
+    cache: MemCache, config: ProxyConfig | None = None, *, shared_metrics: Path | None = None, owns_cache: bool = False
+) -> FastAPI:
+    """The proxy as an ASGI app around an open MemCache (run it with uvicorn). For a worker of
+    `memcache serve --workers N` (`worker_app`): `shared_metrics`, the folder where the workers'
+    figures meet (see `Metrics`); `owns_cache`, close the cache when the app stops."""
+    proxy = _Proxy(cache, config or ProxyConfig(), Metrics(shared_metrics))
     if not proxy.config.keys:
         log.warning("no [keys] configured: every client is served, and names its tenant in X-Memcache-Tenant")
     if not proxy.config.models:
         log.warning("no [models] configured: clients may ask for any LiteLLM model name, with the server's credentials")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        publisher = asyncio.create_task(_publish_every(proxy, PUBLISH_EVERY_S)) if shared_metrics else None
+        try:
+            yield
+        finally:
+            if publisher is not None:
+                publisher.cancel()
+            if owns_cache:
+                await asyncio.to_thread(cache.close)  # learning finished, counters flushed, snapshot written
+            if shared_metrics is not None:
+                proxy.publish()  # the last figures stay for the scrapes of the workers still running
+
     app = FastAPI(title="memcache proxy", lifespan=lifespan)
     app.get("/healthz")(_healthz)
     app.get("/v1/models")(proxy.guarded(proxy.models))
@@ -495,11 +591,21 @@ def create_app(cache: MemCache, config: ProxyConfig | None = None, *, lifespan=N
     return app
 
 
+async def _publish_every(proxy: _Proxy, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            proxy.publish()
+        except OSError as exc:  # the next round tries again; a scrape here still renders
+            log.warning("could not publish this worker's metrics: %s", exc)
+
+
 async def _healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 CONFIG_ENV = "MEMCACHE_PROXY_CONFIG"  # how `memcache serve --workers N` hands its config to each worker
+METRICS_ENV = "MEMCACHE_PROXY_METRICS_DIR"  # ... and the folder where the workers' figures meet
 
 
 def open_cache(config: ProxyConfig) -> MemCache:
@@ -534,14 +640,8 @@ def worker_app() -> FastAPI:
     tqdm.set_lock(threading.RLock())
     path = os.environ.get(CONFIG_ENV) or None
     config = ProxyConfig.from_file(path) if path else ProxyConfig()
-    cache = open_cache(config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await asyncio.to_thread(cache.close)  # learning finished, counters flushed, snapshot written
-
-    return create_app(cache, config, lifespan=lifespan)
+    shared = os.environ.get(METRICS_ENV)
+    return create_app(open_cache(config), config, shared_metrics=Path(shared) if shared else None, owns_cache=True)
 
 
 def serve(config_path: str | None, host: str, port: int, workers: int = 1) -> None:
@@ -557,8 +657,10 @@ def serve(config_path: str | None, host: str, port: int, workers: int = 1) -> No
     if workers > 1:
         os.environ[CONFIG_ENV] = str(Path(config_path).resolve()) if config_path else ""
         os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // workers)))  # a share of the cores each
-        target = f"{__name__}:worker_app"
-        uvicorn.run(target, factory=True, workers=workers, host=host, port=port, log_level="info")
+        with tempfile.TemporaryDirectory(prefix="memcache-metrics-") as shared:
+            os.environ[METRICS_ENV] = shared
+            target = f"{__name__}:worker_app"
+            uvicorn.run(target, factory=True, workers=workers, host=host, port=port, log_level="info")
         return
     with open_cache(config) as cache:
         uvicorn.run(create_app(cache, config), host=host, port=port, log_level="info")

@@ -449,6 +449,10 @@ def test_serve_with_two_workers_shares_the_port_and_the_store(tmp_path, stub_llm
             headers, again = ask(base, "What is the capital of  Spain? ")  # an exact repeat
             assert headers["x-memcache-cache"] == "hit"
             assert again.choices[0].message.content == first.choices[0].message.content
+        time.sleep(1.5)  # each worker publishes its figures every second
+        for _ in range(4):  # whichever worker answers a scrape, it counts every worker's requests
+            metrics = httpx.get(f"{base}/metrics", headers=AUTH).text
+            assert "memcache_requests_total 13\n" in metrics and "memcache_hits_total 12\n" in metrics
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
