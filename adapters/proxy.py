@@ -131,6 +131,11 @@ class ProxyConfig:
     allow_params: frozenset[str] = frozenset()
     max_body_bytes: int = MAX_BODY_BYTES
 
+    def __post_init__(self) -> None:
+        reserved = self.allow_params & {"model", "messages", "tenant"}
+        if reserved:
+            raise ConfigError(f"allow_params cannot name {sorted(reserved)}: the proxy sets those itself")
+
     @classmethod
     def from_file(cls, path: str | Path) -> ProxyConfig:
         try:
@@ -455,9 +460,6 @@ class _Proxy:
     """The routes' logic around one MemCache and its config; client errors raise `_Refused`."""
 
     def __init__(self, cache: MemCache, config: ProxyConfig, metrics: Metrics) -> None:
-        reserved = config.allow_params & {"model", "messages", "tenant"}
-        if reserved:
-            raise ConfigError(f"allow_params cannot name {sorted(reserved)}: the proxy sets those itself")
         self.cache, self.config, self.metrics = cache, config, metrics
 
     def tenant_of(self, request: Request) -> str | None:

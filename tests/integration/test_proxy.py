@@ -241,7 +241,15 @@ def test_config_file(tmp_path):
 
     unset = "[cheap]\nmodel = 'openai/m'\napi_key_env = 'MEMCACHE_TEST_UNSET_KEY'\n"
     both = "cheap_model = 'openai/m'\n[cheap]\nmodel = 'openai/m'\n"
-    for bad in ("colour = 'blue'\n", "shadow_audits = 'no'\n", "[cheap]\napi_base = 'http://c'\n", unset, both):
+    reserved = "allow_params = ['tenant']\n"  # refused by the file, before `serve --workers` starts any worker
+    for bad in (
+        "colour = 'blue'\n",
+        "shadow_audits = 'no'\n",
+        "[cheap]\napi_base = 'http://c'\n",
+        unset,
+        both,
+        reserved,
+    ):
         path.write_text(bad)
         with pytest.raises(ConfigError):
             ProxyConfig.from_file(path)
