@@ -102,6 +102,7 @@ class Controller:
         self._policy_feed: LabelFeed | None = None  # set by `restore`
         self._cheap_feed: LabelFeed | None = None
         self._follower: threading.Thread | None = None
+        self._hold: tuple[int, int] | None = None  # the store's shift-hold record this instance follows
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Controller:
         labels = list(self.store.iter_labels(limit=self.learning.label_limit, until=highest))
         if labels:
             self.learning.load_labels(labels)
+        self._hold = self.store.shift_hold()
         self.learning.resume_hold(self.store.shift_hold_left())
         self._policy_feed = self._feed_from(highest, cheap=False)
 
@@ -148,12 +150,29 @@ class Controller:
         try:
             if self._policy_feed is not None and self.learning is not None:
                 self._learn_others([r for r in self._policy_feed.new_rows() if len(r[0]) == len(FEATURE_NAMES)])
+                self._follow_hold()
             if self._cheap_feed is not None and self.cheap_gate is not None:
                 for features, correct, claimed, _ in self._cheap_feed.new_rows():
                     if len(features) == len(GATE_FEATURES):  # another feature set: an older version's
                         self.cheap_gate.observe(features, correct, claimed)
         except StoreError as exc:  # the next sync reads them
             log.warning("labels of other instances not read yet: %s", exc)
+
+    def _follow_hold(self) -> None:
+        """A hold another instance started after its shift alarm holds this one too, and every
+        instance's audits count toward it: they serve the same traffic, and learn each other's
+        audit claims."""
+        record = self.store.shift_hold()
+        if record is None or (record == self._hold and not self.learning.holding):
+            return
+        left = self.store.shift_hold_left()
+        if record != self._hold:
+            self._hold = record
+            if left and self.learning.shift_detector is not None:
+                log.warning("a traffic shift detected by another instance: escalating the next %d would-be hits", left)
+            self.learning.resume_hold(left)
+        else:
+            self.learning.shorten_hold(left)
 
     def _learn_others(self, rows: list[tuple[list[float], bool, float | None, int | None]]) -> None:
         """Teach the policy labels other instances paid for, as their own are taught (`learn`):
@@ -184,7 +203,7 @@ class Controller:
         if (
             decision.shift_detected and self.learning is not None
         ):  # one store write per alarm: a restart resumes the hold
-            self.store.start_shift_hold(self.learning.shift_hold_audits)
+            self._hold = self.store.start_shift_hold(self.learning.shift_hold_audits)
         hit = None
         if decision.action == "hit":
             row = self.memory.answer(decision.entry_id, scope.key)

@@ -484,6 +484,13 @@ class CalibratedPolicy:
         with self._lock:
             self._hold_left = max(self._hold_left, min(int(audits), self.shift_hold_audits))
 
+    def shorten_hold(self, audits: int) -> None:
+        """Owe at most `audits` more would-be hits unserved: what the store says the instances on
+        it still owe the hold together (their audits all count toward it, and their claims reach
+        every instance's claim check)."""
+        with self._lock:
+            self._hold_left = min(self._hold_left, max(0, int(audits)))
+
     def _on_shift(self) -> None:
         """Check the new traffic before serving it: the next would-be hits are audits, unserved.
 

@@ -653,32 +653,46 @@ class Store:
             rows = conn.execute(query.order_by(order.desc()).limit(limit)).all()
         return rows[::-1]
 
-    def start_shift_hold(self, audits: int) -> None:
-        """Record that a hold of `audits` audits starts now (after a detected traffic shift).
+    def start_shift_hold(self, audits: int) -> tuple[int, int]:
+        """Record that a hold of `audits` audits starts now (after a detected traffic shift);
+        returns the record, as `shift_hold` reads it.
 
-        Kept as the newest label id at the alarm: the audits stored after it are the ones the
-        hold has had, so `shift_hold_left` needs no write per audit.
+        Kept as the newest label id at the alarm: the audits stored after it, by any instance,
+        are the ones the hold has had, so `shift_hold_left` needs no write per audit.
         """
+        record: list[tuple[int, int]] = []
 
         def work(conn: Connection) -> None:
             after = conn.execute(select(func.max(LabelRow.id))).scalar() or 0
             set_meta(conn, "shift_hold", json.dumps({"after_label_id": after, "audits": int(audits)}))
+            record[:] = [(after, int(audits))]
 
         self._transact("recording a shift hold", work)
+        return record[0]
+
+    def shift_hold(self) -> tuple[int, int] | None:
+        """The last recorded hold as (newest label id at its alarm, audits it asked for), or None:
+        one small read, so other instances can tell a new hold at each sync."""
+        with self._read("reading the shift hold") as conn:
+            value = get_meta(conn, "shift_hold")
+        if value is None:
+            return None
+        hold = json.loads(value)
+        return int(hold["after_label_id"]), int(hold["audits"])
 
     def shift_hold_left(self) -> int:
         """Audits still owed by the last recorded hold (0 if none): what a restart resumes."""
+        record = self.shift_hold()
+        if record is None:
+            return 0
+        after, audits = record
         with self._read("reading the shift hold") as conn:
-            value = get_meta(conn, "shift_hold")
-            if value is None:
-                return 0
-            hold = json.loads(value)
             done = conn.execute(
                 select(func.count())
                 .select_from(LabelRow)
-                .where(LabelRow.id > hold["after_label_id"], LabelRow.claimed_confidence.is_not(None))
+                .where(LabelRow.id > after, LabelRow.claimed_confidence.is_not(None))
             ).scalar_one()
-        return max(0, int(hold["audits"]) - done)
+        return max(0, audits - done)
 
     def counts(self) -> tuple[int, int, int]:
         """(entries, keys, labels)."""

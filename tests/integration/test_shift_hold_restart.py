@@ -81,3 +81,37 @@ def test_no_hold_is_resumed_without_a_recorded_shift(db_url, embedder):
     with MemCache(db_url, embedder=embedder, policy=restarted) as cache:
         cache.lookup(NEAR[0])
         assert not restarted.holding
+
+
+def test_a_hold_one_instance_starts_holds_the_others_and_their_audits_count_toward_it(url, embedder):
+    """Instances on one store serve the same traffic: a shift one of them detects holds every
+    one of them (at its next sync), and an audit any of them stores shortens the hold for all."""
+    with (
+        MemCache(
+            url, embedder=embedder, policy=small_policy(), sync_interval=None, relabel_in_background=False
+        ) as alarmed,
+        MemCache(
+            url, embedder=embedder, policy=small_policy(), sync_interval=None, relabel_in_background=False
+        ) as other,
+    ):  # syncs only when told, and each sync learns inline
+        for question, answer in STORED.items():
+            alarmed.write_back(question, answer)
+        other.sync()
+        assert not other.policy.holding
+        for i in range(30):
+            alarmed.lookup(NEAR[i % len(NEAR)])
+        for question in FAR:
+            alarmed.lookup(question)
+            if alarmed.policy.shifts_detected:
+                break
+        assert alarmed.policy.hold_remaining == HOLD
+        other.sync()
+        assert other.policy.holding and other.policy.hold_remaining == HOLD
+        assert other.policy.shifts_detected == []  # its own detector saw nothing
+        result = other.lookup("what documents do I need to renew a passport")  # the other's audit ...
+        audit = replace(result, decision=replace(result.decision, action="audit", confidence=0.9, held=True))
+        other.write_back(audit, STORED["How do I renew my passport?"])
+        alarmed.sync()  # ... counts toward the alarmed instance's hold
+        assert alarmed.policy.hold_remaining == alarmed.store.shift_hold_left() == HOLD - 1
+        other.sync()
+        assert other.policy.hold_remaining == HOLD - 1
