@@ -122,7 +122,7 @@ class Controller:
         if labels:
             self.learning.load_labels(labels)
         self._hold = self.store.shift_hold()
-        self.learning.resume_hold(self.store.shift_hold_left())
+        self.learning.resume_hold(self.store.shift_hold_left(self._hold))
         self._policy_feed = self._feed_from(highest, cheap=False)
 
     def _feed_from(self, highest: int, *, cheap: bool) -> LabelFeed:
@@ -165,7 +165,7 @@ class Controller:
         record = self.store.shift_hold()
         if record is None or (record == self._hold and not self.learning.holding):
             return
-        left = self.store.shift_hold_left()
+        left = self.store.shift_hold_left(record)
         if record != self._hold:
             self._hold = record
             if left and self.learning.shift_detector is not None:

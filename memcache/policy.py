@@ -528,10 +528,11 @@ class CalibratedPolicy:
 
         Takes effect at the next refit (the label of the same audit, passed to `observe`,
         usually triggers one). `elsewhere`: another instance on the store served and audited it
-        (read at a sync). Its claim counts the same; it does not count toward this instance's
-        shift hold (that checks this instance's traffic); and it says that instance served at
-        least 1 / `max_audit_rate` hits, which the warm-up counts: the bound is over every hit
-        served from the store, and a restart resumes the warm-up the same way.
+        (read at a sync). Its claim counts the same; it shortens a shift hold through the
+        store's count of the hold's audits (`shorten_hold`), not here, where it would count twice;
+        and it says that instance served at least 1 / `max_audit_rate` hits, which the warm-up
+        counts: the bound is over every hit served from the store, and a restart resumes the
+        warm-up the same way.
         """
         with self._lock:
             self._claims.append((float(claimed_confidence), bool(correct)))

@@ -162,6 +162,15 @@ def _add_answer(
     return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True, checked=checked)
 
 
+def _hold_record(conn: Connection) -> tuple[int, int] | None:
+    """The shift hold's record in the meta table (`Store.shift_hold`)."""
+    value = get_meta(conn, "shift_hold")
+    if value is None:
+        return None
+    hold = json.loads(value)
+    return int(hold["after_label_id"]), int(hold["audits"])
+
+
 def _up_to(query, table, until: int | None):
     return query if until is None else query.where(table.id <= until)
 
@@ -660,33 +669,28 @@ class Store:
         Kept as the newest label id at the alarm: the audits stored after it, by any instance,
         are the ones the hold has had, so `shift_hold_left` needs no write per audit.
         """
-        record: list[tuple[int, int]] = []
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> tuple[int, int]:
             after = conn.execute(select(func.max(LabelRow.id))).scalar() or 0
             set_meta(conn, "shift_hold", json.dumps({"after_label_id": after, "audits": int(audits)}))
-            record[:] = [(after, int(audits))]
+            return after, int(audits)
 
-        self._transact("recording a shift hold", work)
-        return record[0]
+        return self._transact("recording a shift hold", work)
 
     def shift_hold(self) -> tuple[int, int] | None:
         """The last recorded hold as (newest label id at its alarm, audits it asked for), or None:
         one small read, so other instances can tell a new hold at each sync."""
         with self._read("reading the shift hold") as conn:
-            value = get_meta(conn, "shift_hold")
-        if value is None:
-            return None
-        hold = json.loads(value)
-        return int(hold["after_label_id"]), int(hold["audits"])
+            return _hold_record(conn)
 
-    def shift_hold_left(self) -> int:
-        """Audits still owed by the last recorded hold (0 if none): what a restart resumes."""
-        record = self.shift_hold()
-        if record is None:
-            return 0
-        after, audits = record
+    def shift_hold_left(self, record: tuple[int, int] | None = None) -> int:
+        """Audits still owed by the last recorded hold (0 if none): what a restart resumes.
+        `record`: that hold as `shift_hold` just read it (else it is read here)."""
         with self._read("reading the shift hold") as conn:
+            record = record or _hold_record(conn)
+            if record is None:
+                return 0
+            after, audits = record
             done = conn.execute(
                 select(func.count())
                 .select_from(LabelRow)
