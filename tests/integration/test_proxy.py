@@ -461,6 +461,14 @@ def test_serve_with_two_workers_shares_the_port_and_the_store(tmp_path, stub_llm
         for _ in range(4):  # whichever worker answers a scrape, it counts every worker's requests
             metrics = httpx.get(f"{base}/metrics", headers=AUTH).text
             assert "memcache_requests_total 13\n" in metrics and "memcache_hits_total 12\n" in metrics
+        calls = len(stub_llm.calls)
+        for _ in range(4):  # each worker refuses what a client may not choose, and a broken body
+            routed = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "api_base": "http://x/v1"}
+            assert httpx.post(f"{base}/v1/chat/completions", json=routed, headers=AUTH).status_code == 400
+            broken = httpx.post(f"{base}/v1/chat/completions", content=b'{"model": "gpt-test", "messages": 5}',
+                                headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+            assert broken.status_code == 400
+        assert len(stub_llm.calls) == calls
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
