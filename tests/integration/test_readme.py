@@ -24,7 +24,7 @@ import pytest
 from stub_llm import StubLLM
 
 from memcache import cli
-from memcache.eval import validation, workers
+from memcache.eval import ceiling, validation, workers
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"```(python|bash)\n(.*?)```", re.DOTALL)
@@ -89,6 +89,8 @@ def run_shell_block(code: str) -> None:
             )  # parses (its streams: test_validation_streams)
         elif argv[:3] == ["python", "-m", "memcache.eval.workers"]:
             assert workers.build_parser().parse_args(argv[3:]).data.endswith(".jsonl")  # run by test_multi_instance
+        elif argv[:3] == ["python", "-m", "memcache.eval.ceiling"]:
+            assert ceiling.build_parser().parse_args(argv[3:]).data.endswith(".jsonl")  # run by test_ceiling
         elif argv[0] == "memcache" and argv[1] in MEASURING:
             cli.build_parser().parse_args(argv[1:])  # parses; run on subsets by test_eval / test_bench
         elif argv[0] == "memcache" and argv[-1] == "&":
