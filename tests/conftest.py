@@ -55,6 +55,17 @@ class HashingEmbedder:
         return out
 
 
+def pytest_addoption(parser, pluginmanager):
+    """Without pytest-xdist (installed by `[dev]`), pyproject's `--numprocesses=2` still parses: one process."""
+    if not pluginmanager.has_plugin("xdist"):
+        parser.addoption("--numprocesses", default=None, help="pytest-xdist is not installed: ignored")
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("xdist") and config.getoption("numprocesses") not in (None, "0"):
+        print("memcache tests: pytest-xdist is not installed (pip install -e '.[dev]'); running in one process")
+
+
 def pytest_unconfigure(config):
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's own process, after every worker ended
         shutil.rmtree(os.environ["MEMCACHE_CACHE_DIR"], ignore_errors=True)
