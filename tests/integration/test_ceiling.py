@@ -50,3 +50,13 @@ def test_ceiling_on_real_clinc_rows(data_dir, vectors, monkeypatch, tmp_path):
     # a reader that never misses a right answer it is shown can only add right answers
     assert read["correct_rate"] >= alone["correct_rate"] and read["cost"] <= alone["cost"] + 0.05
     assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_a_family_is_its_short_streams(data_dir):
+    args = ceiling.build_parser().parse_args([str(data_dir / "clinc150.jsonl"), "--family", "validation"])
+    streams = ceiling._streams(args)
+    assert len(streams) == 20 and {name["kind"] for name, _, _ in streams} == {
+        "one domain, train, 1,000", "one domain, test+val, 750", "three domains, test, 1,350"
+    }  # fmt: skip
+    for _, rows, limit in streams:
+        assert rows and {r.label for r in rows}.isdisjoint({"oos"}) and limit in (None, 1000)
