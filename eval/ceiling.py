@@ -198,27 +198,24 @@ def ceiling(
     p_hit = scores(x, y, texts, streams, learn, model)
     out = []
     for accuracy in accuracies:
-        replies: dict[int, tuple[int, tuple[float, ...], bool]] = {}
+        replies: dict[int, tuple[tuple[float, ...], bool]] = {}  # row: (features, right) of a reply naming a pair
         if accuracy is not None:
-            for seed in seeds:
-                reader = SimulatedCheapModel(accuracy, abstain, cost, seed=seed)
-                for i, (s, t, hood) in enumerate(rows):
-                    if s != seed:
-                        continue
-                    label = orders[seed][t + 1].label
-                    parsed = cheap.parse_reply(reader.reply(label, hood.pairs), hood.pairs)
-                    if parsed is not None:
-                        used = hood.pairs[parsed.used].similarity
-                        others = max((p.similarity for j, p in enumerate(hood.pairs) if j != parsed.used), default=0.0)
-                        extra = (p_hit[i], float(parsed.used == 0), float(parsed.used), used, used - others)
-                        replies[i] = (seed, (*hood.features, *extra), parsed.used == hood.right)
+            readers = {seed: SimulatedCheapModel(accuracy, abstain, cost, seed=seed) for seed in seeds}
+            for i, (seed, t, hood) in enumerate(rows):
+                label = orders[seed][t + 1].label
+                parsed = cheap.parse_reply(readers[seed].reply(label, hood.pairs), hood.pairs)
+                if parsed is not None:
+                    used = hood.pairs[parsed.used].similarity
+                    others = max((p.similarity for j, p in enumerate(hood.pairs) if j != parsed.used), default=0.0)
+                    extra = (p_hit[i], float(parsed.used == 0), float(parsed.used), used, used - others)
+                    replies[i] = ((*hood.features, *extra), parsed.used == hood.right)
         keys = sorted(replies)
         p_reply = (
-            scores(np.array([replies[i][1] for i in keys]), np.array([replies[i][2] for i in keys]),
+            scores(np.array([replies[i][0] for i in keys]), np.array([replies[i][1] for i in keys]),
                    [texts[i] for i in keys], [streams[i] for i in keys], learn, model)
             if keys else np.zeros(0)
         )  # fmt: skip
-        scored = {i: (float(p), replies[i][2]) for i, p in zip(keys, p_reply)}
+        scored = {i: (float(p), replies[i][1]) for i, p in zip(keys, p_reply)}
         for seed in seeds:
             mine = [i for i, s in enumerate(streams) if s == seed]
             hit = (p_hit[mine], y[mine])
