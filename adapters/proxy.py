@@ -370,13 +370,9 @@ class Metrics:
 def _summed(every: list[dict[str, Any]]) -> dict[str, Any]:
     """Workers' figures as one: counts added, the estimate and the hold the highest reported."""
 
-    def highest(name: str) -> Any:
+    def reported(name: str, combine) -> Any:  # None where no worker reports it
         values = [f[name] for f in every if f[name] is not None]
-        return max(values) if values else None
-
-    def added(name: str) -> Any:
-        values = [f[name] for f in every if f[name] is not None]
-        return sum(values) if values else None
+        return combine(values) if values else None
 
     outcomes = {outcome: sum(f["outcomes"][outcome] for f in every) for outcome in every[0]["outcomes"]}
     return {
@@ -387,9 +383,9 @@ def _summed(every: list[dict[str, Any]]) -> dict[str, Any]:
         "buckets": {o: [sum(column) for column in zip(*(f["buckets"][o] for f in every))] for o in outcomes},
         "sums": {o: sum(f["sums"][o] for f in every) for o in outcomes},
         "counters": {n: sum(f["counters"].get(n, 0) for f in every) for n in {n for f in every for n in f["counters"]}},
-        "shifts_detected": added("shifts_detected"),
-        "shift_hold_remaining": highest("shift_hold_remaining"),
-        "false_hit_rate_estimate": highest("false_hit_rate_estimate"),
+        "shifts_detected": reported("shifts_detected", sum),
+        "shift_hold_remaining": reported("shift_hold_remaining", max),
+        "false_hit_rate_estimate": reported("false_hit_rate_estimate", max),
     }
 
 
