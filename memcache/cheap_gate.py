@@ -37,12 +37,12 @@ from memcache.policy import LabelBuffer
 
 GATE_FEATURES = (
     "similarity", "margin", "agreement", "entry_gap", "log_odds_if_nearest_used", "log_odds_if_other_used",
-    "used_nearest", "used_similarity", "used_margin",
+    "used_nearest", "used_rank", "used_similarity", "used_margin",
 )  # fmt: skip
 _LOGIT_CLIP = 1e-4  # the confidence enters as log-odds, split by the pair used: a reply that names the nearest
 # entry is right with odds = that entry's odds x how much likelier the model names a right entry than a wrong
 # one; a reply that names another is likelier right the less likely the nearest was. A linear model over
-# these (no pairwise products) has 10 weights, few enough for the hundreds of labels a young cheap path has.
+# these (no pairwise products) has 11 weights, few enough for the hundreds of labels a young cheap path has.
 _HIT_FEATURES = (0, 1, 2, 9)  # of `memcache.policy.FEATURE_NAMES`: similarity, margin, agreement, entry_gap
 
 
@@ -51,15 +51,22 @@ def gate_features(
 ) -> tuple[float, ...]:
     """The lookup's own neighbourhood as the hit policy saw it, with its confidence that the
     nearest entry is right (learned from every paid answer, so the cheap path starts from what
-    the hit policy knows), and the pair the reply used: whether it is the nearest, its
-    similarity, and its margin over the best other pair."""
+    the hit policy knows), and the pair the reply used: whether it is the nearest, how many
+    nearer pairs it passed over (a reader that skips them has judged them, and what that is
+    worth differs by model, so the labels weigh it), its similarity, and its margin over the
+    best other pair."""
     used = pairs[reply.used].similarity
     others = max((p.similarity for i, p in enumerate(pairs) if i != reply.used), default=0.0)
     p = min(max(float(confidence), _LOGIT_CLIP), 1.0 - _LOGIT_CLIP)
     log_odds, nearest_used = math.log(p / (1.0 - p)), reply.used == 0
     neighbourhood = tuple(float(hit_features[i]) for i in _HIT_FEATURES)
     split = (log_odds, 0.0) if nearest_used else (0.0, log_odds)
-    return (*neighbourhood, *split, float(nearest_used), used, used - others)
+    return (*neighbourhood, *split, float(nearest_used), float(reply.used), used, used - others)
+
+
+def _check(features: Sequence[float]) -> None:
+    if len(features) != len(GATE_FEATURES):
+        raise ConfigError(f"expected {len(GATE_FEATURES)} features {GATE_FEATURES}, got {len(features)}")
 
 
 class CheapGate:
@@ -186,6 +193,7 @@ class CheapGate:
 
     def decide(self, features: Sequence[float]) -> tuple[str, float]:
         """("serve" | "audit" | "escalate", confidence) for a reply with these features."""
+        _check(features)
         with self._lock:
             self._recent.append(tuple(features))
             confidence = self._confidence(features)
@@ -202,8 +210,7 @@ class CheapGate:
     def observe(self, features: Sequence[float], correct: bool, claimed: float | None = None) -> None:
         """A reply the strong model was asked about too: was the cheap answer right? `claimed`
         is the confidence it was served with, for an audit."""
-        if len(features) != len(GATE_FEATURES):
-            raise ConfigError(f"expected {len(GATE_FEATURES)} features {GATE_FEATURES}, got {len(features)}")
+        _check(features)
         with self._lock:
             self._labels.append(features, bool(correct), None)
             self._observed += 1

@@ -38,7 +38,7 @@ def trained_gate(**settings) -> CheapGate:
     for i in range(1000):
         close = i % 2 == 0
         s = 0.55 + 0.45 * (i % 97) / 97 if close else 0.35 * (i % 89) / 89
-        features = [s, 0.1, 1.0, -0.1, -9.21, 0.0, 1.0, s, 0.1]  # a fresh hit policy's log-odds
+        features = [s, 0.1, 1.0, -0.1, -9.21, 0.0, 1.0, 0.0, s, 0.1]  # a fresh hit policy's log-odds
         rows.append((features, close, None))
     gate.load(rows)
     assert gate.threshold is not None

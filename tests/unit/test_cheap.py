@@ -58,7 +58,13 @@ def test_features_say_which_pair_the_reply_used():
     assert len(other) == len(nearest) == len(GATE_FEATURES)
     assert other[4:6] == (0.0, pytest.approx(2.1972, abs=1e-4))  # the log-odds of 0.9, where another pair was used
     assert nearest[4:6] == (pytest.approx(2.1972, abs=1e-4), 0.0)
-    assert other[6:] == (0.0, 0.62, pytest.approx(0.62 - 0.91)) and nearest[6:] == (1.0, 0.91, pytest.approx(0.29))
+    assert other[6:] == (0.0, 1.0, 0.62, pytest.approx(0.62 - 0.91))  # not the nearest: the second pair
+    assert nearest[6:] == (1.0, 0.0, 0.91, pytest.approx(0.29))
+
+
+def _reply(s: float) -> list[float]:
+    """The features of a reply that names the nearest pair, at similarity `s`."""
+    return [s, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.0, s, 0.1]
 
 
 def _labels(n: int, noise: float, rng: random.Random):
@@ -67,7 +73,7 @@ def _labels(n: int, noise: float, rng: random.Random):
     for _ in range(n):
         s = rng.random()
         correct = (s > 0.5) != (rng.random() < noise)
-        rows.append(([s, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, s, 0.1], correct, None))
+        rows.append((_reply(s), correct, None))
     return rows
 
 
@@ -77,10 +83,21 @@ def test_the_gate_serves_only_what_its_labels_certify():
     clean.load(_labels(1000, 0.0, rng))
     noisy.load(_labels(1000, 0.15, rng))  # 15% of replies wrong wherever they fall: nothing is safe
     assert clean.threshold is not None and clean.bound <= 0.02
-    assert clean.decide([0.95, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.95, 0.1])[0] in ("serve", "audit")
-    assert clean.decide([0.05, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.05, 0.1])[0] == "escalate"
+    assert clean.decide(_reply(0.95))[0] in ("serve", "audit")
+    assert clean.decide(_reply(0.05))[0] == "escalate"
     assert noisy.threshold is None
-    assert noisy.decide([0.95, 0.1, 1.0, -0.1, 0.0, 0.0, 1.0, 0.95, 0.1])[0] == "escalate"
+    assert noisy.decide(_reply(0.95))[0] == "escalate"
+    with pytest.raises(ConfigError):  # another feature set: refused, and nothing is counted
+        clean.decide(_reply(0.95)[:-1])
+
+
+def test_labels_of_an_older_feature_set_are_not_loaded():
+    rng = random.Random(1)
+    gate = CheapGate(0.02, seed=0)
+    current = _labels(50, 0.0, rng)
+    older = [(features[:7] + features[8:], correct, claimed) for features, correct, claimed in current]  # no rank
+    gate.load(older + current)
+    assert gate.labels == 50
 
 
 def test_a_cheap_model_that_never_pays_is_asked_only_within_the_learning_budget():
