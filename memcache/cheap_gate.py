@@ -26,7 +26,7 @@ import math
 import random
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -131,6 +131,7 @@ class CheapGate:
         self._served = 0
         self._asked = self._unserved = self._strong_calls = 0
         self._prices: dict[str, deque[float]] = {"cheap": deque(maxlen=200), "strong": deque(maxlen=200)}
+        self._hits_served: Callable[[], int] = lambda: 0
 
     # -- asking -------------------------------------------------------------------------------
 
@@ -178,8 +179,17 @@ class CheapGate:
 
     @property
     def target(self) -> float:
-        """The rate the cut-off is certified against: lower while the first answers are served."""
-        return certify.warmup_target(self.max_false_answer_rate, self._served, self.warmup_hits, self.warmup_share)
+        """The rate the cut-off is certified against: lower while the first answers are served.
+
+        The warm-up keeps the running rate of answers served without the strong model under
+        the bound while few have been served; the hits count among them (`count_hits_with`), so
+        a cheap path that starts beside hundreds of hits starts at the whole bound."""
+        served = self._served + self._hits_served()
+        return certify.warmup_target(self.max_false_answer_rate, served, self.warmup_hits, self.warmup_share)
+
+    def count_hits_with(self, hits_served: Callable[[], int]) -> None:
+        """Where the warm-up reads how many hits were served (the hit policy's count)."""
+        self._hits_served = hits_served
 
     def confidence(self, features: Sequence[float]) -> float:
         with self._lock:

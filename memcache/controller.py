@@ -84,6 +84,8 @@ class Controller:
         self.policy = policy
         self.cheap_gate = cheap_gate
         self.learning = policy if isinstance(policy, LearningPolicy) else None
+        if cheap_gate is not None and self.learning is not None:
+            cheap_gate.count_hits_with(lambda: getattr(self.learning, "served", 0))  # `CalibratedPolicy.served`
         self.memory = memory
         self.store = memory.store
         self.judge = judge

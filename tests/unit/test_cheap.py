@@ -91,6 +91,17 @@ def test_the_gate_serves_only_what_its_labels_certify():
         clean.decide(_reply(0.95)[:-1])
 
 
+def test_hits_served_count_toward_the_gates_warm_up():
+    gate = CheapGate(0.02, warmup_hits=300, warmup_share=0.75, seed=0)
+    assert gate.target == pytest.approx(0.015)  # nothing served yet: three quarters of the bound
+    hits = 0
+    gate.count_hits_with(lambda: hits)
+    hits = 150
+    assert gate.target == pytest.approx(0.0175)
+    hits = 1000
+    assert gate.target == pytest.approx(0.02)  # beside a thousand hits, a cheap path starts at the whole bound
+
+
 def test_labels_of_an_older_feature_set_are_not_loaded():
     rng = random.Random(1)
     gate = CheapGate(0.02, seed=0)
