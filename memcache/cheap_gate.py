@@ -293,5 +293,6 @@ class CheapGate:
             return {
                 "cheap_threshold": self.threshold,
                 "cheap_estimated_false_answer_rate": self.bound,
+                "cheap_target": self.target,
                 "cheap_labels": self._observed,
             }

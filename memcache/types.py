@@ -246,6 +246,7 @@ class Stats:
     unpriced_calls: int = 0
     cheap_threshold: float | None = None
     cheap_estimated_false_answer_rate: float | None = None
+    cheap_target: float | None = None
     cheap_labels: int | None = None
     lifetime: Mapping[str, int] = field(default_factory=dict)
 
