@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from memcache import cheap
+from memcache.cheap_gate import used_pair_features
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.eval.commands import load_stream, parse_where
 from memcache.eval.data import OOS, LabeledQuery, load_intents
@@ -205,9 +206,7 @@ def ceiling(
                 label = orders[seed][t + 1].label
                 parsed = cheap.parse_reply(readers[seed].reply(label, hood.pairs), hood.pairs)
                 if parsed is not None:
-                    used = hood.pairs[parsed.used].similarity
-                    others = max((p.similarity for j, p in enumerate(hood.pairs) if j != parsed.used), default=0.0)
-                    extra = (p_hit[i], float(parsed.used == 0), float(parsed.used), used, used - others)
+                    extra = (p_hit[i], *used_pair_features(hood.pairs, parsed))  # as the gate sees the pair
                     replies[i] = ((*hood.features, *extra), parsed.used == hood.right)
         keys = sorted(replies)
         p_reply = (

@@ -55,13 +55,19 @@ def gate_features(
     nearer pairs it passed over (a reader that skips them has judged them, and what that is
     worth differs by model, so the labels weigh it), its similarity, and its margin over the
     best other pair."""
+    p = min(max(float(confidence), _LOGIT_CLIP), 1.0 - _LOGIT_CLIP)
+    log_odds = math.log(p / (1.0 - p))
+    neighbourhood = tuple(float(hit_features[i]) for i in _HIT_FEATURES)
+    split = (log_odds, 0.0) if reply.used == 0 else (0.0, log_odds)
+    return (*neighbourhood, *split, *used_pair_features(pairs, reply))
+
+
+def used_pair_features(pairs: Sequence[MemoryPair], reply: CheapReply) -> tuple[float, float, float, float]:
+    """The pair a reply used: whether it is the nearest, its rank, its similarity, and its margin
+    over the best other pair (the last four of `GATE_FEATURES`)."""
     used = pairs[reply.used].similarity
     others = max((p.similarity for i, p in enumerate(pairs) if i != reply.used), default=0.0)
-    p = min(max(float(confidence), _LOGIT_CLIP), 1.0 - _LOGIT_CLIP)
-    log_odds, nearest_used = math.log(p / (1.0 - p)), reply.used == 0
-    neighbourhood = tuple(float(hit_features[i]) for i in _HIT_FEATURES)
-    split = (log_odds, 0.0) if nearest_used else (0.0, log_odds)
-    return (*neighbourhood, *split, float(nearest_used), float(reply.used), used, used - others)
+    return float(reply.used == 0), float(reply.used), used, used - others
 
 
 def _check(features: Sequence[float]) -> None:
