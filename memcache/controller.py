@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
@@ -34,6 +35,8 @@ from memcache.types import CacheHit, CheapVerdict, Label, LookupResult, Scope, S
 NEIGHBOURS = 10  # in-scope keys the policy sees per lookup (its features are defined on ten)
 AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
 MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit makes its caller wait again
+PEER_SHARE_FRESH_S = 30.0  # an instance whose share of the shift test is older than this has stopped or is idle
+PUBLISH_ALONE_S = 5.0  # with no other instance seen, a share is published this often (with one, at every sync)
 HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
 COUNTERS = (
     "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
@@ -105,6 +108,8 @@ class Controller:
         self._cheap_feed: LabelFeed | None = None
         self._follower: threading.Thread | None = None
         self._hold: tuple[int, int] | None = None  # the store's shift-hold record this instance follows
+        self._shift_share: tuple | None = None  # the shift test's share last published, and the lookups then
+        self._shift_shared_at = -PUBLISH_ALONE_S  # when (time.monotonic)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class Controller:
             if self._policy_feed is not None and self.learning is not None:
                 self._learn_others([r for r in self._policy_feed.new_rows() if len(r[0]) == len(FEATURE_NAMES)])
                 self._follow_hold()
+                self._pool_shift_test()
             if self._cheap_feed is not None and self.cheap_gate is not None:
                 for features, correct, claimed, _ in self._cheap_feed.new_rows():
                     if len(features) == len(GATE_FEATURES):  # another feature set: an older version's
@@ -175,6 +181,30 @@ class Controller:
             self.learning.resume_hold(left)
         else:
             self.learning.shorten_hold(left)
+
+    def _pool_shift_test(self) -> None:
+        """Test for a traffic shift on the lookups of every instance on the store together.
+
+        Each instance sees only its share of the traffic, so alone it would see a change after
+        as many more lookups in all as there are instances. It publishes its share of one test
+        (`CalibratedPolicy.shift_counts`) and runs the test on the shares the others published
+        lately; an alarm starts the shared hold, as its own detector's does. A policy without
+        a detector takes no part."""
+        share_of = getattr(self.learning, "shift_counts", None)  # `CalibratedPolicy`'s
+        pooled_shift = getattr(self.learning, "pooled_shift", None)
+        if share_of is None or pooled_shift is None:
+            return
+        peers = self.store.peer_shift_counts(PEER_SHARE_FRESH_S)
+        mine = share_of(len(peers) + 1)
+        if mine is None:
+            return
+        published, now = (mine, self._counters["lookups"]), time.monotonic()
+        alone_lately = not peers and now - self._shift_shared_at < PUBLISH_ALONE_S
+        if published != self._shift_share and not alone_lately:  # an idle instance writes nothing
+            self.store.publish_shift_counts(mine)
+            self._shift_share, self._shift_shared_at = published, now
+        if peers and pooled_shift([mine, *peers]):
+            self._hold = self.store.start_shift_hold(self.learning.shift_hold_audits)
 
     def _learn_others(self, rows: list[tuple[list[float], bool, float | None, int | None]]) -> None:
         """Teach the policy labels other instances paid for, as their own are taught (`learn`):

@@ -475,7 +475,9 @@ class CalibratedPolicy:
         `MemCache` calls it at start-up with what its store says the last hold still owes, so
         a restart during a hold does not resume serving on the unchecked certificate. Capped at
         `shift_hold_audits`, and nothing is held with `detect_shifts=False`: restarting with
-        other settings is how an operator ends a hold early.
+        other settings is how an operator ends a hold early. The controller also calls it when
+        another instance's alarm starts a hold; a hold under way covers the change it saw, so
+        the detector cools down as after an alarm of its own.
         """
         if audits < 0:
             raise ConfigError("audits is a number of audits and must be >= 0")
@@ -483,6 +485,23 @@ class CalibratedPolicy:
             return
         with self._lock:
             self._hold_left = max(self._hold_left, min(int(audits), self.shift_hold_audits))
+            if audits:
+                self.shift_detector.quiet()
+
+    def shift_counts(self, parts: int) -> list[tuple[int, int, int]] | None:
+        """This instance's share of a shift test pooled over `parts` instances on one store
+        (`ShiftDetector.counts`); None without a detector."""
+        with self._lock:
+            return None if self.shift_detector is None else self.shift_detector.counts(parts)
+
+    def pooled_shift(self, shares: list[list[tuple[int, int, int]]]) -> bool:
+        """Test the instances' `shift_counts` summed (this one's among them); an alarm starts a
+        hold as an alarm of this instance's own detector does. True on an alarm."""
+        with self._lock:
+            if self.shift_detector is None or not self.shift_detector.pooled_alarm(shares):
+                return False
+            self._on_shift()
+            return True
 
     def shorten_hold(self, audits: int) -> None:
         """Owe at most `audits` more would-be hits unserved: what the store says the instances on

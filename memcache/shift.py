@@ -60,6 +60,55 @@ class ShiftDetector:
         self._ranks = [int(quantile * (reference - 1)) for _, reference in self.scales]
         self._spreads = [math.sqrt(quantile * (1 - quantile) * (1 / r + 1 / ref)) for r, ref in self.scales]
 
+    def quiet(self) -> None:
+        """Start a cooldown without an alarm of its own: another instance's alarm covers this change."""
+        self._since_alarm = 0
+
+    def counts(self, parts: int) -> list[tuple[int, int, int]]:
+        """This detector's share of a test pooled over `parts` instances that divide the traffic.
+
+        Per scale, (lookups below the cut, recent lookups, reference lookups) over its last
+        recent / `parts` lookups, the cut taken from the reference / `parts` before them. Summed
+        over the instances, these are one detector's windows over all of the traffic, so a
+        change is seen after as many lookups in all as one instance would need; each instance
+        alone would need `parts` times as many. (0, 0, 0) for a scale it has not seen enough for.
+        """
+        size, out = self._size, []
+        slot = (self._seen - 1) % size
+        values = self._window[slot + 1 : slot + 1 + size]  # oldest first
+        for recent, reference in self.scales:
+            mine, before = math.ceil(recent / parts), math.ceil(reference / parts)
+            if self._seen < mine + before:
+                out.append((0, 0, 0))
+                continue
+            span = values[size - mine - before :]
+            rank = int(self.quantile * (before - 1))
+            cut = np.partition(span[:before], rank)[rank]
+            out.append((int(np.count_nonzero(span[before:] < cut)), mine, before))
+        return out
+
+    def pooled_alarm(self, shares: list[list[tuple[int, int, int]]]) -> bool:
+        """The alarm test of `update` on several instances' `counts` summed (this one's among
+        them); True raises the alarm, unless this detector is cooling down from the last one.
+
+        Each instance's count is binomial around the quantile, and its cut carries its own
+        reference's sampling noise, so the variance of the pooled share is the sum of theirs.
+        """
+        if self._since_alarm < self.cooldown:
+            return False
+        for k, (recent, _) in enumerate(self.scales):
+            rows = [share[k] for share in shares if len(share) > k and share[k][1] > 0 and share[k][2] > 0]
+            total = sum(m for _, m, _ in rows)
+            if total < recent:
+                continue
+            below = sum(b for b, _, _ in rows)
+            noise = sum(m * m / ref for _, m, ref in rows) / total**2
+            spread = math.sqrt(self.quantile * (1 - self.quantile) * (1 / total + noise))
+            if (below / total - self.quantile) / spread > self.z:
+                self._since_alarm = 0
+                return True
+        return False
+
     def update(self, similarity: float) -> bool:
         """Add one lookup's top similarity; True when this lookup raises the alarm."""
         size = self._size

@@ -35,6 +35,7 @@ from memcache.schema import (
     EntryRow,
     KeyRow,
     LabelRow,
+    MetaRow,
     create_or_migrate,
     get_meta,
     set_meta,
@@ -43,6 +44,8 @@ from memcache.schema import (
 from memcache.types import CacheEntry, Label, Scope
 
 T = TypeVar("T")
+SHIFT_COUNTS = "shift_counts:"  # meta rows: each instance's share of the pooled shift test, by writer
+SHIFT_COUNTS_KEPT_S = 3600.0
 
 
 def utcnow() -> datetime:
@@ -173,6 +176,18 @@ def _hold_record(conn: Connection) -> tuple[int, int] | None:
 
 def _up_to(query, table, until: int | None):
     return query if until is None else query.where(table.id <= until)
+
+
+def _shift_counts_row():
+    return MetaRow.name.startswith(SHIFT_COUNTS, autoescape=True)
+
+
+def _stamp(value: str) -> float:
+    """When a published share of the shift test was written (0 if unreadable: it is dropped)."""
+    try:
+        return float(json.loads(value)["at"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _retryable(exc: SQLAlchemyError) -> bool:
@@ -697,6 +712,39 @@ class Store:
                 .where(LabelRow.id > after, LabelRow.claimed_confidence.is_not(None))
             ).scalar_one()
         return max(0, audits - done)
+
+    def publish_shift_counts(self, counts: Sequence[Sequence[int]]) -> None:
+        """Keep this instance's share of the pooled shift test (`ShiftDetector.counts`) for the
+        others to read, stamped with the time; drop those of instances silent for an hour."""
+        now = time.time()
+
+        def work(conn: Connection) -> None:
+            rows = conn.execute(select(MetaRow.name, MetaRow.value).where(_shift_counts_row())).all()
+            stale = [name for name, value in rows if now - _stamp(value) > SHIFT_COUNTS_KEPT_S]
+            if stale:
+                conn.execute(delete(MetaRow).where(MetaRow.name.in_(stale)))
+            set_meta(conn, SHIFT_COUNTS + self.writer, json.dumps({"at": now, "counts": [list(c) for c in counts]}))
+
+        self._transact("sharing shift counts", work)
+
+    def peer_shift_counts(self, within_s: float) -> list[list[tuple[int, int, int]]]:
+        """The shares of the pooled shift test the other instances published in the last
+        `within_s` seconds (an instance that stopped drops out)."""
+        now = time.time()
+        with self._read("reading shift counts") as conn:
+            rows = conn.execute(
+                select(MetaRow.value).where(_shift_counts_row(), MetaRow.name != SHIFT_COUNTS + self.writer)
+            ).scalars()
+            values = list(rows)
+        shares = []
+        for value in values:
+            try:
+                share = json.loads(value)
+                if now - float(share["at"]) <= within_s:
+                    shares.append([(int(b), int(m), int(r)) for b, m, r in share["counts"]])
+            except (ValueError, KeyError, TypeError):  # not a share this version wrote: left out
+                continue
+        return shares
 
     def counts(self) -> tuple[int, int, int]:
         """(entries, keys, labels)."""

@@ -3,11 +3,15 @@ a process restarted mid-hold must not resume serving on the certificate the shif
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import select
 
 from memcache import CalibratedPolicy, MemCache, ShiftDetector
+from memcache.schema import MetaRow, set_meta
+from memcache.store import SHIFT_COUNTS, SHIFT_COUNTS_KEPT_S, Store
 
 STORED = {
     "How do I renew my passport?": "Fill in form DS-82 and mail it.",
@@ -115,3 +119,57 @@ def test_a_hold_one_instance_starts_holds_the_others_and_their_audits_count_towa
         assert alarmed.policy.hold_remaining == alarmed.store.shift_hold_left() == HOLD - 1
         other.sync()
         assert other.policy.hold_remaining == HOLD - 1
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_instances_that_divide_the_traffic_test_for_a_shift_together(url, embedder, pooled):
+    """Two instances, each half of the traffic: the change is seen on their lookups together,
+    after about as many in all as one instance with all the traffic needs, and one alarm holds
+    both. Each testing alone would need about twice as many: here none has alarmed yet."""
+    with (
+        MemCache(url, embedder=embedder, policy=small_policy(), sync_interval=None, relabel_in_background=False) as a,
+        MemCache(url, embedder=embedder, policy=small_policy(), sync_interval=None, relabel_in_background=False) as b,
+    ):
+        if not pooled:
+            a.controller._pool_shift_test = b.controller._pool_shift_test = lambda: None
+        for question, answer in STORED.items():
+            a.write_back(question, answer)
+        for i in range(60):
+            (a, b)[i % 2].lookup(NEAR[i % len(NEAR)])
+            a.sync()
+            b.sync()
+        assert a.policy.shifts_detected == b.policy.shifts_detected == []
+        for i, question in enumerate(FAR):  # 12 far questions, 6 each: half the 10 one detector needs
+            (a, b)[i % 2].lookup(question)
+            a.sync()
+            b.sync()
+        alarms = len(a.policy.shifts_detected) + len(b.policy.shifts_detected)
+        if pooled:
+            assert alarms == 1
+            assert a.policy.hold_remaining == b.policy.hold_remaining == a.store.shift_hold_left() == HOLD
+        else:
+            assert alarms == 0 and not a.policy.holding and not b.policy.holding
+
+
+def test_shares_of_the_shift_test_are_read_while_fresh_and_dropped_when_stale(url, monkeypatch):
+    """Each instance reads the shares the others published lately, not its own; an instance
+    silent for an hour is dropped at the next publish; a row this version cannot read is left out."""
+    first, second = Store(url), Store(url)
+    try:
+        first.publish_shift_counts([(3, 25, 75), (0, 0, 0)])
+        assert first.peer_shift_counts(30.0) == []
+        assert second.peer_shift_counts(30.0) == [[(3, 25, 75), (0, 0, 0)]]
+        with first.engine.begin() as conn:
+            set_meta(conn, SHIFT_COUNTS + "not-json", "{")
+        assert second.peer_shift_counts(30.0) == [[(3, 25, 75), (0, 0, 0)]]
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + 60)
+        assert second.peer_shift_counts(30.0) == []  # stopped or idle for longer than asked
+        monkeypatch.setattr(time, "time", lambda: now + 2 * SHIFT_COUNTS_KEPT_S)
+        second.publish_shift_counts([(1, 25, 75), (0, 0, 0)])
+        with first.engine.connect() as conn:
+            names = conn.execute(select(MetaRow.name).where(MetaRow.name.startswith(SHIFT_COUNTS))).scalars().all()
+        assert names == [SHIFT_COUNTS + second.writer]
+    finally:
+        first.close()
+        second.close()

@@ -62,3 +62,52 @@ def test_a_gradual_change_is_seen_by_the_slow_scale():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         ShiftDetector(**kwargs)
+
+
+def dealt(similarities, instances: int, every: int = 1):
+    """Deal a stream round-robin over `instances` detectors and run the pooled test every
+    `every` lookups, as instances on one store do at each sync: where it first alarms."""
+    detectors = [ShiftDetector() for _ in range(instances)]
+    for i, s in enumerate(similarities):
+        if detectors[i % instances].update(s):
+            return i, "alone"
+        if i % every == 0:
+            shares = [d.counts(instances) for d in detectors]
+            if any(d.pooled_alarm(shares) for d in detectors):
+                return i, "pooled"
+    return None, None
+
+
+def test_one_instances_share_is_its_own_test():
+    """Pooled over one instance, the test is the one `update` runs: same counts, same alarm."""
+    rng = np.random.default_rng(2)
+    stream = np.concatenate([rng.normal(0.75, 0.08, 3000), rng.normal(0.55, 0.08, 200)])
+    alone, pooled = ShiftDetector(), ShiftDetector()
+    first_alone = first_pooled = None
+    for i, s in enumerate(stream):
+        if alone.update(s) and first_alone is None:
+            first_alone = i
+        pooled._since_alarm = -(10**9)  # only the pooled test may alarm
+        pooled.update(s)
+        pooled._since_alarm = pooled.cooldown
+        if first_pooled is None and pooled.pooled_alarm([pooled.counts(1)]):
+            first_pooled = i
+    assert first_alone is not None and first_alone == first_pooled
+
+
+def test_instances_that_share_the_traffic_see_a_change_as_one_would():
+    """Four instances, each a quarter of the traffic: alone each sees an abrupt change only after
+    about four times the lookups one instance needs; pooled, about as soon as one instance."""
+    rng = np.random.default_rng(2)
+    before = rng.normal(0.75, 0.08, 3000)
+    after = np.where(rng.random(1500) < 0.4, rng.normal(0.5, 0.08, 1500), rng.normal(0.75, 0.08, 1500))
+    stream = np.concatenate([before, after])
+    one = alarms(ShiftDetector(), stream)[0]
+    apart = min(i for i in (alarms(ShiftDetector(), stream[k::4]) for k in range(4)) for i in i) * 4
+    pooled, how = dealt(stream, 4)
+    assert how == "pooled" and 3000 < pooled <= one + 60 < apart
+
+
+def test_pooling_raises_no_alarm_on_stationary_traffic():
+    rng = np.random.default_rng(5)
+    assert dealt(rng.normal(0.7, 0.1, 20_000), 4, every=10) == (None, None)
