@@ -7,6 +7,11 @@ are), syncing before every lookup. Beside it: the same stream through one instan
 `--own` also the instances learning only from their own paid answers (labels per process, as
 memcache did before it followed the others' labels). One stream of each kind of the family's
 (see `memcache.eval.validation`), several shuffles; every figure is over the whole stream.
+
+`--drift`: the family's two drift streams instead (out-of-scope questions arriving from query
+2,000, or their share rising from query 1,000), beside the instances each testing for the shift
+on its own lookups only (as before the test was pooled); the hits after the change and where
+the alarms came are reported apart.
 """
 
 from __future__ import annotations
@@ -22,37 +27,58 @@ from memcache.cache import MemCache
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.eval.data import OOS, LabeledQuery, load_intents
 from memcache.eval.replay import MemoEmbedder, _answer, _label_of, shuffled
-from memcache.eval.validation import streams_of
+from memcache.eval.validation import out_of_scope_half, streams_of
 
 
-def deal(queries: Sequence[LabeledQuery], workers: int, *, seed: int, embedder, shared: bool = True) -> dict:
-    """Replay `queries` dealt round-robin over `workers` instances on one new store."""
+def deal(
+    queries: Sequence[LabeledQuery],
+    workers: int,
+    *,
+    seed: int,
+    embedder,
+    shared: bool = True,
+    pooled: bool = True,
+    oos_from: int | None = None,
+) -> dict:
+    """Replay `queries` dealt round-robin over `workers` instances on one new store; `shared=False`:
+    each learns only its own labels; `pooled=False`: each tests for a traffic shift on its own
+    lookups only (as before the test was pooled). With `oos_from`, the hits from there on are
+    reported apart, and where (in the whole stream) an instance raised a shift alarm."""
     url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='memcache-workers-')) / 'memcache.db'}"
     caches = [
         MemCache(url, embedder=embedder, seed=seed * 100 + i, relabel_in_background=False, shadow_audits=False,
                  sync_interval=0.0)
         for i in range(workers)
     ]  # fmt: skip
-    if not shared:
-        for cache in caches:
+    for cache in caches:
+        if not shared:
             cache.controller.follow_labels = lambda: None
-    hits = wrong = 0
+        elif not pooled:
+            cache.controller._pool_shift_test = lambda: None
+    hits = wrong = after_hits = after_wrong = 0
     first_hit = None
+    alarms: list[int] = []
     try:
         for position, query in enumerate(queries):
             cache = caches[position % workers]
+            seen = sum(len(c.controller.learning.shifts_detected) for c in caches)
             result = cache.lookup(query.text)
+            if sum(len(c.controller.learning.shifts_detected) for c in caches) > seen:
+                alarms.append(position)
             if result.hit is None:
                 cache.write_back(result, _answer(query.label, position))  # as `replay_intents` pays
                 continue
             hits += 1
             label = _label_of(result.hit.answer)
-            wrong += label != query.label or label == OOS  # an out-of-scope query has no right answer
+            bad = label != query.label or label == OOS  # an out-of-scope query has no right answer
+            wrong += bad
+            if oos_from is not None and position >= oos_from:
+                after_hits, after_wrong = after_hits + 1, after_wrong + bad
             first_hit = position if first_hit is None else first_hit
     finally:
         for cache in caches:
             cache.close()
-    return {
+    run = {
         "queries": len(queries),
         "hits": hits,
         "wrong_hits": wrong,
@@ -60,6 +86,10 @@ def deal(queries: Sequence[LabeledQuery], workers: int, *, seed: int, embedder, 
         "correct_hit_rate": (hits - wrong) / len(queries),
         "first_hit_query": first_hit,
     }
+    if oos_from is not None:
+        run.update(shift_alarms=alarms, hits_after=after_hits, wrong_hits_after=after_wrong,
+                   false_hit_rate_after=after_wrong / after_hits if after_hits else 0.0)  # fmt: skip
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,48 +99,87 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--own", action="store_true", help="also run the workers on their own labels only")
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="the family's drift streams (out-of-scope queries arriving), beside the workers each testing "
+        "for the shift on its own lookups",
+    )
     parser.add_argument("--limit", type=int, help="cut every stream to this many queries")
     parser.add_argument("--json", help="write the report here")
     return parser
+
+
+def _streams(args: argparse.Namespace):
+    """(stream, its rows) for each stream the run replays: the first of each kind of the family's
+    short streams, or with `--drift` its two drift streams."""
+    if args.drift:
+        extra = out_of_scope_half(args.data, args.family)
+        for stream in streams_of(args.family, drift=True):
+            yield stream, load_intents(args.data, stream.splits, {"domain": set(stream.domains)}) + extra
+        return
+    picked = {}
+    for stream in streams_of(args.family):
+        picked.setdefault(stream.kind, stream)
+    for stream in picked.values():
+        yield stream, load_intents(args.data, stream.splits, {"domain": set(stream.domains)})
+
+
+def _summary(mine: list[dict]) -> dict:
+    firsts = [r["first_hit_query"] for r in mine if r["first_hit_query"] is not None]
+    out = {
+        "streams": len(mine),
+        "over_bound": sum(r["false_hit_rate"] > 0.02 for r in mine),
+        "false_hit_rate_mean": statistics.mean(r["false_hit_rate"] for r in mine),
+        "false_hit_rate_max": max(r["false_hit_rate"] for r in mine),
+        "correct_hit_rate_mean": statistics.mean(r["correct_hit_rate"] for r in mine),
+        "first_hit_query_median": statistics.median(firsts) if firsts else None,
+    }
+    if "false_hit_rate_after" in mine[0]:
+        late = [next((a - r["oos_from"] for a in r["shift_alarms"] if a >= r["oos_from"]), None) for r in mine]
+        out.update(
+            false_hit_rate_after_mean=statistics.mean(r["false_hit_rate_after"] for r in mine),
+            false_hit_rate_after_max=max(r["false_hit_rate_after"] for r in mine),
+            over_bound_after=sum(r["false_hit_rate_after"] > 0.02 for r in mine),
+            alarms_mean=statistics.mean(len(r["shift_alarms"]) for r in mine),
+            first_alarm_after_shift=late,
+        )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     embedder = MemoEmbedder(SentenceTransformerEmbedder())
-    setups = {"one instance": (1, True), f"{args.workers} instances": (args.workers, True)}
+    many = f"{args.workers} instances"
+    setups = {"one instance": {"workers": 1}, many: {"workers": args.workers}}
     if args.own:
-        setups[f"{args.workers} instances, own labels only"] = (args.workers, False)
-    picked = {}
-    for stream in streams_of(args.family):
-        picked.setdefault(stream.kind, stream)  # the first stream of each kind
+        setups[f"{many}, own labels only"] = {"workers": args.workers, "shared": False}
+    if args.drift:
+        setups[f"{many}, each testing for a shift alone"] = {"workers": args.workers, "pooled": False}
     runs = []
-    for stream in picked.values():
-        rows = load_intents(args.data, stream.splits, {"domain": set(stream.domains)})
+    for stream, rows in _streams(args):
         for seed in seeds:
-            order = shuffled(rows, seed)[: min(stream.limit or len(rows), args.limit or len(rows))]
-            for setup, (workers, shared) in setups.items():
-                run = deal(order, workers, seed=seed, embedder=embedder, shared=shared)
-                runs.append({"stream": stream.name, "seed": seed, "setup": setup, **run})
-                print(f"{stream.name} seed {seed}, {setup}: {run['correct_hit_rate']:.1%} correct, "
-                      f"{run['false_hit_rate']:.2%} false ({run['wrong_hits']}/{run['hits']}), "
+            order = shuffled(rows, seed, stream.oos_from, stream.oos_ramp)
+            order = order[: min(stream.limit or len(rows), args.limit or len(rows))]
+            for setup, how in setups.items():
+                run = deal(order, seed=seed, embedder=embedder, oos_from=stream.oos_from, **how)
+                runs.append({"stream": stream.name, "kind": stream.kind, "seed": seed, "setup": setup,
+                             "oos_from": stream.oos_from, **run})  # fmt: skip
+                after = f", after the shift {run['false_hit_rate_after']:.2%}" if stream.oos_from is not None else ""
+                print(f"{stream.name} ({stream.kind}) seed {seed}, {setup}: {run['correct_hit_rate']:.1%} correct, "
+                      f"{run['false_hit_rate']:.2%} false ({run['wrong_hits']}/{run['hits']}){after}, "
                       f"first hit {run['first_hit_query']}", flush=True)  # fmt: skip
     summary = {}
     for setup in setups:
-        mine = [r for r in runs if r["setup"] == setup]
-        firsts = [r["first_hit_query"] for r in mine if r["first_hit_query"] is not None]
-        summary[setup] = {
-            "streams": len(mine),
-            "over_bound": sum(r["false_hit_rate"] > 0.02 for r in mine),
-            "false_hit_rate_mean": statistics.mean(r["false_hit_rate"] for r in mine),
-            "false_hit_rate_max": max(r["false_hit_rate"] for r in mine),
-            "correct_hit_rate_mean": statistics.mean(r["correct_hit_rate"] for r in mine),
-            "first_hit_query_median": statistics.median(firsts) if firsts else None,
-        }
-        s = summary[setup]
+        summary[setup] = s = _summary([r for r in runs if r["setup"] == setup])
         print(f"{setup}: {s['correct_hit_rate_mean']:.1%} correct, false {s['false_hit_rate_mean']:.2%} "
               f"(max {s['false_hit_rate_max']:.2%}), over {s['over_bound']}/{s['streams']}, "
               f"first hit median {s['first_hit_query_median']}")  # fmt: skip
+        if "first_alarm_after_shift" in s:
+            print(f"  after the shift: false {s['false_hit_rate_after_mean']:.2%} (max {s['false_hit_rate_after_max']:.2%}), "
+                  f"over {s['over_bound_after']}/{s['streams']}; first alarm this many queries after it: "
+                  f"{s['first_alarm_after_shift']}")  # fmt: skip
     report = {"family": args.family, "workers": args.workers, "seeds": seeds, "runs": runs, "summary": summary}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

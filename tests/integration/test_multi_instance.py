@@ -217,6 +217,23 @@ def test_the_workers_replay_deals_a_stream_over_instances(data_dir, vectors, mon
         assert run["false_hit_rate"] == (run["wrong_hits"] / run["hits"] if run["hits"] else 0.0)
 
 
+def test_the_workers_replay_of_drift_streams_sets_pooled_shift_tests_beside_lone_ones(
+    data_dir, vectors, monkeypatch, tmp_path
+):
+    from memcache.eval import workers
+
+    monkeypatch.setattr(workers, "SentenceTransformerEmbedder", lambda: vectors)
+    report = workers.main([str(data_dir / "clinc150.jsonl"), "--family", "validation", "--seeds", "0",
+                           "--workers", "2", "--limit", "40", "--drift"])  # fmt: skip
+    assert set(report["summary"]) == {"one instance", "2 instances", "2 instances, each testing for a shift alone"}
+    assert len(report["runs"]) == 6 and {run["oos_from"] for run in report["runs"]} == {1000, 2000}
+    for run in report["runs"]:
+        assert run["queries"] == 40 and run["hits_after"] == run["wrong_hits_after"] == 0  # cut before the shift
+        assert run["shift_alarms"] == []
+    for summary in report["summary"].values():
+        assert summary["first_alarm_after_shift"] == [None, None]
+
+
 def test_a_label_paid_for_in_another_process_is_learned_here(db_url, embedder):
     with MemCache(db_url, embedder=embedder) as local:
         local.write_back("How do I rotate my API key?", "Settings, then API keys, then Rotate.", tenant="acme")
