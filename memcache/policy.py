@@ -488,13 +488,13 @@ class CalibratedPolicy:
             if audits:
                 self.shift_detector.quiet()
 
-    def shift_counts(self, parts: int) -> list[tuple[int, int, int]] | None:
+    def shift_counts(self, parts: int) -> list[tuple[int, int, int, int, int]] | None:
         """This instance's share of a shift test pooled over `parts` instances on one store
         (`ShiftDetector.counts`); None without a detector."""
         with self._lock:
             return None if self.shift_detector is None else self.shift_detector.counts(parts)
 
-    def pooled_shift(self, shares: list[list[tuple[int, int, int]]]) -> bool:
+    def pooled_shift(self, shares: list[list[tuple[int, int, int, int, int]]]) -> bool:
         """Test the instances' `shift_counts` summed (this one's among them); an alarm starts a
         hold as an alarm of this instance's own detector does. True on an alarm."""
         with self._lock:

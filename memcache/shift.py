@@ -27,7 +27,8 @@ class ShiftDetector:
     reference is the `reference` lookups before the last `recent` ones; the alarm fires when
     the share of recent lookups below the reference's `quantile` exceeds that quantile by `z`
     standard deviations (binomial, with the reference's own sampling noise). After an alarm it
-    stays quiet for `cooldown` lookups, so one change raises one alarm.
+    stays quiet for `cooldown` lookups (in all, where instances pool the test: `counts`), so one
+    change raises one alarm.
 
     Two scales by default. (100, 300) sees an abrupt change within a few dozen lookups; a
     short reference follows the slow drift of a filling memory (a long one lagged so far behind
@@ -57,47 +58,57 @@ class ShiftDetector:
         self._window = np.zeros(2 * self._size)  # each value twice, so the last `size` are one slice
         self._seen = 0
         self._since_alarm = cooldown
+        self._parts = 1  # instances sharing the traffic, as the last pooled test counted them
         self._ranks = [int(quantile * (reference - 1)) for _, reference in self.scales]
         self._spreads = [math.sqrt(quantile * (1 - quantile) * (1 / r + 1 / ref)) for r, ref in self.scales]
 
     def quiet(self) -> None:
         """Start a cooldown without an alarm of its own: another instance's alarm covers this change."""
-        self._since_alarm = 0
+        self._cool_down()
 
-    def counts(self, parts: int) -> list[tuple[int, int, int]]:
+    def _cool_down(self) -> None:
+        """Stay quiet for `cooldown` lookups in all: its own, where it shares the traffic with
+        the `parts` instances it last pooled with, count that many times over."""
+        self._since_alarm = self.cooldown - math.ceil(self.cooldown / self._parts)
+
+    def counts(self, parts: int) -> list[tuple[int, int, int, int, int]]:
         """This detector's share of a test pooled over `parts` instances that divide the traffic.
 
-        Per scale, (lookups below the cut, recent lookups, reference lookups) over its last
-        recent / `parts` lookups, the cut taken from the reference / `parts` before them. Summed
-        over the instances, these are one detector's windows over all of the traffic, so a
-        change is seen after as many lookups in all as one instance would need; each instance
-        alone would need `parts` times as many. (0, 0, 0) for a scale it has not seen enough for.
+        Per scale, (lookups below the cut, recent lookups, reference lookups, the scale's recent
+        and reference) over its last recent / `parts` lookups, the cut taken from the reference /
+        `parts` before them. Summed over the instances, these are one detector's windows over all
+        of the traffic, so a change is seen after as many lookups in all as one instance would
+        need; each instance alone would need `parts` times as many. Counts of 0 for a scale it has
+        not seen enough lookups for.
         """
+        self._parts = max(1, int(parts))
         size, out = self._size, []
         slot = (self._seen - 1) % size
         values = self._window[slot + 1 : slot + 1 + size]  # oldest first
         for recent, reference in self.scales:
             mine, before = math.ceil(recent / parts), math.ceil(reference / parts)
             if self._seen < mine + before:
-                out.append((0, 0, 0))
+                out.append((0, 0, 0, recent, reference))
                 continue
             span = values[size - mine - before :]
             rank = int(self.quantile * (before - 1))
             cut = np.partition(span[:before], rank)[rank]
-            out.append((int(np.count_nonzero(span[before:] < cut)), mine, before))
+            out.append((int(np.count_nonzero(span[before:] < cut)), mine, before, recent, reference))
         return out
 
-    def pooled_alarm(self, shares: list[list[tuple[int, int, int]]]) -> bool:
+    def pooled_alarm(self, shares: list[list[tuple[int, int, int, int, int]]]) -> bool:
         """The alarm test of `update` on several instances' `counts` summed (this one's among
-        them); True raises the alarm, unless this detector is cooling down from the last one.
+        them), scale by scale (an instance with other scales adds nothing to these); True raises
+        the alarm, unless this detector is cooling down from the last one.
 
         Each instance's count is binomial around the quantile, and its cut carries its own
         reference's sampling noise, so the variance of the pooled share is the sum of theirs.
         """
         if self._since_alarm < self.cooldown:
             return False
-        for k, (recent, _) in enumerate(self.scales):
-            rows = [share[k] for share in shares if len(share) > k and share[k][1] > 0 and share[k][2] > 0]
+        for recent, reference in self.scales:
+            ours = [row for share in shares for row in share if tuple(row[3:]) == (recent, reference)]
+            rows = [row[:3] for row in ours if row[1] and row[2]]
             total = sum(m for _, m, _ in rows)
             if total < recent:
                 continue
@@ -105,7 +116,7 @@ class ShiftDetector:
             noise = sum(m * m / ref for _, m, ref in rows) / total**2
             spread = math.sqrt(self.quantile * (1 - self.quantile) * (1 / total + noise))
             if (below / total - self.quantile) / spread > self.z:
-                self._since_alarm = 0
+                self._cool_down()
                 return True
         return False
 
@@ -126,6 +137,6 @@ class ShiftDetector:
             cut = np.partition(span[:reference], rank)[rank]
             share = np.count_nonzero(span[reference:] < cut) / recent
             if (share - self.quantile) / spread > self.z:
-                self._since_alarm = 0
+                self._cool_down()
                 return True
         return False

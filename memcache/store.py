@@ -727,7 +727,7 @@ class Store:
 
         self._transact("sharing shift counts", work)
 
-    def peer_shift_counts(self, within_s: float) -> list[list[tuple[int, int, int]]]:
+    def peer_shift_counts(self, within_s: float) -> list[list[tuple[int, ...]]]:
         """The shares of the pooled shift test the other instances published in the last
         `within_s` seconds (an instance that stopped drops out)."""
         now = time.time()
@@ -741,7 +741,7 @@ class Store:
             try:
                 share = json.loads(value)
                 if now - float(share["at"]) <= within_s:
-                    shares.append([(int(b), int(m), int(r)) for b, m, r in share["counts"]])
+                    shares.append([tuple(int(n) for n in row) for row in share["counts"] if len(row) == 5])
             except (ValueError, KeyError, TypeError):  # not a share this version wrote: left out
                 continue
         return shares

@@ -156,17 +156,17 @@ def test_shares_of_the_shift_test_are_read_while_fresh_and_dropped_when_stale(ur
     silent for an hour is dropped at the next publish; a row this version cannot read is left out."""
     first, second = Store(url), Store(url)
     try:
-        first.publish_shift_counts([(3, 25, 75), (0, 0, 0)])
+        first.publish_shift_counts([(3, 25, 75, 100, 300), (0, 0, 0, 300, 900)])
         assert first.peer_shift_counts(30.0) == []
-        assert second.peer_shift_counts(30.0) == [[(3, 25, 75), (0, 0, 0)]]
+        assert second.peer_shift_counts(30.0) == [[(3, 25, 75, 100, 300), (0, 0, 0, 300, 900)]]
         with first.engine.begin() as conn:
             set_meta(conn, SHIFT_COUNTS + "not-json", "{")
-        assert second.peer_shift_counts(30.0) == [[(3, 25, 75), (0, 0, 0)]]
+        assert second.peer_shift_counts(30.0) == [[(3, 25, 75, 100, 300), (0, 0, 0, 300, 900)]]
         now = time.time()
         monkeypatch.setattr(time, "time", lambda: now + 60)
         assert second.peer_shift_counts(30.0) == []  # stopped or idle for longer than asked
         monkeypatch.setattr(time, "time", lambda: now + 2 * SHIFT_COUNTS_KEPT_S)
-        second.publish_shift_counts([(1, 25, 75), (0, 0, 0)])
+        second.publish_shift_counts([(1, 25, 75, 100, 300), (0, 0, 0, 300, 900)])
         with first.engine.connect() as conn:
             names = conn.execute(select(MetaRow.name).where(MetaRow.name.startswith(SHIFT_COUNTS))).scalars().all()
         assert names == [SHIFT_COUNTS + second.writer]

@@ -111,3 +111,32 @@ def test_instances_that_share_the_traffic_see_a_change_as_one_would():
 def test_pooling_raises_no_alarm_on_stationary_traffic():
     rng = np.random.default_rng(5)
     assert dealt(rng.normal(0.7, 0.1, 20_000), 4, every=10) == (None, None)
+
+
+def test_a_share_counts_only_toward_the_scale_it_was_taken_at():
+    """Instances with other scales (another version's, or other settings) add nothing to a test."""
+    rng = np.random.default_rng(2)
+    mine = ShiftDetector()
+    for s in rng.normal(0.75, 0.08, 3000):
+        mine.update(s)
+    far = [(50, 50, 150, 50, 150)]  # all of its recent lookups below its cut, at a scale this one lacks
+    assert not mine.pooled_alarm([mine.counts(2), far])
+    assert mine.pooled_alarm([mine.counts(2), [(50, 50, 150, 100, 300)]])  # the same, at this one's
+
+
+def test_the_cooldown_counts_the_lookups_of_every_instance_it_pools_with():
+    """After an alarm, an instance that shares the traffic with three others is quiet for a
+    quarter of `cooldown` of its own lookups: `cooldown` lookups in all, as one instance would be."""
+    rng = np.random.default_rng(2)
+    alone, pooled = ShiftDetector(cooldown=1000), ShiftDetector(cooldown=1000)
+    for s in rng.normal(0.75, 0.08, 1500):
+        alone.update(s)
+        pooled.update(s)
+    pooled.counts(4)
+    alone.quiet()
+    pooled.quiet()
+    quiet_alone = next(i for i in range(2000) if alone.update(0.75) is False and alone._since_alarm >= alone.cooldown)
+    quiet_pooled = next(
+        i for i in range(2000) if pooled.update(0.75) is False and pooled._since_alarm >= pooled.cooldown
+    )
+    assert (quiet_alone, quiet_pooled) == (999, 249)
