@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -479,6 +480,9 @@ def test_serve_with_two_workers_shares_the_port_and_the_store(tmp_path, stub_llm
     assert "leaked semaphore" not in output  # tqdm's default lock outlived the workers once
     stats = json.loads(cli(["stats", "--json", "--database-url", url]).stdout)
     assert stats["entries"] == 1 and stats["lifetime"]["lookups"] == 13 and stats["lifetime"]["strong_calls"] == 1
+    with sqlite3.connect(tmp_path / "memcache.db") as db:  # a worker that looked up shares its shift test
+        shares = db.execute("SELECT count(*) FROM memcache_meta WHERE name LIKE 'shift_counts:%'").fetchone()[0]
+    assert 1 <= shares <= 2 and "shift counts" not in output
 
 
 def test_workers_must_be_a_positive_number(cli):
