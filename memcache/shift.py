@@ -59,8 +59,6 @@ class ShiftDetector:
         self._seen = 0
         self._since_alarm = cooldown
         self._parts = 1  # instances sharing the traffic, as the last pooled test counted them
-        self._ranks = [int(quantile * (reference - 1)) for _, reference in self.scales]
-        self._spreads = [math.sqrt(quantile * (1 - quantile) * (1 / r + 1 / ref)) for r, ref in self.scales]
 
     def quiet(self) -> None:
         """Start a cooldown without an alarm of its own: another instance's alarm covers this change."""
@@ -82,6 +80,9 @@ class ShiftDetector:
         not seen enough lookups for.
         """
         self._parts = max(1, int(parts))
+        return self._share(self._parts)
+
+    def _share(self, parts: int) -> list[tuple[int, int, int, int, int]]:
         size, out = self._size, []
         slot = (self._seen - 1) % size
         values = self._window[slot + 1 : slot + 1 + size]  # oldest first
@@ -98,14 +99,14 @@ class ShiftDetector:
 
     def pooled_alarm(self, shares: list[list[tuple[int, int, int, int, int]]]) -> bool:
         """The alarm test of `update` on several instances' `counts` summed (this one's among
-        them), scale by scale (an instance with other scales adds nothing to these); True raises
-        the alarm, unless this detector is cooling down from the last one.
+        them); True raises the alarm, unless this detector is cooling down from the last one."""
+        return self._since_alarm >= self.cooldown and self._alarm(shares)
 
-        Each instance's count is binomial around the quantile, and its cut carries its own
-        reference's sampling noise, so the variance of the pooled share is the sum of theirs.
-        """
-        if self._since_alarm < self.cooldown:
-            return False
+    def _alarm(self, shares: list[list[tuple[int, int, int, int, int]]]) -> bool:
+        """The test, scale by scale, on shares summed (an instance with other scales adds nothing
+        to these); an alarm starts the cooldown. Each instance's count is binomial around the
+        quantile, and its cut carries its own reference's sampling noise, so the variance of
+        the pooled share is the sum of theirs (with one share, the test of one detector)."""
         for recent, reference in self.scales:
             ours = [row for share in shares for row in share if tuple(row[3:]) == (recent, reference)]
             rows = [row[:3] for row in ours if row[1] and row[2]]
@@ -121,22 +122,11 @@ class ShiftDetector:
         return False
 
     def update(self, similarity: float) -> bool:
-        """Add one lookup's top similarity; True when this lookup raises the alarm."""
+        """Add one lookup's top similarity; True when this lookup raises the alarm (the test on
+        its own windows: `_alarm` of its one share of all its traffic)."""
         size = self._size
         slot = self._seen % size
         self._window[slot] = self._window[slot + size] = similarity
         self._seen += 1
         self._since_alarm += 1
-        if self._since_alarm < self.cooldown:
-            return False
-        values = self._window[slot + 1 : slot + 1 + size]  # oldest first
-        for (recent, reference), rank, spread in zip(self.scales, self._ranks, self._spreads):
-            if self._seen < recent + reference:
-                continue
-            span = values[size - recent - reference :]
-            cut = np.partition(span[:reference], rank)[rank]
-            share = np.count_nonzero(span[reference:] < cut) / recent
-            if (share - self.quantile) / spread > self.z:
-                self._cool_down()
-                return True
-        return False
+        return self._since_alarm >= self.cooldown and self._alarm([self._share(1)])

@@ -732,10 +732,8 @@ class Store:
         `within_s` seconds (an instance that stopped drops out)."""
         now = time.time()
         with self._read("reading shift counts") as conn:
-            rows = conn.execute(
-                select(MetaRow.value).where(_shift_counts_row(), MetaRow.name != SHIFT_COUNTS + self.writer)
-            ).scalars()
-            values = list(rows)
+            others = select(MetaRow.value).where(_shift_counts_row(), MetaRow.name != SHIFT_COUNTS + self.writer)
+            values = conn.execute(others).scalars().all()
         shares = []
         for value in values:
             try:
