@@ -34,6 +34,7 @@ from memcache import certify
 from memcache.cheap import CheapReply, MemoryPair
 from memcache.errors import ConfigError
 from memcache.policy import LabelBuffer
+from memcache.types import CheapPathStatus
 
 GATE_FEATURES = (
     "similarity", "margin", "agreement", "entry_gap", "log_odds_if_nearest_used", "log_odds_if_other_used",
@@ -293,12 +294,7 @@ class CheapGate:
             self.bound = None if chosen is None else chosen.estimate
             self.region_labels = 0 if chosen is None else chosen.labels
 
-    def status(self) -> dict:
+    def status(self) -> CheapPathStatus:
         """What `stats()` reports of the cheap path's learning."""
         with self._lock:
-            return {
-                "cheap_threshold": self.threshold,
-                "cheap_estimated_false_answer_rate": self.bound,
-                "cheap_target": self.target,
-                "cheap_labels": self._observed,
-            }
+            return CheapPathStatus(self.threshold, self.bound, self.target, self._observed)

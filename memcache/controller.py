@@ -30,7 +30,7 @@ from memcache.label_feed import LabelFeed
 from memcache.memory import Memory
 from memcache.policy import FEATURE_NAMES, LearningPolicy, Policy, PolicyStatus
 from memcache.store import utcnow
-from memcache.types import CacheHit, CheapVerdict, Label, LookupResult, Scope, Stats
+from memcache.types import CacheHit, CheapPathStatus, CheapVerdict, Label, LookupResult, Scope, Stats
 
 NEIGHBOURS = 10  # in-scope keys the policy sees per lookup (its features are defined on ten)
 AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model cannot starve lookups
@@ -88,7 +88,7 @@ class Controller:
         self.cheap_gate = cheap_gate
         self.learning = policy if isinstance(policy, LearningPolicy) else None
         if cheap_gate is not None and self.learning is not None:
-            cheap_gate.count_hits_with(lambda: getattr(self.learning, "served", 0))  # `CalibratedPolicy.served`
+            cheap_gate.count_hits_with(lambda: self.learning.served)
         self.memory = memory
         self.store = memory.store
         self.judge = judge
@@ -176,9 +176,9 @@ class Controller:
         left = self.store.shift_hold_left(record)
         if record != self._hold:
             self._hold = record
-            if left and self.learning.shift_detector is not None:
-                log.warning("a traffic shift detected by another instance: escalating the next %d would-be hits", left)
             self.learning.resume_hold(left)
+            if left and self.learning.holding:
+                log.warning("a traffic shift detected by another instance: escalating the next %d would-be hits", left)
         else:
             self.learning.shorten_hold(left)
 
@@ -188,14 +188,10 @@ class Controller:
         Each instance sees only its share of the traffic, so alone it would see a change after
         as many more lookups in all as there are instances. It publishes its share of one test
         (`CalibratedPolicy.shift_counts`) and runs the test on the shares the others published
-        lately; an alarm starts the shared hold, as its own detector's does. A policy without
-        a detector takes no part."""
-        share_of = getattr(self.learning, "shift_counts", None)  # `CalibratedPolicy`'s
-        pooled_shift = getattr(self.learning, "pooled_shift", None)
-        if share_of is None or pooled_shift is None:
-            return
+        lately; an alarm starts the shared hold, as its own detector's does. A policy that tests
+        for no shift (`shift_counts` is None) takes no part."""
         peers = self.store.peer_shift_counts(PEER_SHARE_FRESH_S)
-        mine = share_of(len(peers) + 1)
+        mine = self.learning.shift_counts(len(peers) + 1)
         if mine is None:
             return
         published, now = (mine, self._counters["lookups"]), time.monotonic()
@@ -203,7 +199,7 @@ class Controller:
         if published != self._shift_share and not alone_lately:  # an idle instance writes nothing
             self.store.publish_shift_counts(mine)
             self._shift_share, self._shift_shared_at = published, now
-        if peers and pooled_shift([mine, *peers]):
+        if peers and self.learning.pooled_shift([mine, *peers]):
             self._hold = self.store.start_shift_hold(self.learning.shift_hold_audits)
 
     def _learn_others(self, rows: list[tuple[list[float], bool, float | None, int | None]]) -> None:
@@ -321,8 +317,8 @@ class Controller:
         """What `MemCache.stats` reports: the store's totals and lifetime counters, this process's
         counters, the policy's status and the cheap path's learner's."""
         entries, keys, labels = self.store.counts()
-        cheap = self.cheap_gate.status() if self.cheap_gate is not None else {}
-        return Stats(entries=entries, keys=keys, labels=labels, **asdict(self.status()), **cheap, **self.counters(),
+        cheap = self.cheap_gate.status() if self.cheap_gate is not None else CheapPathStatus()
+        return Stats(entries=entries, keys=keys, labels=labels, **asdict(self.status()), **asdict(cheap), **self.counters(),
                      lifetime=self.store.lifetime_counts())  # fmt: skip
 
     def status(self) -> PolicyStatus:

@@ -80,11 +80,32 @@ class LearningPolicy(Policy, Protocol):
     label_limit: int | None
     shift_hold_audits: int
 
+    @property
+    def served(self) -> int:
+        """Hits served so far, as far as this instance knows (the cheap path's warm-up counts them)."""
+        ...
+
+    @property
+    def holding(self) -> bool:
+        """True while would-be hits are escalated unserved after a detected shift."""
+        ...
+
     def load_audit_claims(self, claims: Iterable[tuple[float, bool]]) -> None: ...
 
     def load_labels(self, labels: Iterable[tuple[Sequence[float], bool]]) -> None: ...
 
     def resume_hold(self, audits: int) -> None: ...
+
+    def shorten_hold(self, audits: int) -> None: ...
+
+    def shift_counts(self, parts: int) -> list[tuple[int, int, int, int, int]] | None:
+        """This instance's share of a shift test pooled over `parts` instances; None where the
+        policy tests for no shift (then it takes no part)."""
+        ...
+
+    def pooled_shift(self, shares: list[list[tuple[int, int, int, int, int]]]) -> bool:
+        """The shift test on the instances' shares summed; True on an alarm (a hold has started)."""
+        ...
 
     def observe_audit(self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False) -> None: ...
 

@@ -198,6 +198,18 @@ class CheapVerdict:
 
 
 @dataclass(frozen=True)
+class CheapPathStatus:
+    """Where the cheap path's learner stands (`CheapGate.status`): the gate's cut-off on its score
+    (None while it serves no cheap answer), its upper estimate of the wrong answers served at that
+    cut-off, the rate it certifies against now, and the labeled replies it has learned from."""
+
+    cheap_threshold: float | None = None
+    cheap_estimated_false_answer_rate: float | None = None
+    cheap_target: float | None = None
+    cheap_labels: int | None = None
+
+
+@dataclass(frozen=True)
 class Stats:
     """Counters since this process opened the cache, plus store totals.
 
