@@ -38,8 +38,8 @@ from memcache import cheap
 from memcache.cheap_gate import used_pair_features
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.eval.commands import load_stream, parse_where
-from memcache.eval.data import OOS, LabeledQuery, load_intents
-from memcache.eval.replay import MemoEmbedder, SimulatedCheapModel, _answer, shuffled
+from memcache.eval.data import LabeledQuery, load_intents, right_answer
+from memcache.eval.replay import MemoEmbedder, SimulatedCheapModel, shuffled
 from memcache.eval.validation import FAMILIES, streams_of
 
 NEAREST_KEYS = 10  # the keys whose agreement with the nearest entry is a feature, as in the policy
@@ -57,13 +57,14 @@ class Neighbourhood:
 
 
 def neighbourhoods(order: Sequence[LabeledQuery], vectors: np.ndarray) -> list[Neighbourhood]:
-    """Every query after the first, against all earlier ones; an out-of-scope query's answer is its own."""
+    """Every query after the first, against all earlier ones; an out-of-scope query's answer is its own
+    (`right_answer`: an exact repeat shares it)."""
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    answers = [_answer(q.label, i) for i, q in enumerate(order)]
+    answers = [right_answer(q) for q in order]
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     out = []
-    for t, query in enumerate(order):
+    for t in range(len(order)):
         if t:
             sims = vectors[:t] @ vectors[t]
             nearest = np.argsort(-sims)[: 8 * cheap.PAIRS]
@@ -84,7 +85,7 @@ def neighbourhoods(order: Sequence[LabeledQuery], vectors: np.ndarray) -> list[N
                 t / len(order), float(np.mean(sims[nearest[:NEAREST_KEYS]])), *entry_sims,
             )  # fmt: skip
             pairs = tuple(cheap.MemoryPair(k, order[k].text, answers[k], float(sims[k])) for k in keys)
-            right = next((i for i, k in enumerate(keys) if query.label != OOS and order[k].label == query.label), None)
+            right = next((i for i, k in enumerate(keys) if answers[k] == answers[t]), None)
             out.append(Neighbourhood(features, pairs, right))
         sums[answers[t]] = sums.get(answers[t], 0) + vectors[t]
         counts[answers[t]] = counts.get(answers[t], 0) + 1

@@ -1,6 +1,7 @@
 """Labeled query streams: two queries with the same label have the same correct answer.
 
-The label "oos" (out of scope) matches nothing, itself included.
+The label "oos" (out of scope) matches no other question: its right answer is the strong model's
+answer to that very text, which only a repeat of it shares (`right_answer`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from memcache.errors import ConfigError
+from memcache.scope import normalize
 
 OOS = "oos"
 Format = Literal["intents", "pairs", "groups", "csv"]
@@ -23,6 +25,16 @@ class LabeledQuery:
     text: str
     label: str
     split: str = ""
+
+
+def right_answer(query: LabeledQuery) -> str:
+    """What the simulated strong model answers, and so what a served answer must be to be right:
+    one answer per intent; for an out-of-scope question its own, shared only by the same text up
+    to whitespace and letter case (memcache serves the same text as an exact repeat, and a case
+    variant through the policy), as a deterministic model's answer would be."""
+    if query.label == OOS:
+        return f"[oos answer: {normalize(query.text).casefold()}]"
+    return f"[answer for {query.label}]"
 
 
 @dataclass(frozen=True)

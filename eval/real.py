@@ -20,7 +20,7 @@ from typing import Any
 from memcache.cache import MemCache
 from memcache.calls import cache_info
 from memcache.embedding import Embedder
-from memcache.eval.data import OOS, LabeledQuery
+from memcache.eval.data import LabeledQuery, right_answer
 from memcache.eval.replay import QueryRecord, shuffled
 from memcache.judge import ExactJudge, LLMJudge
 from memcache.policy import Policy
@@ -43,7 +43,7 @@ def replay_real(
     options = dict(options or {})
     judge = LLMJudge(judge_model, **options) if judge_model else ExactJudge()
     records: list[QueryRecord] = []
-    label_of_entry: dict[int, str] = {}
+    answer_of_entry: dict[int, str] = {}  # the right answer (`right_answer`) of the query that made each entry
     seen: set[str] = set()
     with tempfile.TemporaryDirectory() as directory:
         cache = MemCache(f"sqlite:///{Path(directory) / 'real.db'}", embedder=embedder, policy=policy, judge=judge,
@@ -59,16 +59,17 @@ def replay_real(
                 cache.wait_for_learning()  # an audit's answer is stored before the next query
                 served = info.outcome == "hit" or info.path == "cheap"
                 correct = None
+                right = right_answer(query)
                 if served:
-                    correct = query.label != OOS and label_of_entry.get(info.entry_id) == query.label
+                    correct = answer_of_entry.get(info.entry_id) == right
                 outcome = "cheap" if info.path == "cheap" else info.outcome
                 records.append(
-                    QueryRecord(outcome, correct, query.label != OOS and query.label in seen, info.similarity,
+                    QueryRecord(outcome, correct, right in seen, info.similarity,
                                 info.confidence, ms, audited=info.audited,
                                 cheap_called=cache.counters()["cheap_calls"] > asked_cheap)
                 )  # fmt: skip
                 entry = cache.entry_of(messages, model=strong_model, **options)
                 if entry is not None:
-                    label_of_entry.setdefault(entry, query.label)
-                    seen.add(query.label)
+                    answer_of_entry.setdefault(entry, right)
+                    seen.add(right)
     return records

@@ -31,9 +31,11 @@ from memcache.cheap import MemoryPair, reply_text
 from memcache.cheap_gate import CheapGate
 from memcache.embedding import Embedder
 from memcache.errors import ConfigError
-from memcache.eval.data import OOS, LabeledPair, LabeledQuery
+from memcache.eval.data import OOS, LabeledPair, LabeledQuery, right_answer
 from memcache.judge import ExactJudge
 from memcache.policy import Policy
+
+STREAM_TENANT = "replay"  # the one scope of an intent stream: its warm rows and every query of it
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,6 @@ class MemoEmbedder:
             for text, vector in zip(missing, self.inner.embed(missing)):
                 self._memo[text] = vector
         return np.stack([self._memo[t] for t in texts])
-
-
-def _answer(label: str, index: int) -> str:
-    return f"[oos answer #{index}]" if label == OOS else f"[answer for {label}]"
 
 
 def _label_of(answer: str) -> str:
@@ -218,17 +216,17 @@ def replay_intents(
     with tempfile.TemporaryDirectory() as directory:
         cache = _cache(policy, embedder, directory, shadow_audits, gate)
         seen: set[str] = set()
-        for i, query in enumerate(warm):
-            cache.write_back(query.text, _answer(query.label, -i - 1), model="replay", paid=False)
-            seen.add(query.label)
+        for query in warm:
+            cache.write_back(query.text, right_answer(query), model="replay", tenant=STREAM_TENANT, paid=False)
+            seen.add(right_answer(query))
         for i, query in enumerate(_progress(stream, progress, "replay")):
-            result, served, ms = _timed_lookup(cache, query.text, "replay")
-            reusable = query.label != OOS and query.label in seen
+            result, served, ms = _timed_lookup(cache, query.text, STREAM_TENANT)
+            right = right_answer(query)
+            reusable = right in seen
             decision = result.decision
             similarity = decision.similarity if np.isfinite(decision.similarity) else None
             if served is not None:
-                label = _label_of(served.answer)
-                correct = label == query.label and label != OOS
+                correct = served.answer == right
                 record = QueryRecord(
                     "hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None
                 )
@@ -240,14 +238,14 @@ def replay_intents(
                 verdict = cache.read_cheap_reply(result, pairs, cheap_model.reply(query.label, pairs))
                 record = replace(record, cheap_called=True)
                 if verdict.served:
-                    correct = _label_of(verdict.answer) == query.label and query.label != OOS
+                    correct = verdict.answer == right
                     record = replace(record, outcome="cheap", correct=correct, confidence=verdict.confidence,
                                      audited=verdict.action == "audit")  # fmt: skip
             if result.hit is None and (verdict is None or verdict.action != "serve"):
                 # a miss, an audit or a checked cheap answer: the strong model is paid, its answer written back
                 cache.controller.record_call("strong", 0, 0)
-                cache.write_back(result, _answer(query.label, i), cheap=verdict)
-                seen.add(query.label)
+                cache.write_back(result, right, cheap=verdict)
+                seen.add(right)
             records.append(record)
             if on_query:
                 on_query(i, record)
@@ -310,12 +308,13 @@ def static_replay(
 
     The engine's semantics with `ThresholdPolicy`, computed directly from one similarity matrix
     instead of one engine replay per cut-off: the nearest stored query at or above the cut-off
-    serves its answer, a miss stores the query; `warm` queries are stored first. Out-of-scope
-    answers fit nothing. tests/integration/test_eval.py checks it against the engine.
+    serves its answer, a miss stores the query; `warm` queries are stored first. An out-of-scope
+    question's answer fits only its exact repeat (`right_answer`). tests/integration/test_eval.py
+    checks it against the engine.
     """
     keys = vectors if warm_vectors is None or not len(warm) else np.vstack([warm_vectors, vectors])
     similarity = vectors @ keys.T
-    labels = [q.label for q in warm] + [q.label for q in queries]
+    answers = [right_answer(q) for q in warm] + [right_answer(q) for q in queries]
     first = len(warm)
     out = {}
     for threshold in thresholds:
@@ -326,7 +325,7 @@ def static_replay(
                 j = stored[int(np.argmax(similarity[i, stored]))]
                 if similarity[i, j] >= threshold - 1e-9:
                     hits += 1
-                    wrong += labels[j] != labels[first + i] or labels[first + i] == OOS
+                    wrong += answers[j] != answers[first + i]
                     continue
             stored.append(first + i)
         out[threshold] = (hits, wrong)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from memcache.cache import MemCache
 from memcache.embedding import SentenceTransformerEmbedder
-from memcache.eval.data import OOS, LabeledQuery, load_intents
-from memcache.eval.replay import MemoEmbedder, _answer, _label_of, shuffled
+from memcache.eval.data import LabeledQuery, load_intents, right_answer
+from memcache.eval.replay import MemoEmbedder, shuffled
 from memcache.eval.validation import out_of_scope_half, streams_of
 
 
@@ -66,11 +66,10 @@ def deal(
             if sum(len(c.controller.learning.shifts_detected) for c in caches) > seen:
                 alarms.append(position)
             if result.hit is None:
-                cache.write_back(result, _answer(query.label, position))  # as `replay_intents` pays
+                cache.write_back(result, right_answer(query))  # as `replay_intents` pays
                 continue
             hits += 1
-            label = _label_of(result.hit.answer)
-            bad = label != query.label or label == OOS  # an out-of-scope query has no right answer
+            bad = result.hit.answer != right_answer(query)
             wrong += bad
             if oos_from is not None and position >= oos_from:
                 after_hits, after_wrong = after_hits + 1, after_wrong + bad

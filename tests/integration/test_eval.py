@@ -9,7 +9,7 @@ import pytest
 
 from memcache import CalibratedPolicy, ThresholdPolicy
 from memcache.eval.commands import HINDSIGHT_THRESHOLDS, Stream
-from memcache.eval.data import OOS, load_intents, load_pairs, pair_groups
+from memcache.eval.data import OOS, LabeledQuery, load_intents, load_pairs, pair_groups, right_answer
 from memcache.eval.metrics import best_static, summarize
 from memcache.eval.replay import replay_intents, replay_pairs, shuffled, static_replay
 from memcache.policy import FEATURE_NAMES
@@ -306,3 +306,33 @@ def test_cli_eval_audit_seeds_replay_one_shuffle_with_several_coins(tmp_path, cl
     assert report["across_seeds"][0]["seeds"] == 2 and "across seeds (3; audit seeds 5,6)" in out.stdout
     after = out.stdout.split("from query 500 on")[1].splitlines()
     assert after[1].split()[:2] == ["seed", "audit_seed"] and after[2].split()[:2] == ["3", "5"]
+
+
+def test_an_out_of_scope_question_asked_again_verbatim_is_a_right_hit_and_only_then(vectors):
+    """An out-of-scope question has no right answer in memory but its own: the strong model's
+    answer to the same text (what memcache serves as an exact repeat) is right, the answer to
+    any other question is not, however close. Real chatbot logs repeat such questions often."""
+    stored = LabeledQuery("What is the airspeed velocity of an unladen swallow?", OOS)
+    stream = [
+        LabeledQuery("What is the  airspeed velocity of an unladen swallow? ", OOS),  # the same up to whitespace
+        LabeledQuery("How fast does an unladen swallow fly?", OOS),  # close, but another question
+    ]
+    records = replay_intents(stream, policy=ThresholdPolicy(0.5), embedder=vectors, warm=[stored])
+    by_text = dict(zip([q.text for q in shuffled(stream, 0)], records, strict=True))
+    repeat, other = by_text[stream[0].text], by_text[stream[1].text]
+    assert repeat.outcome == "hit" and repeat.correct and repeat.reusable and repeat.similarity == 1.0
+    assert other.outcome == "hit" and other.correct is False and not other.reusable
+    assert right_answer(stream[0]) == right_answer(stored) != right_answer(stream[1])
+    order = shuffled(stream, 0)  # the static sweep scores them as the engine served them
+    swept = static_replay(
+        order, vectors.embed([q.text for q in order]), [0.5], warm=[stored], warm_vectors=vectors.embed([stored.text])
+    )
+    assert swept == {0.5: (2, 1)}
+
+
+def test_warm_rows_are_stored_in_the_streams_own_scope(vectors):
+    """Regression: `--warm` rows were written under no tenant while the stream looked up under
+    its own, so a warmed cache replayed as an empty one."""
+    warm = [LabeledQuery("How do I reset my online banking password?", "reset_password")]
+    records = replay_intents(warm, policy=ThresholdPolicy(0.99), embedder=vectors, warm=warm)
+    assert [(r.outcome, r.correct, r.reusable) for r in records] == [("hit", True, True)]
