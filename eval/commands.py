@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memcache.embedding import SentenceTransformerEmbedder
@@ -163,11 +163,14 @@ def load_stream(
     label_col: str,
     limit: int | None = None,
     where: dict[str, set[str]] | None = None,
+    oos_labels: Collection[str] = (),
 ) -> Stream:
+    """The stream `memcache eval` replays; rows labeled one of `oos_labels` (a data set's own name
+    for "no intent", e.g. NO_NODES_DETECTED) are out of scope, as CLINC150's `oos` rows are."""
     if limit is not None and limit < 1:
         raise ConfigError("--limit takes a number of queries (pairs) >= 1")
-    if fmt in ("pairs", "groups") and where:
-        raise ConfigError("--where filters rows of intent files; pairs files have no fields to filter on")
+    if fmt in ("pairs", "groups") and (where or oos_labels):
+        raise ConfigError("--where and --oos-label take intent files; pairs files have no labels of their own")
     if fmt == "pairs":
         pairs = load_pairs(path)[:limit]
         return Stream("pairs", pairs, [t for p in pairs for t in (p.a, p.b)])
@@ -179,6 +182,7 @@ def load_stream(
         rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names, where=where)
     else:
         rows = load_intents(path, names, where)
+    rows = [replace(r, label=OOS) if r.label in oos_labels else r for r in rows]
     if splits and not keep_oos:
         rows = [r for r in rows if r.label != OOS]
     if not rows:
@@ -293,9 +297,13 @@ def run_eval(args: argparse.Namespace) -> dict:
         raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
     cheap = cheap or bool(args.cheap_model)
     where = parse_where(args.where)
-    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where)
+    stream = load_stream(
+        args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label
+    )
     warm = (
-        load_stream(args.data, args.format, args.warm, args.text_col, args.label_col, where=where).items
+        load_stream(
+            args.data, args.format, args.warm, args.text_col, args.label_col, where=where, oos_labels=args.oos_label
+        ).items
         if args.warm
         else ()
     )
@@ -440,7 +448,9 @@ def _replay_real(args: argparse.Namespace, stream: Stream, policy: Policy, embed
 
 def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
     where = parse_where(args.where)
-    stream = load_stream(args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where)
+    stream = load_stream(
+        args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label
+    )
     embedder = MemoEmbedder(SentenceTransformerEmbedder(args.embedding_model))
     embedder.prefill(stream.texts, progress=True)
     collector = LabelCollector()
@@ -471,6 +481,14 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--text-col", default="text")
     parser.add_argument("--label-col", default="label")
+    parser.add_argument(
+        "--oos-label",
+        type=lambda value: {v.strip() for v in value.split(",") if v.strip()},
+        default=set(),
+        metavar="L1,L2",
+        help="labels that mean 'no intent' in this file (e.g. NO_NODES_DETECTED): such rows are out of scope, "
+        "as label oos is (with --splits, name oos there too to keep them)",
+    )
     parser.add_argument("--embedding-model", default=None, help="sentence-transformers name or path")
     parser.add_argument(
         "--limit",

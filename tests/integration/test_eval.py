@@ -336,3 +336,29 @@ def test_warm_rows_are_stored_in_the_streams_own_scope(vectors):
     warm = [LabeledQuery("How do I reset my online banking password?", "reset_password")]
     records = replay_intents(warm, policy=ThresholdPolicy(0.99), embedder=vectors, warm=warm)
     assert [(r.outcome, r.correct, r.reusable) for r in records] == [("hit", True, True)]
+
+
+def test_cli_eval_takes_a_data_sets_own_name_for_out_of_scope_rows(tmp_path, eval_cli):
+    """`--oos-label NO_NODES_DETECTED` (HINT3's name for "no intent"): such rows are out of scope,
+    so `--splits test` leaves them out and `test,oos` keeps them, each its own question; an exact
+    repeat of one is a right hit, as the strong model's answer to the same text would be."""
+    rows = [
+        ("Call me", "NO_NODES_DETECTED"),
+        ("How do I cancel my order?", "CANCEL_ORDER"),
+        ("Call me", "NO_NODES_DETECTED"),
+        ("Can you call me back", "NO_NODES_DETECTED"),
+    ]
+    data = tmp_path / "log.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": label, "split": "test"}) for t, label in rows))
+    reports = {}
+    for splits in ("test", "test,oos"):
+        report = tmp_path / f"{splits}.json"
+        argv = ["eval", str(data), "--splits", splits, "--oos-label", "NO_NODES_DETECTED", "--json", str(report)]
+        out = eval_cli(argv)
+        assert out.returncode == 0, out.stderr
+        reports[splits] = json.loads(report.read_text())  # one seed: the run itself
+    assert reports["test"]["queries"] == 1
+    assert reports["test,oos"]["queries"] == 4
+    assert reports["test,oos"]["hits"] == 1 and reports["test,oos"]["wrong_hits"] == 0  # the repeat
+    out = eval_cli(["eval", str(data), "--format", "pairs", "--oos-label", "X"])
+    assert out.returncode != 0 and "--oos-label" in out.stderr
