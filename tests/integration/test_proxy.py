@@ -37,7 +37,8 @@ def free_port() -> int:
 def serving(db_url, embedder, stub_llm, policy, cheap: bool = False):
     """(base URL, cache) of a proxy on 127.0.0.1 whose upstream is the loopback stub; `cheap`:
     with a cheap model configured too (the operator's setting)."""
-    upstream = {"api_base": stub_llm.base_url, "api_key": "sk-upstream", "num_retries": 0, "timeout": 5}
+    # a generous timeout: fifty clients at once on two busy cores once took 6 s for one stub answer
+    upstream = {"api_base": stub_llm.base_url, "api_key": "sk-upstream", "num_retries": 0, "timeout": 30}
     config = ProxyConfig(
         models={"gpt-test": Upstream("openai/stub-strong", upstream)},
         keys={"sk-team-a": "team-a", "sk-team-b": "team-b"},
