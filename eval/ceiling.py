@@ -204,8 +204,8 @@ def ceiling(
         if accuracy is not None:
             readers = {seed: SimulatedCheapModel(accuracy, abstain, cost, seed=seed) for seed in seeds}
             for i, (seed, t, hood) in enumerate(rows):
-                label = orders[seed][t + 1].label
-                parsed = cheap.parse_reply(readers[seed].reply(label, hood.pairs), hood.pairs)
+                answer = right_answer(orders[seed][t + 1])
+                parsed = cheap.parse_reply(readers[seed].reply(answer, hood.pairs), hood.pairs)
                 if parsed is not None:
                     extra = (p_hit[i], *used_pair_features(hood.pairs, parsed))  # as the gate sees the pair
                     replies[i] = ((*hood.features, *extra), parsed.used == hood.right)

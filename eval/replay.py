@@ -82,8 +82,10 @@ class SimulatedCheapModel:
         self.accuracy, self.abstain, self.cost = accuracy, abstain, cost
         self._rng = random.Random(seed)
 
-    def reply(self, label: str, pairs: Sequence[MemoryPair]) -> str:
-        right = next((i for i, p in enumerate(pairs) if label != OOS and _label_of(p.answer) == label), None)
+    def reply(self, answer: str, pairs: Sequence[MemoryPair]) -> str:
+        """The reply to a query whose right answer is `answer` (`right_answer`): an out-of-scope
+        question's is among the pairs only where the same question was asked before."""
+        right = next((i for i, p in enumerate(pairs) if p.answer == answer), None)
         if right is not None and self._rng.random() < self.accuracy:
             return reply_text(right + 1, pairs[right].answer)
         wrong = next((i for i in range(len(pairs)) if i != right), None)
@@ -122,10 +124,6 @@ class MemoEmbedder:
             for text, vector in zip(missing, self.inner.embed(missing)):
                 self._memo[text] = vector
         return np.stack([self._memo[t] for t in texts])
-
-
-def _label_of(answer: str) -> str:
-    return OOS if answer.startswith("[oos answer") else answer[len("[answer for ") : -1]
 
 
 def _cache(
@@ -235,7 +233,7 @@ def replay_intents(
             verdict = None
             pairs = cache.cheap_pairs(result) if served is None and cheap_model is not None else None
             if pairs:
-                verdict = cache.read_cheap_reply(result, pairs, cheap_model.reply(query.label, pairs))
+                verdict = cache.read_cheap_reply(result, pairs, cheap_model.reply(right, pairs))
                 record = replace(record, cheap_called=True)
                 if verdict.served:
                     correct = verdict.answer == right

@@ -139,14 +139,14 @@ def test_the_simulated_cheap_model_follows_its_stated_rule():
         MemoryPair(3, "q3", "[answer for c]", 0.7),
     ]
     always = SimulatedCheapModel(accuracy=1.0, abstain=0.0)
-    assert parse_reply(always.reply("b", pairs), pairs).used == 1  # the right one, when passed
-    assert parse_reply(always.reply("z", pairs), pairs).used == 0  # absent: the most similar other pair
+    assert parse_reply(always.reply("[answer for b]", pairs), pairs).used == 1  # the right one, when passed
+    assert parse_reply(always.reply("[answer for z]", pairs), pairs).used == 0  # absent: the most similar other pair
     never = SimulatedCheapModel(accuracy=0.0, abstain=0.0)
-    assert parse_reply(never.reply("a", pairs), pairs).used == 1  # failing: the most similar wrong pair
-    assert parse_reply(SimulatedCheapModel(accuracy=0.0, abstain=1.0).reply("a", pairs), pairs) is None
-    assert parse_reply(always.reply("oos", pairs), pairs).used == 0  # out of scope: never right
+    assert parse_reply(never.reply("[answer for a]", pairs), pairs).used == 1  # failing: the most similar wrong pair
+    assert parse_reply(SimulatedCheapModel(accuracy=0.0, abstain=1.0).reply("[answer for a]", pairs), pairs) is None
+    assert parse_reply(always.reply("[oos answer: q9]", pairs), pairs).used == 0  # out of scope: asked first
     half = SimulatedCheapModel(accuracy=0.5, abstain=0.0, seed=1)
-    right = sum(parse_reply(half.reply("c", pairs), pairs).used == 2 for _ in range(2000))
+    right = sum(parse_reply(half.reply("[answer for c]", pairs), pairs).used == 2 for _ in range(2000))
     assert 900 < right < 1100
 
 
