@@ -23,6 +23,8 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import sqlalchemy
 from sqlalchemy import create_engine, delete, event, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -126,20 +128,20 @@ def _add_answer(
 ) -> WriteResult:  # fmt: skip
     """`Store.add_answer` inside its transaction: the label, the entry (or the equal one), the key, the change."""
     answer_hash = text_hash(answer)
-    entry_id = conn.execute(  # locked against deletes (PostgreSQL) until the key is in
+    find_entry = (  # locked against deletes (PostgreSQL) until the key is in
         select(EntryRow.id)
         .where(EntryRow.scope_key == scope.key, EntryRow.answer_hash == answer_hash)
         .limit(1)
         .with_for_update(key_share=True)
-    ).scalar()
+    )
+    entry_id = conn.execute(find_entry).scalar()
     new_entry = entry_id is None
     if new_entry:
-        entry_id = conn.execute(
-            EntryRow.__table__.insert()
-            .values(_new_entry(scope, answer, answer_hash, source_model, now, expires_at, payload))
-            .returning(EntryRow.id)
-        ).scalar_one()
-    else:
+        values = _new_entry(scope, answer, answer_hash, source_model, now, expires_at, payload)
+        entry_id = _insert_unless_taken(conn, EntryRow.__table__, values, ("scope_key", "answer_hash"))
+        if entry_id is None:  # a concurrent writer stored the same answer first: join its entry
+            new_entry, entry_id = False, _found(conn.execute(find_entry).scalar())
+    if not new_entry:
         key_id = conn.execute(
             select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash).limit(1)
         ).scalar()
@@ -148,21 +150,48 @@ def _add_answer(
         if key_id is not None:
             checked = _write_label(conn, label, now, writer, None) if label is not None else None
             return WriteResult(entry_id, key_id, new_entry=False, new_key=False, checked=checked)
-    key_id = conn.execute(
-        KeyRow.__table__.insert()
-        .values(
-            entry_id=entry_id,
-            scope_key=scope.key,
-            query=query,
-            normalized_hash=normalized_hash,
-            embedding=blob,
-            created_at=now,
-        )
-        .returning(KeyRow.id)
-    ).scalar_one()
+    key = {
+        "entry_id": entry_id,
+        "scope_key": scope.key,
+        "query": query,
+        "normalized_hash": normalized_hash,
+        "embedding": blob,
+        "created_at": now,
+    }
+    key_id = _insert_unless_taken(conn, KeyRow.__table__, key, ("entry_id", "normalized_hash"))
+    if key_id is None:  # a concurrent writer gave the entry the same key first
+        found = select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash)
+        key_id = _found(conn.execute(found.limit(1)).scalar())
+        checked = _write_label(conn, label, now, writer, None) if label is not None else None
+        return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=False, checked=checked)
     conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
     checked = _write_label(conn, label, now, writer, key_id) if label is not None else None
     return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True, checked=checked)
+
+
+class _RowGone(Exception):
+    """A row a concurrent writer inserted was deleted before this transaction could read it:
+    `Store._transact` runs the transaction again."""
+
+
+def _found(row_id: int | None) -> int:
+    if row_id is None:
+        raise _RowGone
+    return row_id
+
+
+def _insert_unless_taken(
+    conn: Connection, table: sqlalchemy.Table, values: dict, unique: tuple[str, ...]
+) -> int | None:
+    """Insert a row and return its id; None where a row with the same `unique` columns exists,
+    committed by a concurrent writer whose insert this one waited for (ON CONFLICT DO NOTHING),
+    so the caller reads that row instead of failing the whole transaction. Other dialects insert
+    plainly: a conflict fails the transaction, which `Store._transact` retries."""
+    insert = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(conn.dialect.name)
+    if insert is None:
+        return conn.execute(table.insert().values(values).returning(table.c.id)).scalar_one()
+    statement = insert(table).values(values).on_conflict_do_nothing(index_elements=list(unique))
+    return conn.execute(statement.returning(table.c.id)).scalar()
 
 
 def _hold_record(conn: Connection) -> tuple[int, int] | None:
@@ -352,9 +381,10 @@ class Store:
 
         On SQLite the transaction takes the write lock before `work` reads (pysqlite would begin
         it only at the first write, after the reads it depends on). A deadlock or serialization
-        failure (PostgreSQL picks a victim when two deletes meet in opposite order) and a
-        concurrent insert of the same unique row are retried, twice; other failures surface as
-        StoreError naming `action`.
+        failure (PostgreSQL picks a victim when two deletes meet in opposite order), a concurrent
+        insert of the same unique row on a dialect without ON CONFLICT, and a row a concurrent
+        writer inserted and another deleted before this one read it (`_RowGone`) are retried,
+        twice; other failures surface as StoreError naming `action`.
         """
         for attempt in range(3):
             try:
@@ -364,6 +394,12 @@ class Store:
                     return work(conn)
             except StoreError:
                 raise
+            except _RowGone:
+                if attempt == 2:
+                    raise StoreError(
+                        f"{action} failed, nothing was changed: rows changed under it; try again"
+                    ) from None
+                continue
             except (IntegrityError, OperationalError) as exc:
                 if attempt == 2 or not _retryable(exc):
                     raise StoreError(f"{action} failed, nothing was changed: {exc}") from exc
