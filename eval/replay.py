@@ -215,8 +215,9 @@ def replay_intents(
         cache = _cache(policy, embedder, directory, shadow_audits, gate)
         seen: set[str] = set()
         for query in warm:
-            cache.write_back(query.text, right_answer(query), model="replay", tenant=STREAM_TENANT, paid=False)
-            seen.add(right_answer(query))
+            answer = right_answer(query)
+            cache.write_back(query.text, answer, model="replay", tenant=STREAM_TENANT, paid=False)
+            seen.add(answer)
         for i, query in enumerate(_progress(stream, progress, "replay")):
             result, served, ms = _timed_lookup(cache, query.text, STREAM_TENANT)
             right = right_answer(query)

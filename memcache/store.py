@@ -141,32 +141,28 @@ def _add_answer(
         entry_id = _insert_unless_taken(conn, EntryRow.__table__, values, ("scope_key", "answer_hash"))
         if entry_id is None:  # a concurrent writer stored the same answer first: join its entry
             new_entry, entry_id = False, _found(conn.execute(find_entry).scalar())
-    if not new_entry:
-        key_id = conn.execute(
-            select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash).limit(1)
-        ).scalar()
-        if expires_at is not None:
-            conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
-        if key_id is not None:
-            checked = _write_label(conn, label, now, writer, None) if label is not None else None
-            return WriteResult(entry_id, key_id, new_entry=False, new_key=False, checked=checked)
-    key = {
-        "entry_id": entry_id,
-        "scope_key": scope.key,
-        "query": query,
-        "normalized_hash": normalized_hash,
-        "embedding": blob,
-        "created_at": now,
-    }
-    key_id = _insert_unless_taken(conn, KeyRow.__table__, key, ("entry_id", "normalized_hash"))
-    if key_id is None:  # a concurrent writer gave the entry the same key first
-        found = select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash)
-        key_id = _found(conn.execute(found.limit(1)).scalar())
-        checked = _write_label(conn, label, now, writer, None) if label is not None else None
-        return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=False, checked=checked)
-    conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
-    checked = _write_label(conn, label, now, writer, key_id) if label is not None else None
-    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=True, checked=checked)
+    find_key = select(KeyRow.id).where(KeyRow.entry_id == entry_id, KeyRow.normalized_hash == normalized_hash).limit(1)
+    key_id = None if new_entry else conn.execute(find_key).scalar()
+    if not new_entry and expires_at is not None:
+        conn.execute(update(EntryRow).where(EntryRow.id == entry_id).values(expires_at=expires_at))
+    new_key = False
+    if key_id is None:
+        key = {
+            "entry_id": entry_id,
+            "scope_key": scope.key,
+            "query": query,
+            "normalized_hash": normalized_hash,
+            "embedding": blob,
+            "created_at": now,
+        }
+        key_id = _insert_unless_taken(conn, KeyRow.__table__, key, ("entry_id", "normalized_hash"))
+        new_key = key_id is not None
+        if not new_key:  # a concurrent writer gave the entry the same key first
+            key_id = _found(conn.execute(find_key).scalar())
+    if new_key:
+        conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
+    checked = _write_label(conn, label, now, writer, key_id if new_key else None) if label is not None else None
+    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=new_key, checked=checked)
 
 
 class _RowGone(Exception):
