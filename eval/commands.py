@@ -281,21 +281,9 @@ HINDSIGHT_LEGEND = (
 
 
 def run_eval(args: argparse.Namespace) -> dict:
-    if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
-        raise ConfigError(
-            "--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)"
-        )
-    if args.oos_ramp and args.oos_from is None:
-        raise ConfigError("--oos-ramp needs --oos-from N, where the out-of-scope share starts rising")
-    cheap = args.cheap or args.cheap_accuracy is not None
-    accuracies = [float(p) for p in str(args.cheap_accuracy or "0.9").split(",")] if cheap else [None]
-    if (cheap or args.strong_model) and args.format == "pairs":
-        raise ConfigError("the cheap path and real models (--cheap, --strong-model) replay intent streams, not pairs")
-    if args.cheap_model and not args.strong_model:
-        raise ConfigError("--cheap-model needs --strong-model: real models replace the simulated ones together")
-    if args.strong_model and (cheap or args.warm or args.oos_from is not None):
-        raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
-    cheap = cheap or bool(args.cheap_model)
+    """Replay every (bound, cheap accuracy, shuffle, audit coin) the arguments ask for, beside
+    the static cut-offs if `--sweep`; print the tables, write the JSON and the plot."""
+    cheap = _check_eval_args(args)
     where = parse_where(args.where)
     stream = load_stream(
         args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label
@@ -313,7 +301,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     bounds = [float(b) for b in str(args.max_false_hit_rate).split(",")]
     seeds = [int(s) for s in str(args.seed).split(",")]
     audit_seeds = [int(s) for s in str(args.audit_seed).split(",")] if args.audit_seed is not None else None
-    runs = []
+    simulated = args.cheap or args.cheap_accuracy is not None
+    accuracies = [float(p) for p in str(args.cheap_accuracy or "0.9").split(",")] if simulated else [None]
     plan = [
         (bound, accuracy, seed, coin)
         for bound in bounds
@@ -321,60 +310,8 @@ def run_eval(args: argparse.Namespace) -> dict:
         for seed in seeds
         for coin in (audit_seeds or [seed])
     ]
-    for bound, accuracy, seed, audit_seed in plan:
-        reader = None
-        if accuracy is not None:
-            reader = SimulatedCheapModel(accuracy, args.cheap_abstain, args.cheap_cost, seed=audit_seed)
-        if args.calibration:
-            policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=audit_seed)
-        else:
-            policy = CalibratedPolicy(bound, seed=audit_seed)
-        shadow = not args.escalate_audits
-        if args.strong_model:  # real models through LiteLLM (memcache.eval.real)
-            records = _replay_real(args, stream, policy, embedder, seed)
-        else:
-            records = stream.replay(
-                policy,
-                embedder,
-                seed=seed,
-                warm=warm,
-                progress=True,
-                shadow_audits=shadow,
-                oos_from=args.oos_from,
-                oos_ramp=args.oos_ramp,
-                cheap_model=reader,
-            )
-        summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
-        if args.strong_model and args.cheap_model:
-            summary.update(cheap_model=args.cheap_model, **cheap_path(records, args.cheap_cost))
-        elif reader is not None:
-            summary.update(
-                cheap_accuracy=accuracy, cheap_abstain=args.cheap_abstain, **cheap_path(records, args.cheap_cost)
-            )
-        runs.append(
-            {
-                "seed": seed,
-                "audit_seed": audit_seed,
-                **summary,
-                "shadow_audits": shadow,
-                "latency_includes_encoding": not runs,
-                "shifts_detected": list(policy.shifts_detected),
-                "policy_claim_ratio": policy.claim_ratio,
-                "_records": records,
-            }
-        )
-        if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
-            after = summarize(records[args.oos_from :], max_false_hit_rate=bound)
-            runs[-1]["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
-    sweep, curves = [], {}
-    if args.sweep and stream.kind == "intents":  # every shuffle's cut-offs once; the table shows the first's
-        order = {"warm": warm, "oos_from": args.oos_from, "oos_ramp": args.oos_ramp}
-        for seed in seeds:
-            for threshold, row in stream.static_hits(HINDSIGHT_THRESHOLDS, embedder, seed, **order).items():
-                curves.setdefault(threshold, []).append(row)
-        sweep = [sweep_row(threshold, *curves[threshold][0]) for threshold in SWEEP_THRESHOLDS]
-    elif args.sweep:
-        sweep = stream.sweep(SWEEP_THRESHOLDS, embedder, seed=seeds[0])
+    runs = [_replay_run(args, stream, embedder, warm, *step, first=not i) for i, step in enumerate(plan)]
+    sweep, curves = _static_cut_offs(args, stream, embedder, seeds, warm)
     report = {
         "data": str(args.data),
         "format": args.format,
@@ -386,40 +323,9 @@ def run_eval(args: argparse.Namespace) -> dict:
     }
     if curves:
         report["best_static"] = hindsight_static(curves, report["runs"], bounds, len(seeds))
-    run_ids = ("seed",) if audit_seeds is None else ("seed", "audit_seed")
-    columns = (*run_ids, *REPORT_COLUMNS[1:], *(MORE_COLUMNS if args.all_columns else ()))
-    print(_table(report["runs"], columns))
-    print(LEGEND + (f"; {MORE_LEGEND}" if args.all_columns else " (--all-columns for more)"))
-    if cheap:
-        print("\nthe cheap path (simulated cheap model):")
-        print(_table(report["runs"], (*run_ids, *CHEAP_COLUMNS)))
-        print(CHEAP_LEGEND)
-    if args.oos_from is not None:
-        arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
-        print(f"\nfrom query {args.oos_from} on ({arriving}):")
-        rows = [
-            {**{key: run[key] for key in run_ids}, **run["after_oos_from"], "shifts_detected": run["shifts_detected"]}
-            for run in report["runs"]
-        ]
-        print(_table(rows, (*run_ids, *AFTER_SHIFT_KEYS, "shifts_detected")))
     if len(runs) > len(bounds):  # several runs per bound: their spread is what to read
         report["across_seeds"] = across_seeds(report["runs"])
-        which = ",".join(map(str, seeds))
-        if audit_seeds is not None:
-            which += "; audit seeds " + ",".join(map(str, audit_seeds))
-        print(f"\nacross seeds ({which}):")
-        print(_table(report["across_seeds"], ACROSS_SEEDS_COLUMNS))
-        if cheap:
-            print(_table(report["across_seeds"], ACROSS_SEEDS_CHEAP_COLUMNS))
-    if sweep:
-        print(f"\nstatic cosine thresholds (same stream, seed {seeds[0]}):")
-        print(_table(sweep, ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))
-    if report.get("best_static"):
-        print(
-            f"\nbest static cut-off in hindsight (0.50-1.00, over seeds {','.join(map(str, seeds))}) beside the policy:"
-        )
-        print(_table(report["best_static"], HINDSIGHT_COLUMNS))
-        print(HINDSIGHT_LEGEND)
+    _print_report(args, report, seeds, audit_seeds, cheap)
     if args.json:
         Path(args.json).write_text(json.dumps(report["runs"][0] if len(runs) == 1 and not sweep else report, indent=2))
     if args.plot:
@@ -434,6 +340,132 @@ def run_eval(args: argparse.Namespace) -> dict:
             sweep=sweep,
         )
     return report
+
+
+def _check_eval_args(args: argparse.Namespace) -> bool:
+    """Refuse combinations that cannot be replayed, before anything loads; True where the
+    cheap path is replayed (simulated, or a real `--cheap-model`)."""
+    if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
+        raise ConfigError(
+            "--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)"
+        )
+    if args.oos_ramp and args.oos_from is None:
+        raise ConfigError("--oos-ramp needs --oos-from N, where the out-of-scope share starts rising")
+    simulated = args.cheap or args.cheap_accuracy is not None
+    if (simulated or args.strong_model) and args.format == "pairs":
+        raise ConfigError("the cheap path and real models (--cheap, --strong-model) replay intent streams, not pairs")
+    if args.cheap_model and not args.strong_model:
+        raise ConfigError("--cheap-model needs --strong-model: real models replace the simulated ones together")
+    if args.strong_model and (simulated or args.warm or args.oos_from is not None):
+        raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
+    return simulated or bool(args.cheap_model)
+
+
+def _replay_run(
+    args: argparse.Namespace, stream: Stream, embedder, warm, bound: float, accuracy: float | None, seed: int,
+    audit_seed: int, *, first: bool,
+) -> dict:  # fmt: skip
+    """One replay with a fresh policy (and simulated cheap model, at `accuracy`): its summary
+    row, with the records kept under `_records` for the plot."""
+    reader = None
+    if accuracy is not None:
+        reader = SimulatedCheapModel(accuracy, args.cheap_abstain, args.cheap_cost, seed=audit_seed)
+    if args.calibration:
+        policy = CalibratedPolicy.from_file(args.calibration, max_false_hit_rate=bound, seed=audit_seed)
+    else:
+        policy = CalibratedPolicy(bound, seed=audit_seed)
+    shadow = not args.escalate_audits
+    if args.strong_model:  # real models through LiteLLM (memcache.eval.real)
+        records = _replay_real(args, stream, policy, embedder, seed)
+    else:
+        records = stream.replay(
+            policy,
+            embedder,
+            seed=seed,
+            warm=warm,
+            progress=True,
+            shadow_audits=shadow,
+            oos_from=args.oos_from,
+            oos_ramp=args.oos_ramp,
+            cheap_model=reader,
+        )
+    summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+    if args.strong_model and args.cheap_model:
+        summary.update(cheap_model=args.cheap_model, **cheap_path(records, args.cheap_cost))
+    elif reader is not None:
+        summary.update(
+            cheap_accuracy=accuracy, cheap_abstain=args.cheap_abstain, **cheap_path(records, args.cheap_cost)
+        )
+    run = {
+        "seed": seed,
+        "audit_seed": audit_seed,
+        **summary,
+        "shadow_audits": shadow,
+        "latency_includes_encoding": first,
+        "shifts_detected": list(policy.shifts_detected),
+        "policy_claim_ratio": policy.claim_ratio,
+        "_records": records,
+    }
+    if args.oos_from is not None:  # the traffic after out-of-scope queries start arriving
+        after = summarize(records[args.oos_from :], max_false_hit_rate=bound)
+        run["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
+    return run
+
+
+def _static_cut_offs(args: argparse.Namespace, stream: Stream, embedder, seeds: list[int], warm) -> tuple[list, dict]:
+    """`--sweep`: the table's static cut-offs on the first shuffle, and for intent streams every
+    hindsight cut-off's hits on every shuffle (for the best static cut-off in hindsight)."""
+    if not args.sweep:
+        return [], {}
+    if stream.kind != "intents":
+        return stream.sweep(SWEEP_THRESHOLDS, embedder, seed=seeds[0]), {}
+    curves: dict[float, list] = {}
+    order = {"warm": warm, "oos_from": args.oos_from, "oos_ramp": args.oos_ramp}
+    for seed in seeds:
+        for threshold, row in stream.static_hits(HINDSIGHT_THRESHOLDS, embedder, seed, **order).items():
+            curves.setdefault(threshold, []).append(row)
+    return [sweep_row(threshold, *curves[threshold][0]) for threshold in SWEEP_THRESHOLDS], curves
+
+
+def _print_report(
+    args: argparse.Namespace, report: dict, seeds: list[int], audit_seeds: list[int] | None, cheap: bool
+) -> None:
+    """The tables `memcache eval` prints: one row per run, then the cheap path, the traffic after
+    `--oos-from`, the spread across seeds, and the static cut-offs."""
+    runs = report["runs"]
+    run_ids = ("seed",) if audit_seeds is None else ("seed", "audit_seed")
+    columns = (*run_ids, *REPORT_COLUMNS[1:], *(MORE_COLUMNS if args.all_columns else ()))
+    print(_table(runs, columns))
+    print(LEGEND + (f"; {MORE_LEGEND}" if args.all_columns else " (--all-columns for more)"))
+    if cheap:
+        print("\nthe cheap path (simulated cheap model):")
+        print(_table(runs, (*run_ids, *CHEAP_COLUMNS)))
+        print(CHEAP_LEGEND)
+    if args.oos_from is not None:
+        arriving = "out-of-scope share rising" if args.oos_ramp else "out-of-scope queries arriving"
+        print(f"\nfrom query {args.oos_from} on ({arriving}):")
+        rows = [
+            {**{key: run[key] for key in run_ids}, **run["after_oos_from"], "shifts_detected": run["shifts_detected"]}
+            for run in runs
+        ]
+        print(_table(rows, (*run_ids, *AFTER_SHIFT_KEYS, "shifts_detected")))
+    if "across_seeds" in report:
+        which = ",".join(map(str, seeds))
+        if audit_seeds is not None:
+            which += "; audit seeds " + ",".join(map(str, audit_seeds))
+        print(f"\nacross seeds ({which}):")
+        print(_table(report["across_seeds"], ACROSS_SEEDS_COLUMNS))
+        if cheap:
+            print(_table(report["across_seeds"], ACROSS_SEEDS_CHEAP_COLUMNS))
+    if report["sweep"]:
+        print(f"\nstatic cosine thresholds (same stream, seed {seeds[0]}):")
+        print(_table(report["sweep"], ("threshold", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")))
+    if report.get("best_static"):
+        print(
+            f"\nbest static cut-off in hindsight (0.50-1.00, over seeds {','.join(map(str, seeds))}) beside the policy:"
+        )
+        print(_table(report["best_static"], HINDSIGHT_COLUMNS))
+        print(HINDSIGHT_LEGEND)
 
 
 def _replay_real(args: argparse.Namespace, stream: Stream, policy: Policy, embedder, seed: int) -> list[QueryRecord]:
