@@ -14,9 +14,11 @@ The held-out check of observed against predicted errors above the cut-off is tha
 separate claim ratio multiplies the estimate.
 
 A cheap model is asked where it pays: while the recent share of replies that were served saves
-more than a cheap call costs. Elsewhere it is asked only within a learning budget: the replies
-it was not served for may cost at most `learning_budget` of what the strong model's calls cost
-(so the path can never add more than that to the bill). A cheap model that is often wrong thus
+more than a cheap call costs. Elsewhere it is asked only within a learning budget: past its first
+`learn_replies`, the replies it was not served for may cost at most `learning_budget` of what
+sending every lookup to the strong model would, the baseline the saving is reported against (so a
+cheap model that is never served adds at most that share of it to the bill, however few lookups
+memory serves). A cheap model that is often wrong thus
 stops being used, without configuration, and one that improves is still noticed.
 """
 
@@ -83,7 +85,8 @@ class CheapGate:
         max_false_answer_rate: bound on wrong served cheap answers / served cheap answers.
         cost_ratio: a cheap call's price as a share of a strong call's; decides whether asking
             the cheap model pays (None: 0.1 until `observe_cost` has seen both prices).
-        learning_budget: what unserved replies may cost, as a share of the strong calls' cost.
+        learning_budget: what unserved replies may cost, as a share of sending every lookup to the
+            strong model (`count_lookups_with` says how many there were).
         learn_replies: replies asked for before the budget applies.
         The rest are the hit policy's settings, with the same meaning (`CalibratedPolicy`).
     """
@@ -101,7 +104,7 @@ class CheapGate:
         warmup_hits: int = 300,
         warmup_share: float = 0.75,
         cost_ratio: float | None = None,
-        learning_budget: float = 0.025,
+        learning_budget: float = 0.02,
         learn_replies: int = 100,
         recent_window: int = 500,
         seed: int | None = None,
@@ -136,23 +139,27 @@ class CheapGate:
         self.bound: float | None = None
         self.region_labels = 0
         self._served = 0
-        self._asked = self._unserved = self._strong_calls = 0
+        self._asked = self._unserved = 0
         self._prices: dict[str, deque[float]] = {"cheap": deque(maxlen=200), "strong": deque(maxlen=200)}
         self._hits_served: Callable[[], int] = lambda: 0
+        self._lookups: Callable[[], int] = lambda: 0
 
     # -- asking -------------------------------------------------------------------------------
 
     def wants_reply(self) -> bool:
         """Ask the cheap model about this miss? Where it pays, else within the learning budget."""
         with self._lock:
-            within_budget = self._unserved * self._cost_ratio() < self.learning_budget * self._strong_calls
+            # this reply too, were it not served: the budget is a cap, not a line crossed by one reply
+            within_budget = (self._unserved + 1) * self._cost_ratio() <= self.learning_budget * self._lookups()
             ask = self._asked < self.learn_replies or self._pays() or within_budget
             self._asked += int(ask)
             return ask
 
     def _pays(self) -> bool:  # hold the lock
-        if self.threshold is None or not self._outcomes:
+        if self.threshold is None:
             return False
+        if not self._outcomes:  # a cut-off certified on stored labels: asked until its replies say
+            return True
         served = sum(self._outcomes) / len(self._outcomes)
         return served * (1.0 - self._audit_rate()) > self._cost_ratio()
 
@@ -167,7 +174,6 @@ class CheapGate:
     def observe_cost(self, path: str, cost: float) -> None:
         """One call of the "cheap" or "strong" model and its price in any unit (0: unpriced)."""
         with self._lock:
-            self._strong_calls += path == "strong"
             if cost > 0:
                 self._prices[path].append(cost)
 
@@ -197,6 +203,10 @@ class CheapGate:
     def count_hits_with(self, hits_served: Callable[[], int]) -> None:
         """Where the warm-up reads how many hits were served (the hit policy's count)."""
         self._hits_served = hits_served
+
+    def count_lookups_with(self, lookups: Callable[[], int]) -> None:
+        """Where the learning budget reads how many lookups there were (the controller's count)."""
+        self._lookups = lookups
 
     def confidence(self, features: Sequence[float]) -> float:
         with self._lock:

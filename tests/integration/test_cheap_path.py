@@ -88,6 +88,30 @@ def test_the_hits_a_learning_policy_served_count_toward_the_gates_warm_up(db_url
         assert gate.target == cache.stats().cheap_target == pytest.approx(0.02)
 
 
+def test_the_learning_budget_grows_with_every_lookup_hits_included(db_url, embedder, server, options):
+    # a cheap call at half a strong call's price and no free replies: each reply the gate does not
+    # serve (it has learned nothing, so it serves none) is paid for by 2% of 25 lookups
+    gate = CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
+    with open_cache(db_url, embedder, options, gate) as cache:
+
+        def repeats(n: int) -> None:  # exact repeats: hits the strong model never saw, each a lookup
+            for _ in range(n):
+                assert cache_info(ask(cache, "What is the capital of France?", options)).path == "memory"
+
+        ask(cache, "What is the capital of France?", options)
+        ask(cache, "what's France's capital city?", options)  # lookup 2: one reply would cost 0.5 > 2% x 2
+        assert cache.stats().cheap_calls == 0
+        repeats(24)
+        ask(cache, "which city is the capital of France", options)  # lookup 27: 0.5 <= 2% x 27, asked
+        ask(cache, "tell me the capital of France", options)  # lookup 28: a second would cost 1.0 > 0.56
+        assert cache.stats().cheap_calls == 1
+        repeats(25)
+        ask(cache, "France's capital is which city?", options)  # lookup 54: 1.0 <= 1.08
+        stats = cache.stats()
+        assert (stats.lookups, stats.cheap_calls, stats.cheap_answers) == (54, 2, 0)
+        assert stats.cheap_calls * 0.5 <= 0.02 * stats.lookups  # what the unserved replies cost: within 2%
+
+
 def test_the_cheap_prompt_carries_only_the_requests_scope(db_url, embedder, server, options):
     with open_cache(db_url, embedder, options) as cache:
         ask(cache, "What is my account number?", options, tenant="alice")

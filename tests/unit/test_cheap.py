@@ -112,15 +112,27 @@ def test_labels_of_an_older_feature_set_are_not_loaded():
 
 
 def test_a_cheap_model_that_never_pays_is_asked_only_within_the_learning_budget():
-    gate = CheapGate(0.02, cost_ratio=0.05, learning_budget=0.025, learn_replies=10, seed=0)
+    gate = CheapGate(0.02, cost_ratio=0.05, learning_budget=0.02, learn_replies=10, seed=0)
+    lookups = 0
+    gate.count_lookups_with(lambda: lookups)
     asked = 0
-    for _ in range(2000):  # every request a miss the strong model answers; every reply abstains
-        if gate.wants_reply():
+    for i in range(4000):  # memory serves every other lookup; each other is a miss whose reply abstains
+        lookups += 1
+        if i % 2 and gate.wants_reply():
             asked += 1
             gate.record_abstain()
-        gate.observe_cost("strong", 0)
-    # unserved replies may cost 2.5% of the strong calls: 0.025 / 0.05 = one reply per two strong calls
-    assert 10 <= asked <= 0.5 * 2000 + 11
+    # unserved replies may cost 2% of every lookup sent to the strong model: 0.02 / 0.05 = 0.4 a lookup
+    assert asked == 0.4 * 4000  # 1,600 replies at 0.05: exactly 2% of 4,000 lookups
+    assert asked * 0.05 <= 0.02 * 4000  # what the path added: within 2% of sending every lookup to the strong model
+
+
+def test_a_cut_off_restored_from_stored_labels_is_asked_until_its_replies_say_it_does_not_pay():
+    gate = CheapGate(0.02, cost_ratio=0.05, learn_replies=0, seed=0)
+    gate.count_lookups_with(lambda: 1)  # a restart: one lookup, no budget to speak of
+    gate.load(_labels(1000, 0.0, random.Random(2)))
+    assert gate.threshold is not None and gate.wants_reply()
+    assert gate.decide([0.0] * len(GATE_FEATURES))[0] == "escalate"  # a reply it does not trust
+    assert not gate.wants_reply()  # none of its recent replies served: asking does not pay
 
 
 def test_settings_are_checked():
