@@ -283,7 +283,8 @@ HINDSIGHT_LEGEND = (
 def run_eval(args: argparse.Namespace) -> dict:
     """Replay every (bound, cheap accuracy, shuffle, audit coin) the arguments ask for, beside
     the static cut-offs if `--sweep`; print the tables, write the JSON and the plot."""
-    cheap = _check_eval_args(args)
+    simulated = _check_eval_args(args)  # the simulated cheap model is replayed
+    cheap = simulated or bool(args.cheap_model)
     where = parse_where(args.where)
     stream = load_stream(
         args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label
@@ -301,7 +302,6 @@ def run_eval(args: argparse.Namespace) -> dict:
     bounds = [float(b) for b in str(args.max_false_hit_rate).split(",")]
     seeds = [int(s) for s in str(args.seed).split(",")]
     audit_seeds = [int(s) for s in str(args.audit_seed).split(",")] if args.audit_seed is not None else None
-    simulated = args.cheap or args.cheap_accuracy is not None
     accuracies = [float(p) for p in str(args.cheap_accuracy or "0.9").split(",")] if simulated else [None]
     plan = [
         (bound, accuracy, seed, coin)
@@ -344,7 +344,7 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 def _check_eval_args(args: argparse.Namespace) -> bool:
     """Refuse combinations that cannot be replayed, before anything loads; True where the
-    cheap path is replayed (simulated, or a real `--cheap-model`)."""
+    simulated cheap model is replayed (`--cheap`, `--cheap-accuracy`)."""
     if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
         raise ConfigError(
             "--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)"
@@ -358,7 +358,7 @@ def _check_eval_args(args: argparse.Namespace) -> bool:
         raise ConfigError("--cheap-model needs --strong-model: real models replace the simulated ones together")
     if args.strong_model and (simulated or args.warm or args.oos_from is not None):
         raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
-    return simulated or bool(args.cheap_model)
+    return simulated
 
 
 def _replay_run(

@@ -18,8 +18,8 @@ more than a cheap call costs. Elsewhere it is asked only within a learning budge
 `learn_replies`, the replies it was not served for may cost at most `learning_budget` of what
 sending every lookup to the strong model would, the baseline the saving is reported against (so a
 cheap model that is never served adds at most that share of it to the bill, however few lookups
-memory serves). A cheap model that is often wrong thus
-stops being used, without configuration, and one that improves is still noticed.
+memory serves). A cheap model that is often wrong thus stops being used, without configuration,
+and one that improves is still noticed.
 """
 
 from __future__ import annotations
