@@ -87,10 +87,10 @@ class Controller:
         self.policy = policy
         self.cheap_gate = cheap_gate
         self.learning = policy if isinstance(policy, LearningPolicy) else None
-        if cheap_gate is not None and self.learning is not None:
-            cheap_gate.count_hits_with(lambda: self.learning.served)
         if cheap_gate is not None:
             cheap_gate.count_lookups_with(lambda: self._counters["lookups"])
+            if self.learning is not None:
+                cheap_gate.count_hits_with(lambda: self.learning.served)
         self.memory = memory
         self.store = memory.store
         self.judge = judge
