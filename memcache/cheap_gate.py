@@ -18,7 +18,8 @@ more than a cheap call costs. Elsewhere it is asked only within a learning budge
 `learn_replies`, the replies it was not served for may cost at most `learning_budget` of what
 sending every lookup to the strong model would, the baseline the saving is reported against (so a
 cheap model that is never served adds at most that share of it to the bill, however few lookups
-memory serves). A cheap model that is often wrong thus stops being used, without configuration,
+memory serves). A reply counts as unserved from the moment it is asked for, so replies asked for
+at once, before any is read, cannot overrun the budget together. A cheap model that is often wrong thus stops being used, without configuration,
 and one that improves is still noticed.
 """
 
@@ -153,6 +154,7 @@ class CheapGate:
             within_budget = (self._unserved + 1) * self._cost_ratio() <= self.learning_budget * self._lookups()
             ask = self._asked < self.learn_replies or self._pays() or within_budget
             self._asked += int(ask)
+            self._unserved += int(ask)  # unserved until `decide` serves it: replies still in flight count
             return ask
 
     def _pays(self) -> bool:  # hold the lock
@@ -181,7 +183,6 @@ class CheapGate:
         """An asked reply that named no pair (or did not parse): it saved nothing."""
         with self._lock:
             self._outcomes.append(False)
-            self._unserved += 1
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -226,10 +227,10 @@ class CheapGate:
             confidence = self._confidence(features)
             if self.threshold is None or confidence < self.threshold:
                 self._outcomes.append(False)
-                self._unserved += 1
                 return "escalate", confidence
             self._outcomes.append(True)
             self._served += 1
+            self._unserved = max(self._unserved - 1, 0)  # counted unserved when asked
             return ("audit" if self._rng.random() < self._audit_rate() else "serve"), confidence
 
     # -- learning -------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ def two_models(body: dict):
     """`respond` for a server playing two models by name: "cheap-model" (or "gpt-4o-mini", a name
     LiteLLM prices) names pair 1 of the cheap
     prompt and repeats its answer, unless the request says CHEAP-FAIL (HTTP 500), CHEAP-ABSTAIN
-    or CHEAP-GARBAGE (a reply that does not parse); any other model is the default strong one."""
+    or CHEAP-GARBAGE (a reply that does not parse), and replies after 0.5 s to CHEAP-DELAY; any other
+    model is the default strong one."""
     if body.get("model") not in ("cheap-model", "gpt-4o-mini"):
         return None
     user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
@@ -42,6 +43,8 @@ def two_models(body: dict):
         return '{"memory": null}'
     if "CHEAP-GARBAGE" in user:
         return "I would say 42."
+    if "CHEAP-DELAY" in user:
+        time.sleep(0.5)
     answer = json.loads(PAIR_ONE.search(body["messages"][0]["content"]).group(1))
     return json.dumps({"memory": 1, "answer": answer})
 

@@ -112,6 +112,26 @@ def test_the_learning_budget_grows_with_every_lookup_hits_included(db_url, embed
         assert stats.cheap_calls * 0.5 <= 0.02 * stats.lookups  # what the unserved replies cost: within 2%
 
 
+def test_replies_in_flight_count_against_the_learning_budget(db_url, embedder, server, options):
+    # six misses at once, each cheap reply taking 0.5 s: all six ask the gate before any reply is
+    # read, and the budget (2% of 27 to 32 lookups at half a strong call's price) has room for one
+    gate = CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
+    with open_cache(db_url, embedder, options, gate) as cache:
+        for _ in range(26):  # a stored answer, then 25 exact repeats: 26 lookups
+            ask(cache, "What is the capital of France?", options)
+
+        async def at_once():
+            texts = [f"CHEAP-DELAY which city is France's capital, asked {n} times?" for n in range(6)]
+            return await asyncio.gather(
+                *(cache.acompletion(messages=[{"role": "user", "content": t}], **options) for t in texts)
+            )
+
+        assert all(cache_info(r).path == "strong" for r in asyncio.run(at_once()))
+        stats = cache.stats()
+        assert (stats.lookups, stats.cheap_calls) == (32, 1)
+        assert stats.cheap_calls * 0.5 <= 0.02 * stats.lookups
+
+
 def test_the_cheap_prompt_carries_only_the_requests_scope(db_url, embedder, server, options):
     with open_cache(db_url, embedder, options) as cache:
         ask(cache, "What is my account number?", options, tenant="alice")

@@ -126,6 +126,27 @@ def test_a_cheap_model_that_never_pays_is_asked_only_within_the_learning_budget(
     assert asked * 0.05 <= 0.02 * 4000  # what the path added: within 2% of sending every lookup to the strong model
 
 
+def test_replies_still_in_flight_count_against_the_learning_budget():
+    gate = CheapGate(0.02, cost_ratio=0.05, learning_budget=0.02, learn_replies=0, seed=0)
+    gate.count_lookups_with(lambda: 100)  # room for 2% x 100 / 0.05 = 40 unserved replies
+    asked = sum(gate.wants_reply() for _ in range(60))  # 60 misses asked at once, before any reply is read
+    assert asked == 40
+    for _ in range(asked):
+        gate.record_abstain()  # the replies, read: none served
+    assert not gate.wants_reply()
+
+
+def test_a_served_reply_frees_the_budget_it_was_asked_under():
+    gate = CheapGate(0.02, cost_ratio=0.6, learning_budget=0.02, learn_replies=0, seed=0)
+    gate.count_lookups_with(lambda: 100)  # room for 2% x 100 / 0.6: 3 unserved replies
+    gate.load(_labels(1000, 0.0, random.Random(2)))
+    assert gate.wants_reply()  # a restored cut-off is asked until its replies say
+    assert gate.decide(_reply(0.05))[0] == "escalate"  # not served: asking does not pay; 1 unserved
+    assert sum(gate.wants_reply() for _ in range(5)) == 2  # 3 unserved, 2 of them in flight
+    assert gate.decide(_reply(0.95))[0] in ("serve", "audit")  # one served (half served does not pay at 0.6)
+    assert gate.wants_reply() and not gate.wants_reply()
+
+
 def test_a_cut_off_restored_from_stored_labels_is_asked_until_its_replies_say_it_does_not_pay():
     gate = CheapGate(0.02, cost_ratio=0.05, learn_replies=0, seed=0)
     gate.count_lookups_with(lambda: 1)  # a restart: one lookup, no budget to speak of
