@@ -19,8 +19,8 @@ more than a cheap call costs. Elsewhere it is asked only within a learning budge
 sending every lookup to the strong model would, the baseline the saving is reported against (so a
 cheap model that is never served adds at most that share of it to the bill, however few lookups
 memory serves). A reply counts as unserved from the moment it is asked for, so replies asked for
-at once, before any is read, cannot overrun the budget together. A cheap model that is often wrong thus stops being used, without configuration,
-and one that improves is still noticed.
+at once, before any is read, cannot overrun the budget together. A cheap model that is often
+wrong thus stops being used, without configuration, and one that improves is still noticed.
 """
 
 from __future__ import annotations
