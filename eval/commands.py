@@ -186,7 +186,9 @@ def load_stream(
     if splits and not keep_oos:
         rows = [r for r in rows if r.label != OOS]
     if not rows:
-        raise ConfigError(f"no rows in {path} for splits {splits!r}" + (f" and --where {where}" if where else ""))
+        asked = [f"--splits {splits}"] if splits else []
+        asked += [f"--where {field}={','.join(sorted(values))}" for field, values in (where or {}).items()]
+        raise ConfigError(f"no rows in {path}" + (f" for {' '.join(asked)}" if asked else ""))
     return Stream("intents", rows, [r.text for r in rows], limit)
 
 

@@ -110,7 +110,7 @@ def test_where_keeps_rows_by_field_and_limit_cuts_the_shuffled_stream(tmp_path):
     assert stream.limit == 5
     with pytest.raises(ConfigError):
         parse_where(["domain"])
-    with pytest.raises(ConfigError):
-        load_stream(str(path), "intents", "test", "text", "label", where={"domain": {"space"}})
+    with pytest.raises(ConfigError, match="no rows in .* for --splits test --where domain=moon,space$"):
+        load_stream(str(path), "intents", "test", "text", "label", where={"domain": {"space", "moon"}})
     with pytest.raises(ConfigError):
         load_stream(str(path), "intents", "test", "text", "label", limit=0)
