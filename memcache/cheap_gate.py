@@ -159,6 +159,11 @@ class CheapGate:
             self._unserved += int(ask)  # unserved until `decide` serves it: replies still in flight count
             return ask
 
+    def withdraw(self) -> None:
+        """A reply `wants_reply` allowed that was not asked for after all (no pair left to pass)."""
+        with self._lock:
+            self._unserved = max(self._unserved - 1, 0)
+
     def _pays(self) -> bool:  # hold the lock
         if self.threshold is None:
             return False

@@ -291,7 +291,10 @@ class Controller:
             if row is not None and candidate.key_id in questions:
                 question = questions[candidate.key_id]
                 pairs.append(cheap.MemoryPair(entry_id, question, row.answer, candidate.similarity))
-        return pairs or None
+        if not pairs:  # the entries went (deleted, expired) between the search and now: nothing asked
+            gate.withdraw()
+            return None
+        return pairs
 
     def read_cheap(self, result: LookupResult, pairs: list[cheap.MemoryPair], text: object) -> CheapVerdict:
         """Serve, audit or escalate a cheap model's reply (`text`) to `pairs`."""

@@ -141,6 +141,19 @@ def test_replies_in_flight_count_against_the_learning_budget(db_url, embedder, s
         assert stats.cheap_calls * 0.5 <= 0.02 * stats.lookups
 
 
+def test_a_reply_with_no_pair_left_to_pass_costs_no_budget(db_url, embedder, server, options):
+    # a cheap call at half a strong call's price: after 25 lookups the budget has room for one reply
+    gate = CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, seed=0)
+    with open_cache(db_url, embedder, options, gate, ttl=3) as cache:
+        for _ in range(25):  # a stored answer, then 24 exact repeats
+            ask(cache, "What is the capital of France?", options)
+        time.sleep(3.2)  # it expires, but is still the nearest key in the index
+        ask(cache, "what's France's capital city?", options)  # lookup 26: the reply would read no pair
+        assert not cheap_calls(server)
+        ask(cache, "which city is the capital of France", options)  # lookup 27: the room is still there
+        assert len(cheap_calls(server)) == 1
+
+
 def test_the_cheap_prompt_carries_only_the_requests_scope(db_url, embedder, server, options):
     with open_cache(db_url, embedder, options, gate=eager_gate()) as cache:
         ask(cache, "What is my account number?", options, tenant="alice")

@@ -161,6 +161,14 @@ def test_the_learning_budget_resumes_what_earlier_processes_spent():
     assert not spent.wants_reply()
 
 
+def test_a_reply_withdrawn_before_it_is_asked_frees_its_budget():
+    gate = CheapGate(0.02, cost_ratio=0.05, learning_budget=0.02, seed=0)
+    gate.count_lookups_with(lambda: 100)  # room for 40
+    assert sum(gate.wants_reply() for _ in range(50)) == 40
+    gate.withdraw()  # one of them had no pair left to pass: never asked
+    assert gate.wants_reply() and not gate.wants_reply()
+
+
 def test_a_served_reply_frees_the_budget_it_was_asked_under():
     gate = CheapGate(0.02, cost_ratio=0.6, learning_budget=0.02, seed=0)
     gate.count_lookups_with(lambda: 100)  # room for 2% x 100 / 0.6: 3 unserved replies
