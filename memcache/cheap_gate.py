@@ -14,15 +14,16 @@ The held-out check of observed against predicted errors above the cut-off is tha
 separate claim ratio multiplies the estimate.
 
 A cheap model is asked where it pays: while the recent share of replies that were served saves
-more than a cheap call costs. Elsewhere it is asked only within a learning budget: the replies it
-was not served for may cost at most `learning_budget` of what sending every lookup to the strong
-model would, the baseline the saving is reported against, from the first lookup on (so a cheap
-model that is never served adds at most that share of it to the bill, on any stream, however few
-lookups memory serves). The lookups and unserved replies of earlier processes on the same store
-count too (`resume_budget`), so a restart neither forgets what was spent nor starts without
-room. A reply counts as unserved from the moment it is asked for, so replies asked for at once,
-before any is read, cannot overrun the budget together. A cheap model that is often wrong thus
-stops being used, without configuration, and one that improves is still noticed.
+more than a cheap call costs. Elsewhere it is asked only within a learning budget: past the
+store's first `learn_replies`, the replies it was not served for may cost at most
+`learning_budget` of what sending every lookup to the strong model would, the baseline the saving
+is reported against (so a cheap model that is never served adds at most that share of it to the
+bill, past those first replies, however few lookups memory serves). The lookups and replies of
+earlier processes on the same store count too (`resume_budget`), so a restart neither forgets
+what was spent nor starts without room. A reply counts as unserved from the moment it is asked
+for, so replies asked for at once, before any is read, cannot overrun the budget together. A
+cheap model that is often wrong thus stops being used, without configuration, and one that
+improves is still noticed.
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ class CheapGate:
         cost_ratio: a cheap call's price as a share of a strong call's; decides whether asking
             the cheap model pays (None: 0.1 until `observe_cost` has seen both prices).
         learning_budget: what unserved replies may cost, as a share of sending every lookup to the
-            strong model, from the first lookup (`count_lookups_with` says how many there were,
-            `resume_budget` what earlier processes on the store spent).
+            strong model (`count_lookups_with` says how many there were, `resume_budget` what
+            earlier processes on the store spent).
+        learn_replies: replies asked for before the budget applies (the store's first ones).
         The rest are the hit policy's settings, with the same meaning (`CalibratedPolicy`).
     """
 
@@ -108,6 +110,7 @@ class CheapGate:
         warmup_share: float = 0.75,
         cost_ratio: float | None = None,
         learning_budget: float = 0.02,
+        learn_replies: int = 100,
         recent_window: int = 500,
         seed: int | None = None,
     ) -> None:
@@ -124,7 +127,7 @@ class CheapGate:
             max_audit_rate,
         )
         self.l2, self.folds, self.warmup_hits, self.warmup_share = l2, folds, warmup_hits, warmup_share
-        self.cost_ratio, self.learning_budget = cost_ratio, learning_budget
+        self.cost_ratio, self.learn_replies, self.learning_budget = cost_ratio, learn_replies, learning_budget
         self.max_labels = max_labels
         self._z = certify.z_for(confidence_level)
         self._rng = random.Random(seed)
@@ -141,7 +144,7 @@ class CheapGate:
         self.bound: float | None = None
         self.region_labels = 0
         self._served = 0
-        self._unserved = 0
+        self._asked = self._unserved = 0
         self._before = (0, 0)  # lookups and unserved replies of earlier processes (`resume_budget`)
         self._prices: dict[str, deque[float]] = {"cheap": deque(maxlen=200), "strong": deque(maxlen=200)}
         self._hits_served: Callable[[], int] = lambda: 0
@@ -155,14 +158,15 @@ class CheapGate:
             lookups, unserved = self._before[0] + self._lookups(), self._before[1] + self._unserved
             # this reply too, were it not served: the budget is a cap, not a line crossed by one reply
             within_budget = (unserved + 1) * self._cost_ratio() <= self.learning_budget * lookups
-            ask = self._pays() or within_budget
+            ask = self._asked < self.learn_replies or self._pays() or within_budget
+            self._asked += int(ask)
             self._unserved += int(ask)  # unserved until `decide` serves it: replies still in flight count
             return ask
 
     def withdraw(self) -> None:
         """A reply `wants_reply` allowed that was not asked for after all (no pair left to pass)."""
         with self._lock:
-            self._unserved = max(self._unserved - 1, 0)
+            self._asked, self._unserved = max(self._asked - 1, 0), max(self._unserved - 1, 0)
 
     def _pays(self) -> bool:  # hold the lock
         if self.threshold is None:
@@ -216,11 +220,12 @@ class CheapGate:
         """Where the learning budget reads how many lookups there were (the controller's count)."""
         self._lookups = lookups
 
-    def resume_budget(self, lookups: int, unserved: int) -> None:
-        """What earlier processes on the store spent of the learning budget: their lookups, and
-        their cheap replies that were not served (the store's lifetime counters)."""
+    def resume_budget(self, lookups: int, replies: int, served: int) -> None:
+        """What earlier processes on the store spent of the learning budget (the store's lifetime
+        counters): their lookups, the cheap replies they asked for, and how many were served."""
         with self._lock:
-            self._before = (max(int(lookups), 0), max(int(unserved), 0))
+            self._before = (max(int(lookups), 0), max(int(replies) - int(served), 0))
+            self._asked = max(self._asked, int(replies))
 
     def confidence(self, features: Sequence[float]) -> float:
         with self._lock:
@@ -271,6 +276,7 @@ class CheapGate:
                     self._claims.append((float(claimed), bool(correct)))
             self._served = max(self._served, certify.served_at_least(len(self._claims), self.max_audit_rate))
             self._observed += len(rows)
+            self._asked += len(rows)
         if rows:
             self.refit()
 

@@ -121,13 +121,13 @@ class Controller:
         then follow the labels other instances write from there (`follow_labels`). The cheap
         path gets its labels and what earlier processes spent of its learning budget."""
         if self.cheap_gate is not None:
-            lifetime = self.store.lifetime_counts()
-            self.cheap_gate.resume_budget(
-                lifetime.get("lookups", 0), lifetime.get("cheap_calls", 0) - lifetime.get("cheap_answers", 0)
-            )
             highest = self.store.last_label_id(cheap=True)
             self.cheap_gate.load(self.store.iter_cheap_labels(limit=self.cheap_gate.max_labels, until=highest))
             self._cheap_feed = self._feed_from(highest, cheap=True)
+            lifetime = self.store.lifetime_counts()
+            self.cheap_gate.resume_budget(
+                lifetime.get("lookups", 0), lifetime.get("cheap_calls", 0), lifetime.get("cheap_answers", 0)
+            )
         if self.learning is None:
             return
         highest = self.store.last_label_id()
