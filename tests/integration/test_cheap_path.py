@@ -45,6 +45,12 @@ def trained_gate(**settings) -> CheapGate:
     return gate
 
 
+def half_price_gate() -> CheapGate:
+    """An unproven gate whose cheap calls cost half a strong call and get no free replies: the
+    learning budget has room for one unserved reply per 25 lookups."""
+    return CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
+
+
 def cheap_calls(stub: StubLLM) -> list[dict]:
     return [call for call in stub.calls if call.get("model") == "cheap-model"]
 
@@ -91,7 +97,7 @@ def test_the_hits_a_learning_policy_served_count_toward_the_gates_warm_up(db_url
 def test_the_learning_budget_grows_with_every_lookup_hits_included(db_url, embedder, server, options):
     # a cheap call at half a strong call's price and no free replies: each reply the gate does not
     # serve (it has learned nothing, so it serves none) is paid for by 2% of 25 lookups
-    gate = CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
+    gate = half_price_gate()
     with open_cache(db_url, embedder, options, gate) as cache:
 
         def repeats(n: int) -> None:  # exact repeats: hits the strong model never saw, each a lookup
@@ -115,7 +121,7 @@ def test_the_learning_budget_grows_with_every_lookup_hits_included(db_url, embed
 def test_replies_in_flight_count_against_the_learning_budget(db_url, embedder, server, options):
     # six misses at once, each cheap reply taking 0.5 s: all six ask the gate before any reply is
     # read, and the budget (2% of 27 to 32 lookups at half a strong call's price) has room for one
-    gate = CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
+    gate = half_price_gate()
     with open_cache(db_url, embedder, options, gate) as cache:
         for _ in range(26):  # a stored answer, then 25 exact repeats: 26 lookups
             ask(cache, "What is the capital of France?", options)
@@ -134,7 +140,7 @@ def test_replies_in_flight_count_against_the_learning_budget(db_url, embedder, s
 
 def test_a_reply_with_no_pair_left_to_pass_costs_no_budget(db_url, embedder, server, options):
     # a cheap call at half a strong call's price: after 25 lookups the budget has room for one reply
-    gate = CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
+    gate = half_price_gate()
     server.calls.clear()
     with open_cache(db_url, embedder, options, gate, ttl=3) as cache:
         for _ in range(25):  # a stored answer, then 24 exact repeats
@@ -147,20 +153,17 @@ def test_a_reply_with_no_pair_left_to_pass_costs_no_budget(db_url, embedder, ser
 
 
 def test_the_learning_budget_carries_over_a_restart(db_url, embedder, server, options):
-    def gate() -> CheapGate:  # half a strong call's price, no free replies: one reply per 25 lookups
-        return CheapGate(0.02, cost_ratio=0.5, learning_budget=0.02, learn_replies=0, seed=0)
-
     server.calls.clear()
-    with open_cache(db_url, embedder, options, gate()) as cache:
+    with open_cache(db_url, embedder, options, half_price_gate()) as cache:
         for _ in range(30):  # a stored answer, then 29 exact repeats: room for one reply, none asked
             ask(cache, "What is the capital of France?", options)
         assert not cheap_calls(server)
-    with open_cache(db_url, embedder, options, gate()) as cache:  # its first lookup: 0.5 > 2% x 1
+    with open_cache(db_url, embedder, options, half_price_gate()) as cache:  # its first lookup: 0.5 > 2% x 1
         ask(cache, "what's France's capital city?", options)  # ... but the store's 31st: asked
         assert len(cheap_calls(server)) == 1
         ask(cache, "which city is the capital of France", options)  # the room is spent: not asked
         assert len(cheap_calls(server)) == 1
-    with open_cache(db_url, embedder, options, gate()) as cache:  # and a restart does not refill it
+    with open_cache(db_url, embedder, options, half_price_gate()) as cache:  # and a restart does not refill it
         ask(cache, "tell me the capital of France", options)
         assert len(cheap_calls(server)) == 1
 
