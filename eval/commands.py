@@ -157,7 +157,7 @@ def _where_text(where: dict[str, set[str]] | None) -> str:
 
 def load_stream(
     path: str,
-    fmt: str,
+    fmt: str | None,
     splits: str | None,
     text_col: str,
     label_col: str,
@@ -167,6 +167,7 @@ def load_stream(
 ) -> Stream:
     """The stream `memcache eval` replays; rows labeled one of `oos_labels` (a data set's own name
     for "no intent", e.g. NO_NODES_DETECTED) are out of scope, as CLINC150's `oos` rows are."""
+    fmt = data_format(path, fmt)
     if limit is not None and limit < 1:
         raise ConfigError("--limit takes a number of queries (pairs) >= 1")
     if fmt in ("pairs", "groups") and (where or oos_labels):
@@ -344,9 +345,17 @@ def run_eval(args: argparse.Namespace) -> dict:
     return report
 
 
+def data_format(path: str, fmt: str | None) -> str:
+    """The `--format` asked for, else what the file's name says: csv for a .csv file, else intents."""
+    if fmt is not None:
+        return fmt
+    return "csv" if Path(path).suffix.lower() == ".csv" else "intents"
+
+
 def _check_eval_args(args: argparse.Namespace) -> bool:
     """Refuse combinations that cannot be replayed, before anything loads; True where the
     simulated cheap model is replayed (`--cheap`, `--cheap-accuracy`)."""
+    args.format = data_format(args.data, args.format)
     if args.oos_from is not None and (args.oos_from < 0 or args.format == "pairs"):
         raise ConfigError(
             "--oos-from takes a query position >= 0, on an intent stream (pairs have no out-of-scope queries)"
@@ -481,6 +490,7 @@ def _replay_real(args: argparse.Namespace, stream: Stream, policy: Policy, embed
 
 
 def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
+    args.format = data_format(args.data, args.format)
     where = parse_where(args.where)
     stream = load_stream(
         args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label
@@ -507,8 +517,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         choices=("intents", "pairs", "groups", "csv"),
-        default="intents",
-        help="groups: a pairs file replayed as one stream, duplicates joined into groups",
+        default=None,
+        help="default: csv for a .csv file, else intents (JSONL); "
+        "groups: a pairs file replayed as one stream, duplicates joined into groups",
     )
     parser.add_argument(
         "--splits", default=None, help="comma-separated splits to replay; 'oos' keeps out-of-scope rows"

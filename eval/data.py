@@ -142,7 +142,10 @@ def load_csv(
         with Path(path).open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or text_col not in reader.fieldnames or label_col not in reader.fieldnames:
-                raise ConfigError(f"{path}: needs columns {text_col!r} and {label_col!r}, has {reader.fieldnames}")
+                raise ConfigError(
+                    f"{path}: needs columns {text_col!r} and {label_col!r} (name others with --text-col and "
+                    f"--label-col), has {reader.fieldnames}"
+                )
             rows = [
                 LabeledQuery(r[text_col], r[label_col], r.get(split_col, "") or "")
                 for r in reader

@@ -14,8 +14,18 @@ def test_csv_with_named_columns(tmp_path):
     path.write_text("question,intent\nhow are you,greet\nbye now,farewell\n")
     rows = load_csv(path, text_col="question", label_col="intent")
     assert [(r.text, r.label) for r in rows] == [("how are you", "greet"), ("bye now", "farewell")]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="--text-col"):  # the error says how to name them
         load_csv(path, text_col="text", label_col="intent")
+
+
+def test_a_csv_file_is_read_as_csv_without_format(tmp_path):
+    """`memcache eval FILE.csv` without --format reads CSV; any other name is an intents JSONL."""
+    path = tmp_path / "Q.CSV"
+    path.write_text("question,intent\nhow are you,greet\n")
+    assert [r.label for r in load_stream(str(path), None, None, "question", "intent").items] == ["greet"]
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"text": "a", "label": "x"}\n')
+    assert [r.label for r in load_stream(str(jsonl), None, None, "text", "label").items] == ["x"]
 
 
 def test_splits_and_oos_selection(tmp_path):
