@@ -244,10 +244,11 @@ class MemCache:
         vector = result.embedding if result.embedding is not None else self.embedder.embed([result.query])[0]
         paid = paid and result.hit is None
         label = self.controller.label(result, answer) if paid else None
+        same_as = self.controller.same_entry(result, answer, label) if paid else None
         expires = utcnow() + timedelta(seconds=self.ttl) if self.ttl is not None else None
         source = source_model or result.scope.model
         written = self.memory.add(result.scope, result.query, answer, vector, source_model=source, payload=payload,
-                                  label=label, expires_at=expires)  # fmt: skip
+                                  label=label, expires_at=expires, same_as=same_as)  # fmt: skip
         self.controller.count("write_backs")
         if paid:  # taught only once the answer and its label are safely stored
             self.controller.learn(label, written.key_id, result.scope.key, vector)

@@ -23,7 +23,7 @@ import numpy as np
 
 from memcache import cheap
 from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
-from memcache.errors import StoreError
+from memcache.errors import MemcacheError, StoreError
 from memcache.hindsight import HindsightWindow
 from memcache.judge import Judge
 from memcache.label_feed import LabelFeed
@@ -37,6 +37,7 @@ AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model canno
 MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit makes its caller wait again
 PEER_SHARE_FRESH_S = 30.0  # an instance whose share of the shift test is older than this has stopped or is idle
 PUBLISH_ALONE_S = 5.0  # with no other instance seen, a share is published this often (with one, at every sync)
+JUDGED_ENTRIES = 5  # nearest distinct entries a paid answer is compared with, to join one that says the same
 HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
 COUNTERS = (
     "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
@@ -404,6 +405,34 @@ class Controller:
         agreed = bool(self.judge.same_answer(result.query, answer, reference.answer))
         claimed = decision.confidence if decision.action == "audit" else None
         return Label(tuple(decision.features), agreed, decision.entry_id, claimed)
+
+    def same_entry(self, result: LookupResult, answer: str, label: Label | None) -> int | None:
+        """The entry a paid answer joins as another wording of its question: the nearest in-scope
+        entry whose answer the judge finds the same (the label's own, then the next nearest, up
+        to `JUDGED_ENTRIES` in all), else None (a new entry, unless an equal answer is stored).
+
+        A model words each answer anew. An entry per wording would leave every entry with one
+        key, and the hindsight labels, which ask whether the nearest entry is the one a query's
+        answer was stored in, would say no paraphrase is ever right: the policy would serve none."""
+        if label is not None and label.correct:
+            return label.entry_id
+        judged = set() if label is None else {label.entry_id}
+        for candidate in result.candidates:
+            if len(judged) >= JUDGED_ENTRIES:
+                break
+            if candidate.entry_id in judged:
+                continue
+            judged.add(candidate.entry_id)
+            stored = self.store.answer_of(candidate.entry_id)
+            if stored is None or stored.scope_key != result.scope.key:
+                continue
+            try:
+                if self.judge.same_answer(result.query, answer, stored.answer):
+                    return candidate.entry_id
+            except MemcacheError as exc:  # the answer is stored as an entry of its own
+                log.warning("a paid answer was not compared with the stored ones: %s", exc)
+                return None
+        return None
 
     def learn(self, label: Label | None, key_id: int | None, scope_key: str, vector: np.ndarray) -> None:
         """Teach the policy a stored label, and remember the paid key for hindsight."""

@@ -448,9 +448,11 @@ class Memory:
         payload: str | None = None,
         label: Label | None = None,
         expires_at: datetime | None = None,
+        same_as: int | None = None,
     ) -> Written:
         """Write an answer (and its label) to the store, then index the query's key; the judged
-        entry's check counts are taken as the store has them after the label."""
+        entry's check counts are taken as the store has them after the label. `same_as`: an
+        entry judged to say the same as `answer`, which the key joins (see `MemCache.write_back`)."""
         exact_form = text_hash(normalize(query))
         drops = self._drops
         written = self.store.add_answer(
@@ -463,6 +465,7 @@ class Memory:
             expires_at=expires_at,
             payload=payload,
             label=label,
+            same_as=same_as,
         )
         with self._lock:
             if label is not None and written.checked is not None:
@@ -476,7 +479,7 @@ class Memory:
             id=written.entry_id,
             scope_key=scope.key,
             tenant=scope.tenant,
-            answer=answer,
+            answer=answer if written.answer is None else written.answer,
             source_model=source_model,
             created_at=utcnow(),
             last_hit_at=None,

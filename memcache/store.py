@@ -22,7 +22,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 import sqlalchemy
-from sqlalchemy import create_engine, delete, event, func, select, text, update
+from sqlalchemy import create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -90,6 +90,7 @@ class WriteResult:
     new_entry: bool
     new_key: bool
     checked: tuple[int, int] | None = None  # the label's entry's (checks, failures) after it; None: no label
+    answer: str | None = None  # the entry's own answer, where the key joined one judged to say the same
 
 
 def _write_label(
@@ -124,9 +125,10 @@ def _write_label(
 def _add_answer(
     conn: Connection, scope: Scope, query: str, normalized_hash: str, blob: bytes | None, answer: str,
     source_model: str, expires_at: datetime | None, payload: str | None, label: Label | None, now: datetime,
-    writer: str,
+    writer: str, same_as: int | None = None,
 ) -> WriteResult:  # fmt: skip
-    """`Store.add_answer` inside its transaction: the label, the entry (or the equal one), the key, the change."""
+    """`Store.add_answer` inside its transaction: the label, the entry (the one judged the same,
+    or one with an equal answer, or a new one), the key, the change."""
     answer_hash = text_hash(answer)
     find_entry = (  # locked against deletes (PostgreSQL) until the key is in
         select(EntryRow.id)
@@ -134,7 +136,16 @@ def _add_answer(
         .limit(1)
         .with_for_update(key_share=True)
     )
-    entry_id = conn.execute(find_entry).scalar()
+    entry_id = stored_answer = None
+    if same_as is not None:  # still there, in scope and alive, locked the same way
+        alive = or_(EntryRow.expires_at.is_(None), EntryRow.expires_at > now)
+        judged = select(EntryRow.id, EntryRow.answer).where(
+            EntryRow.id == same_as, EntryRow.scope_key == scope.key, alive
+        )
+        row = conn.execute(judged.with_for_update(key_share=True)).first()
+        entry_id, stored_answer = (None, None) if row is None else row
+    if entry_id is None:
+        entry_id = conn.execute(find_entry).scalar()
     new_entry = entry_id is None
     if new_entry:
         values = _new_entry(scope, answer, answer_hash, source_model, now, expires_at, payload)
@@ -162,7 +173,7 @@ def _add_answer(
     if new_key:
         conn.execute(ChangeRow.__table__.insert().values(kind="key", entry_id=entry_id, key_id=key_id, created_at=now))
     checked = _write_label(conn, label, now, writer, key_id if new_key else None) if label is not None else None
-    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=new_key, checked=checked)
+    return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=new_key, checked=checked, answer=stored_answer)
 
 
 class _RowGone(Exception):
@@ -418,8 +429,11 @@ class Store:
         expires_at: datetime | None = None,
         payload: str | None = None,
         label: Label | None = None,
+        same_as: int | None = None,
     ) -> WriteResult:
-        """Store `answer` for `query`; an equal answer in the same scope gains a key instead of a row.
+        """Store `answer` for `query`; the entry `same_as` (one the judge found to say the same,
+        if it is still alive in the scope), else an equal answer in the same scope, gains a key
+        instead of a row.
 
         A `label` (the paid answer compared with the nearest entry) is written in the same
         transaction, with the checked entry's counters: all of it is stored, or none. A
@@ -431,7 +445,7 @@ class Store:
         return self._transact(
             "write-back",
             lambda conn: _add_answer(conn, scope, query, normalized_hash, blob, answer, source_model, expires_at,
-                                     payload, label, now, self.writer),
+                                     payload, label, now, self.writer, same_as),
         )  # fmt: skip
 
     def record_usage(self, hits: dict[int, tuple[int, datetime]], counts: dict[str, int]) -> None:

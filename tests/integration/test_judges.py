@@ -1,5 +1,7 @@
 """Judges on the real stack: the packaged model for EmbeddingJudge, LiteLLM over HTTP for LLMJudge."""
 
+import time
+
 import pytest
 
 from memcache import EmbeddingJudge, EscalationError, ExactJudge, LLMJudge, MemCache, ThresholdPolicy
@@ -41,3 +43,31 @@ def test_the_judge_decides_the_label_of_a_paid_answer(db_url, embedder):
         cache.write_back(cache.lookup("Which city is France's capital?"), "Paris is the capital of France.")
         cache.write_back(cache.lookup("How long do I bake bread?"), "Bake the bread for 40 minutes.")
     assert policy.labels == [True, False]
+
+
+@pytest.mark.parametrize("store", ["db_url", "pg_url"])
+def test_an_answer_the_judge_finds_the_same_joins_the_nearest_entry(request, store, embedder):
+    """A model words each answer anew: a paid answer that the judge finds the same as the nearest
+    entry's is another wording of that entry's question, not an entry of its own."""
+    url = request.getfixturevalue(store)
+    with MemCache(url, embedder=embedder, policy=ThresholdPolicy(0.99), judge=EmbeddingJudge(embedder, 0.8)) as cache:
+        first = cache.write_back("What is the capital of France?", "The capital of France is Paris.")
+        joined = cache.write_back(cache.lookup("Which city is France's capital?"), "Paris is the capital of France.")
+        assert joined.id == first.id and joined.answer == "The capital of France is Paris."
+        assert set(cache.get(first.id).queries) == {"What is the capital of France?", "Which city is France's capital?"}
+        other = cache.write_back(cache.lookup("How long do I bake bread?"), "Bake the bread for 40 minutes.")
+        assert other.id != first.id
+        assert (
+            cache.write_back("Capital of France?", "Paris is the capital of France.").id != first.id
+        )  # no lookup, no judge
+        assert (cache.stats().entries, cache.stats().keys) == (3, 4)
+
+
+def test_an_answer_judged_the_same_as_an_expired_entry_makes_a_new_one(db_url, embedder):
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.99), judge=EmbeddingJudge(embedder, 0.8),
+                  ttl=0.5) as cache:  # fmt: skip
+        first = cache.write_back("What is the capital of France?", "The capital of France is Paris.")
+        result = cache.lookup("Which city is France's capital?")  # the entry is still there when looked up
+        time.sleep(0.6)
+        joined = cache.write_back(result, "Paris is the capital of France.")
+        assert joined.id != first.id and joined.answer == "Paris is the capital of France."
