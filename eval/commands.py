@@ -53,6 +53,7 @@ class Stream:
         oos_from: int | None = None,
         oos_ramp: bool = False,
         cheap_model: SimulatedCheapModel | None = None,
+        wordings: bool = False,
     ) -> list[QueryRecord]:
         options = {
             "policy": policy,
@@ -65,7 +66,7 @@ class Stream:
             return replay_pairs(self.items, **options)
         return replay_intents(
             self.items, warm=warm, oos_from=oos_from, oos_ramp=oos_ramp, limit=self.limit, cheap_model=cheap_model,
-            **options,
+            wordings=wordings, **options,
         )  # fmt: skip
 
     def sweep(self, thresholds, embedder, *, seed: int, warm=(), oos_from=None, oos_ramp=False) -> list[dict]:
@@ -367,6 +368,9 @@ def _check_eval_args(args: argparse.Namespace) -> bool:
         raise ConfigError("the cheap path and real models (--cheap, --strong-model) replay intent streams, not pairs")
     if args.cheap_model and not args.strong_model:
         raise ConfigError("--cheap-model needs --strong-model: real models replace the simulated ones together")
+    if args.worded and (args.format == "pairs" or args.strong_model):
+        raise ConfigError("--worded rewords the simulated strong model's answers on an intent stream "
+                          "(real models, --strong-model, word their own)")  # fmt: skip
     if args.strong_model and (simulated or args.warm or args.oos_from is not None):
         raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
     return simulated
@@ -399,8 +403,11 @@ def _replay_run(
             oos_from=args.oos_from,
             oos_ramp=args.oos_ramp,
             cheap_model=reader,
+            wordings=args.worded,
         )
     summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+    if args.worded:
+        summary["worded"] = True
     if args.strong_model and args.cheap_model:
         summary.update(cheap_model=args.cheap_model, **cheap_path(records, args.cheap_cost))
     elif reader is not None:
@@ -584,6 +591,12 @@ def add_eval_commands(sub) -> None:
         "--escalate-audits",
         action="store_true",
         help="an audited query gets the strong model's answer (default: the stored answer is served while it is checked)",
+    )
+    ev.add_argument(
+        "--worded",
+        action="store_true",
+        help="the simulated strong model words each answer anew, as a real one does, and a judge that "
+        "knows their meaning compares them (default: one answer text per intent)",
     )
     ev.add_argument(
         "--cheap", action="store_true", help="replay the cheap path too, with the simulated cheap model (docs/EVAL.md)"

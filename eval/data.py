@@ -37,6 +37,20 @@ def right_answer(query: LabeledQuery) -> str:
     return f"[answer for {query.label}]"
 
 
+_WORDING = " [wording "
+
+
+def worded(answer: str, wording: int) -> str:
+    """`answer` in its `wording`-th words: a real model words each answer anew, so text equality
+    says nothing about meaning and only the judge can (`memcache eval --worded`)."""
+    return f"{answer}{_WORDING}{wording}]"
+
+
+def meaning(text: str) -> str:
+    """What a (possibly worded) simulated answer says: the `right_answer` it words."""
+    return text.split(_WORDING, 1)[0]
+
+
 @dataclass(frozen=True)
 class LabeledPair:
     """Two questions; `duplicate` says whether they have the same answer."""

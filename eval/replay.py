@@ -31,8 +31,8 @@ from memcache.cheap import MemoryPair, reply_text
 from memcache.cheap_gate import CheapGate
 from memcache.embedding import Embedder
 from memcache.errors import ConfigError
-from memcache.eval.data import OOS, LabeledPair, LabeledQuery, right_answer
-from memcache.judge import ExactJudge
+from memcache.eval.data import OOS, LabeledPair, LabeledQuery, meaning, right_answer, worded
+from memcache.judge import ExactJudge, Judge
 from memcache.policy import Policy
 
 STREAM_TENANT = "replay"  # the one scope of an intent stream: its warm rows and every query of it
@@ -85,7 +85,7 @@ class SimulatedCheapModel:
     def reply(self, answer: str, pairs: Sequence[MemoryPair]) -> str:
         """The reply to a query whose right answer is `answer` (`right_answer`): an out-of-scope
         question's is among the pairs only where the same question was asked before."""
-        right = next((i for i, p in enumerate(pairs) if p.answer == answer), None)
+        right = next((i for i, p in enumerate(pairs) if meaning(p.answer) == answer), None)
         if right is not None and self._rng.random() < self.accuracy:
             return reply_text(right + 1, pairs[right].answer)
         wrong = next((i for i in range(len(pairs)) if i != right), None)
@@ -126,14 +126,23 @@ class MemoEmbedder:
         return np.stack([self._memo[t] for t in texts])
 
 
+class MeaningJudge:
+    """The replay's judge where each answer is worded anew (`worded`): the same when they word
+    the same answer, as a good judge of a real model's answers would say."""
+
+    def same_answer(self, query: str, answer: str, reference: str) -> bool:
+        return meaning(answer) == meaning(reference)
+
+
 def _cache(
-    policy: Policy, embedder: Embedder, directory: str, shadow_audits: bool, gate: CheapGate | None = None
-) -> MemCache:
+    policy: Policy, embedder: Embedder, directory: str, shadow_audits: bool, gate: CheapGate | None = None,
+    judge: Judge | None = None,
+) -> MemCache:  # fmt: skip
     return MemCache(
         f"sqlite:///{Path(directory) / 'replay.db'}",
         embedder=embedder,
         policy=policy,
-        judge=ExactJudge(),
+        judge=ExactJudge() if judge is None else judge,
         relabel_in_background=False,  # the same stream and seed give the same report
         shadow_audits=shadow_audits,
         cheap_gate=gate,
@@ -202,17 +211,19 @@ def replay_intents(
     oos_ramp: bool = False,
     limit: int | None = None,
     cheap_model: SimulatedCheapModel | None = None,
+    wordings: bool = False,
 ) -> list[QueryRecord]:
     """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed)
     cache; with `limit`, only the shuffle's first `limit` queries (a short stream); with
-    `cheap_model`, through the cheap path as well."""
+    `cheap_model`, through the cheap path as well; with `wordings`, each paid answer is worded
+    anew and judged by `MeaningJudge`, as a real model's answers are."""
     stream = shuffled(queries, seed, oos_from, oos_ramp)[:limit]
     records = []
     gate = None
     if cheap_model is not None:
         gate = CheapGate(policy.max_false_hit_rate, cost_ratio=cheap_model.cost, seed=seed)
     with tempfile.TemporaryDirectory() as directory:
-        cache = _cache(policy, embedder, directory, shadow_audits, gate)
+        cache = _cache(policy, embedder, directory, shadow_audits, gate, MeaningJudge() if wordings else None)
         seen: set[str] = set()
         for query in warm:
             answer = right_answer(query)
@@ -225,7 +236,7 @@ def replay_intents(
             decision = result.decision
             similarity = decision.similarity if np.isfinite(decision.similarity) else None
             if served is not None:
-                correct = served.answer == right
+                correct = meaning(served.answer) == right
                 record = QueryRecord(
                     "hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None
                 )
@@ -237,13 +248,13 @@ def replay_intents(
                 verdict = cache.read_cheap_reply(result, pairs, cheap_model.reply(right, pairs))
                 record = replace(record, cheap_called=True)
                 if verdict.served:
-                    correct = verdict.answer == right
+                    correct = meaning(verdict.answer) == right
                     record = replace(record, outcome="cheap", correct=correct, confidence=verdict.confidence,
                                      audited=verdict.action == "audit")  # fmt: skip
             if result.hit is None and (verdict is None or verdict.action != "serve"):
                 # a miss, an audit or a checked cheap answer: the strong model is paid, its answer written back
                 cache.controller.record_call("strong", 0, 0)
-                cache.write_back(result, right, cheap=verdict)
+                cache.write_back(result, worded(right, i) if wordings else right, cheap=verdict)
                 seen.add(right)
             records.append(record)
             if on_query:

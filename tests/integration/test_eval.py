@@ -132,6 +132,18 @@ def test_policy_learns_only_from_paid_answers(clinc_subset, memo):
     assert policy.hindsight_labels > 500 and policy.labels_in_use == policy.labels + 1
 
 
+def test_worded_answers_join_by_the_judge_and_the_policy_still_learns_paraphrase_hits(clinc_subset, memo, seed_0):
+    """A real model words each answer anew. Wordings the judge finds the same join one entry, so
+    the policy learns as it does from one answer text per intent; when each wording was an entry
+    of its own, hindsight labels said no paraphrase was ever right, and it served no hit."""
+    policy = CalibratedPolicy(BOUND, seed=0)
+    records = replay_intents(clinc_subset, policy=policy, embedder=memo, seed=0, wordings=True)
+    worded, canonical = summarize(records), summarize(seed_0[1])
+    assert worded["hits"] > 0.7 * canonical["hits"] > 100
+    assert worded["false_hit_rate"] <= BOUND
+    assert sum(r.outcome == "hit" and r.similarity is not None and r.similarity < 0.999 for r in records) > 100
+
+
 def test_shadow_audits_serve_what_escalated_audits_answer(clinc_subset, memo, seed_0):
     """Serving an audited hit while it is checked changes what users get, not what is learned."""
     _, shadow = seed_0
@@ -362,3 +374,10 @@ def test_cli_eval_takes_a_data_sets_own_name_for_out_of_scope_rows(tmp_path, eva
     assert reports["test,oos"]["hits"] == 1 and reports["test,oos"]["wrong_hits"] == 0  # the repeat
     out = eval_cli(["eval", str(data), "--format", "pairs", "--oos-label", "X"])
     assert out.returncode != 0 and "--oos-label" in out.stderr
+    worded = tmp_path / "worded.json"  # each answer worded anew: the repeat is still a right hit
+    argv = ["eval", str(data), "--splits", "test,oos", "--oos-label", "NO_NODES_DETECTED", "--worded"]
+    assert eval_cli([*argv, "--json", str(worded)]).returncode == 0
+    assert json.loads(worded.read_text())["worded"] and reports["test,oos"].get("worded") is None
+    assert json.loads(worded.read_text())["hits"] == 1 and json.loads(worded.read_text())["wrong_hits"] == 0
+    out = eval_cli(["eval", str(data), "--format", "pairs", "--worded"])
+    assert out.returncode != 0 and "--worded" in out.stderr
