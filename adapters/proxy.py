@@ -43,6 +43,7 @@ import numpy as np
 
 from memcache.cache import MemCache, cache_info
 from memcache.errors import ConfigError, EscalationError, InvalidRequestError, MemcacheError
+from memcache.judge import LLMJudge
 from memcache.onnx_encoder import THREADS_ENV
 from memcache.scope import build_scope
 from memcache.types import CacheInfo, PolicyStatus, saving_micro_usd
@@ -114,6 +115,8 @@ class ProxyConfig:
     [cheap]                         # optional: a cheap model that may answer from the nearest stored
     model = "openai/gpt-4o-mini"    # answers before the strong model is paid; its own LiteLLM arguments
     api_key_env = "OPENAI_API_KEY"  # (or, with no arguments, cheap_model = "openai/gpt-4o-mini" at the top)
+    [judge]                         # optional: a model that says whether two answers agree (LLMJudge);
+    model = "openai/gpt-4o-mini"    # without it answers must be equal text (ExactJudge); or judge_model = "..."
     [keys]                          # API key -> tenant; when present, other keys are refused
     "sk-team-a" = "team-a"
     ```
@@ -126,6 +129,7 @@ class ProxyConfig:
     shadow_audits: bool = True
     models: Mapping[str, Upstream] = field(default_factory=dict)
     cheap: Upstream | None = None
+    judge: Upstream | None = None
     keys: Mapping[str, str] = field(default_factory=dict)
     metrics_key: str | None = None
     allow_params: frozenset[str] = frozenset()
@@ -151,6 +155,8 @@ class ProxyConfig:
             "models",
             "cheap",
             "cheap_model",
+            "judge",
+            "judge_model",
             "keys",
             "metrics_key",
             "allow_params",
@@ -174,7 +180,8 @@ class ProxyConfig:
             snapshot=data.get("snapshot"),
             shadow_audits=data.get("shadow_audits", True),
             models=models,
-            cheap=_cheap(path, data),
+            cheap=_optional_model(path, data, "cheap"),
+            judge=_optional_model(path, data, "judge"),
             keys={str(k): str(v) for k, v in data.get("keys", {}).items()},
             metrics_key=data.get("metrics_key"),
             allow_params=frozenset(allow),
@@ -182,15 +189,17 @@ class ProxyConfig:
         )
 
 
-def _cheap(path: str | Path, data: Mapping[str, Any]) -> Upstream | None:
-    """`[cheap]` (a model and its LiteLLM arguments), or `cheap_model = "provider/name"` for short."""
-    if "cheap" in data and "cheap_model" in data:
-        raise ConfigError(f"{path}: set either cheap_model or a [cheap] table, not both")
-    if "cheap_model" in data:
-        if not isinstance(data["cheap_model"], str) or not data["cheap_model"]:
-            raise ConfigError(f'{path}: cheap_model must be a LiteLLM model name, e.g. "openai/gpt-4o-mini"')
-        return Upstream(data["cheap_model"])
-    return _upstream(path, "cheap", data["cheap"], table="cheap") if "cheap" in data else None
+def _optional_model(path: str | Path, data: Mapping[str, Any], role: str) -> Upstream | None:
+    """`[cheap]` or `[judge]` (a model and its LiteLLM arguments), or `cheap_model = "provider/name"`
+    (`judge_model`) for short."""
+    short = f"{role}_model"
+    if role in data and short in data:
+        raise ConfigError(f"{path}: set either {short} or a [{role}] table, not both")
+    if short in data:
+        if not isinstance(data[short], str) or not data[short]:
+            raise ConfigError(f'{path}: {short} must be a LiteLLM model name, e.g. "openai/gpt-4o-mini"')
+        return Upstream(data[short])
+    return _upstream(path, role, data[role], table=role) if role in data else None
 
 
 def _upstream(path: str | Path, name: str, spec: Any, table: str | None = None) -> Upstream:
@@ -617,6 +626,7 @@ def open_cache(config: ProxyConfig) -> MemCache:
         shadow_audits=config.shadow_audits,
         cheap_model=None if config.cheap is None else config.cheap.model,
         cheap_options=None if config.cheap is None else dict(config.cheap.kwargs),
+        judge=None if config.judge is None else LLMJudge(config.judge.model, **config.judge.kwargs),
         progress=True,
     )
     try:

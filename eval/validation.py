@@ -107,10 +107,12 @@ def run_family(
     cheap_accuracy: float | None = None,
     longer: bool = False,
     drift: bool = False,
+    wordings: bool = False,
 ) -> dict:
     """Replay every stream of `family` with the policy and with static cut-offs; the report.
     With `cheap_accuracy`, the cheap path runs too, with the simulated cheap model's defaults
-    for abstains and cost (`memcache eval --cheap`)."""
+    for abstains and cost (`memcache eval --cheap`); with `wordings`, each paid answer is worded
+    anew (`memcache eval --worded`)."""
     memo = MemoEmbedder(embedder or SentenceTransformerEmbedder())
     make = policy or (lambda seed: CalibratedPolicy(bound, seed=seed))
     runs, static = [], {}
@@ -123,7 +125,7 @@ def run_family(
             reader = None if cheap_accuracy is None else SimulatedCheapModel(cheap_accuracy, seed=seed)
             records = replay_intents(
                 wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit, cheap_model=reader,
-                oos_from=stream.oos_from, oos_ramp=stream.oos_ramp,
+                oos_from=stream.oos_from, oos_ramp=stream.oos_ramp, wordings=wordings,
             )  # fmt: skip
             summary = summarize(records, max_false_hit_rate=bound)
             if reader is not None:
@@ -140,7 +142,10 @@ def run_family(
                     flush=True,
                 )
     return {
-        "family": family + (" (longer train-row streams)" if longer else "") + (" (drift)" if drift else ""),
+        "family": family
+        + (" (longer train-row streams)" if longer else "")
+        + (" (drift)" if drift else "")
+        + (" (worded answers)" if wordings else ""),
         "bound": bound,
         "seeds": list(seeds),
         "runs": runs,
@@ -193,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-false-hit-rate", type=float, default=0.02)
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--cheap-accuracy", type=float, default=None, help="run the cheap path too (memcache eval)")
+    parser.add_argument("--worded", action="store_true", help="each paid answer worded anew (memcache eval --worded)")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--longer", action="store_true", help="train-row streams of 1,500 and 4,000 queries instead")
     kind.add_argument(
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         cheap_accuracy=args.cheap_accuracy,
         longer=args.longer,
         drift=args.drift,
+        wordings=args.worded,
     )
     for row in report["rows"]:
         print(json.dumps(row))

@@ -17,6 +17,7 @@ from memcache.errors import MemcacheError
 
 MODEL_ENV = "MEMCACHE_STRONG_MODEL"
 CHEAP_MODEL_ENV = "MEMCACHE_CHEAP_MODEL"
+JUDGE_MODEL_ENV = "MEMCACHE_JUDGE_MODEL"
 
 
 def _version() -> str:
@@ -53,7 +54,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.mock_response is not None:
         kwargs["mock_response"] = args.mock_response
     messages = [{"role": "user", "content": args.question}]
-    with _open(args, cheap_model=args.cheap_model) as cache:
+    judge = None
+    if args.judge_model:
+        from memcache.judge import LLMJudge
+
+        judge = LLMJudge(args.judge_model, **{k: v for k, v in kwargs.items() if k != "mock_response"})
+    with _open(args, cheap_model=args.cheap_model, judge=judge) as cache:
         result = cache.lookup(messages, model=args.model, tenant=args.tenant, **kwargs)
         if result.hit is not None:
             answer, info = result.hit.answer, calls.info_of(result, served=result.hit)
@@ -192,6 +198,12 @@ def _add_ask(sub) -> None:
         default=os.environ.get(CHEAP_MODEL_ENV),
         help="LiteLLM model that may answer from the nearest stored answers before the strong model is paid "
         f"(env {CHEAP_MODEL_ENV}; default: none)",
+    )
+    ask.add_argument(
+        "--judge-model",
+        default=os.environ.get(JUDGE_MODEL_ENV),
+        help="LiteLLM model that says whether a paid answer agrees with the nearest stored one, for answers "
+        f"worded freely (env {JUDGE_MODEL_ENV}; default: none, answers must be equal text)",
     )
     ask.add_argument("--tenant", default=None, help="whose memory this is: tenants never share answers (default: none)")
     ask.add_argument("--api-base", default=None, help="the model server's URL, e.g. http://127.0.0.1:8000/v1")

@@ -316,7 +316,11 @@ class Controller:
         stored, then taught (an audit's also checks the confidence it was served with)."""
         if self.cheap_gate is None or verdict.answer is None or not verdict.features:
             return
-        correct = bool(self.judge.same_answer(query, answer, verdict.answer))
+        try:
+            correct = bool(self.judge.same_answer(query, answer, verdict.answer))
+        except MemcacheError as exc:  # the strong answer is stored already; the reply stays unlabeled
+            log.warning("a cheap reply was not judged: %s", exc)
+            return
         claimed = verdict.confidence if verdict.action == "audit" else None
         try:
             self.store.add_cheap_label(verdict.features, correct, claimed)
@@ -402,7 +406,11 @@ class Controller:
         reference = self.store.answer_of(decision.entry_id)
         if reference is None or reference.scope_key != result.scope.key:
             return None
-        agreed = bool(self.judge.same_answer(result.query, answer, reference.answer))
+        try:
+            agreed = bool(self.judge.same_answer(result.query, answer, reference.answer))
+        except MemcacheError as exc:  # the paid answer is still stored and returned, unlabeled
+            log.warning("a paid answer was not judged, so it teaches nothing: %s", exc)
+            return None
         claimed = decision.confidence if decision.action == "audit" else None
         return Label(tuple(decision.features), agreed, decision.entry_id, claimed)
 

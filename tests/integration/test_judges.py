@@ -1,10 +1,11 @@
 """Judges on the real stack: the packaged model for EmbeddingJudge, LiteLLM over HTTP for LLMJudge."""
 
+import json
 import time
 
 import pytest
 
-from memcache import EmbeddingJudge, EscalationError, ExactJudge, LLMJudge, MemCache, ThresholdPolicy
+from memcache import EmbeddingJudge, EscalationError, ExactJudge, LLMJudge, MemCache, ThresholdPolicy, cache_info
 
 
 def test_exact_judge():
@@ -71,3 +72,29 @@ def test_an_answer_judged_the_same_as_an_expired_entry_makes_a_new_one(db_url, e
         time.sleep(0.6)
         joined = cache.write_back(result, "Paris is the capital of France.")
         assert joined.id != first.id and joined.answer == "Paris is the capital of France."
+
+
+def test_memcache_ask_with_a_judge_model_joins_a_reworded_answer(tmp_path, stub_llm, cli):
+    """`--judge-model`: the stub's answers to two wordings differ in text and its judge finds them
+    the same, so the second answer joins the first's entry; without a judge it is an entry of its own."""
+    for judged, entries in ((True, 1), (False, 2)):
+        env = {"MEMCACHE_DATABASE_URL": f"sqlite:///{tmp_path / f'{judged}.db'}"}
+        connection = ["--model", "openai/stub-strong", "--api-base", stub_llm.base_url, "--api-key", "k"]
+        judge = ["--judge-model", "openai/judge"] if judged else []
+        for question in ("How do I reset my password?", "How can I reset my password?"):
+            done = cli(["ask", question, *connection, *judge], env)
+            assert done.returncode == 0 and "[miss" in done.stderr, done.stderr
+        stats = json.loads(cli(["stats", "--json"], env).stdout)
+        assert (stats["entries"], stats["keys"]) == (entries, 2)
+    assert any(call["model"] == "judge" for call in stub_llm.calls)
+
+
+def test_a_judge_that_fails_loses_no_paid_answer(db_url, embedder, llm_kwargs):
+    dead = LLMJudge("openai/judge", **{**llm_kwargs, "api_base": "http://127.0.0.1:9/v1"})
+    with MemCache(
+        db_url, embedder=embedder, policy=ThresholdPolicy(0.99), judge=dead, strong_model="openai/m"
+    ) as cache:
+        for question in ("How do I reset my password?", "What is the capital of France?"):  # the 2nd is judged
+            reply = cache.completion(messages=[{"role": "user", "content": question}], **llm_kwargs)
+            assert reply.choices[0].message.content == f"Answer to: {question}" and cache_info(reply).stored
+        assert cache.stats().entries == 2 and cache.stats().labels == 0

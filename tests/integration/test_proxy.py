@@ -22,7 +22,7 @@ import uvicorn  # noqa: E402
 from policies import AuditEveryHit  # noqa: E402
 
 from memcache import CalibratedPolicy, MemCache, ThresholdPolicy  # noqa: E402
-from memcache.adapters.proxy import ProxyConfig, Upstream, create_app  # noqa: E402
+from memcache.adapters.proxy import ProxyConfig, Upstream, create_app, open_cache  # noqa: E402
 
 AUTH = {"Authorization": "Bearer sk-team-a"}
 
@@ -239,6 +239,11 @@ def test_config_file(tmp_path):
     assert ProxyConfig.from_file(path).cheap == Upstream("openai/gpt-4o-mini", {"api_base": "http://c/v1"})
     path.write_text('cheap_model = "openai/gpt-4o-mini"\n')
     assert ProxyConfig.from_file(path).cheap == Upstream("openai/gpt-4o-mini")
+    assert ProxyConfig.from_file(path).judge is None
+    path.write_text('[judge]\nmodel = "openai/gpt-4o-mini"\napi_base = "http://j/v1"\n')
+    assert ProxyConfig.from_file(path).judge == Upstream("openai/gpt-4o-mini", {"api_base": "http://j/v1"})
+    path.write_text('judge_model = "openai/gpt-4o-mini"\n')
+    assert ProxyConfig.from_file(path).judge == Upstream("openai/gpt-4o-mini")
     from memcache import ConfigError
 
     unset = "[cheap]\nmodel = 'openai/m'\napi_key_env = 'MEMCACHE_TEST_UNSET_KEY'\n"
@@ -250,6 +255,8 @@ def test_config_file(tmp_path):
         "[cheap]\napi_base = 'http://c'\n",
         unset,
         both,
+        "judge_model = 'openai/m'\n[judge]\nmodel = 'openai/m'\n",
+        "judge_model = ''\n",
         reserved,
     ):
         path.write_text(bad)
@@ -489,3 +496,14 @@ def test_serve_with_two_workers_shares_the_port_and_the_store(tmp_path, stub_llm
 def test_workers_must_be_a_positive_number(cli):
     result = cli(["serve", "--workers", "0"])
     assert result.returncode == 2 and "workers must be a whole number of processes" in result.stderr
+
+
+def test_the_operators_judge_joins_reworded_answers(db_url, stub_llm, llm_kwargs):
+    """`[judge]` in the config: the proxy's cache judges paid answers with that model through
+    LiteLLM, so a reworded answer to a paraphrase joins the first answer's entry."""
+    with open_cache(ProxyConfig(database_url=db_url, judge=Upstream("openai/judge", llm_kwargs))) as cache:
+        first = cache.write_back("How do I reset my password?", "Answer: open Settings, then Security.")
+        result = cache.lookup("How can I reset my password?")
+        assert result.hit is None  # nothing certified yet: a miss
+        joined = cache.write_back(result, "Answer: go to Security in Settings.")
+        assert joined.id == first.id and stub_llm.calls[-1]["model"] == "judge"
