@@ -7,8 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from memcache import llm
 from memcache.embedding import Embedder
-from memcache.errors import ConfigError, EscalationError
+from memcache.errors import ConfigError
 
 
 @runtime_checkable
@@ -61,14 +62,8 @@ class LLMJudge:
     def same_answer(self, query: str, answer: str, reference: str) -> bool:
         if comparable(answer) == comparable(reference):
             return True
-        import litellm
-
         prompt = _LLM_JUDGE_PROMPT.format(query=query, answer=answer, reference=reference)
-        try:
-            response = litellm.completion(
-                model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0, **self.kwargs
-            )
-        except Exception as exc:
-            raise EscalationError(f"judge model {self.model} failed: {exc}") from exc
+        messages = [{"role": "user", "content": prompt}]
+        response = llm.completion(self.model, messages, role="judge", **{"temperature": 0, **self.kwargs})
         verdict = (response.choices[0].message.content or "").strip().upper()
         return verdict.startswith("YES")

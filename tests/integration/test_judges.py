@@ -98,3 +98,21 @@ def test_a_judge_that_fails_loses_no_paid_answer(db_url, embedder, llm_kwargs):
             reply = cache.completion(messages=[{"role": "user", "content": question}], **llm_kwargs)
             assert reply.choices[0].message.content == f"Answer to: {question}" and cache_info(reply).stored
         assert cache.stats().entries == 2 and cache.stats().labels == 0
+
+
+def test_the_llm_judge_calls_litellm_as_memcache_does(stub_llm):
+    """In a fresh process, with no key and no LiteLLM setting: LiteLLM is imported with its local
+    price table (no download at import) and a server named by api_base needs no key."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from memcache import LLMJudge; "
+        f"print(LLMJudge('openai/judge', api_base={stub_llm.base_url!r}).same_answer('q', 'Paris, of course.', 'Paris is the capital.'), "
+        "LLMJudge('openai/judge', api_base=" + repr(stub_llm.base_url) + ").same_answer('q', 'Yes, it is.', 'No.'), "
+        "os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LITELLM_LOCAL_MODEL_COST_MAP", "OPENAI_API_KEY")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.split() == ["True", "False", "True"], done.stderr[-2000:]
