@@ -25,7 +25,7 @@ from memcache import cheap
 from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
 from memcache.errors import MemcacheError, StoreError
 from memcache.hindsight import HindsightWindow
-from memcache.judge import Judge
+from memcache.judge import ExactJudge, Judge
 from memcache.label_feed import LabelFeed
 from memcache.memory import Memory
 from memcache.policy import FEATURE_NAMES, LearningPolicy, Policy, PolicyStatus
@@ -37,6 +37,7 @@ AUDIT_WORKERS = 8  # threads for shadow audits' strong calls: a slow model canno
 MAX_PENDING_AUDITS = 256  # past this many unfinished shadow audits, an audit makes its caller wait again
 PEER_SHARE_FRESH_S = 30.0  # an instance whose share of the shift test is older than this has stopped or is idle
 PUBLISH_ALONE_S = 5.0  # with no other instance seen, a share is published this often (with one, at every sync)
+JUDGE_HINT_AT = 200  # labels, none of them agreeing, after which ExactJudge is said to be the likely cause
 JUDGED_ENTRIES = 5  # nearest distinct entries a paid answer is compared with, to join one that says the same
 HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup's path, past this many entries
 COUNTERS = (
@@ -113,6 +114,7 @@ class Controller:
         self._hold: tuple[int, int] | None = None  # the store's shift-hold record this instance follows
         self._shift_share: tuple | None = None  # the shift test's share last published, and the lookups then
         self._shift_shared_at = -PUBLISH_ALONE_S  # when (time.monotonic)
+        self._judged = self._agreed = 0  # this process's labels, and how many found the nearest answer the same
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -445,6 +447,7 @@ class Controller:
     def learn(self, label: Label | None, key_id: int | None, scope_key: str, vector: np.ndarray) -> None:
         """Teach the policy a stored label, and remember the paid key for hindsight."""
         if label is not None:
+            self._hint_at_the_judge(label.correct)
             if label.claimed_confidence is not None and self.learning is not None:
                 self.learning.observe_audit(
                     label.claimed_confidence, label.correct
@@ -452,6 +455,21 @@ class Controller:
             self.policy.observe(label.features, label.correct, key=key_id)  # a hindsight label may replace it later
         if key_id is not None and self._hindsight.add(key_id, scope_key, vector):
             self._start_relabel()
+
+    def _hint_at_the_judge(self, agreed: bool) -> None:
+        """Say once when `JUDGE_HINT_AT` paid answers all differed from the nearest stored one
+        under `ExactJudge`: a model that words its answers freely never matches a stored text,
+        and then no paraphrase is ever served, silently."""
+        with self._lock:
+            self._judged, self._agreed = self._judged + 1, self._agreed + int(agreed)
+            hint = self._judged == JUDGE_HINT_AT and not self._agreed and isinstance(self.judge, ExactJudge)
+        if hint:
+            log.warning(
+                "none of %d paid answers had the same text as the nearest stored answer: if the model words its "
+                "answers freely, ExactJudge never finds two the same and no paraphrase will be served; pass a "
+                "judge that reads them, e.g. judge=LLMJudge(model) (README: The judge)",
+                JUDGE_HINT_AT,
+            )
 
     def _start_relabel(self) -> None:
         if not self.relabel_in_background:

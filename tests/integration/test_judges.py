@@ -116,3 +116,16 @@ def test_the_llm_judge_calls_litellm_as_memcache_does(stub_llm):
     env = {k: v for k, v in os.environ.items() if k not in ("LITELLM_LOCAL_MODEL_COST_MAP", "OPENAI_API_KEY")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.stdout.split() == ["True", "False", "True"], done.stderr[-2000:]
+
+
+def test_exact_judge_that_never_agrees_says_so_once(db_url, embedder, caplog):
+    """Answers worded freely never equal a stored text: after 200 such labels the log says that
+    ExactJudge is why no paraphrase is served, once."""
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.999)) as cache:
+        cache.write_back("Tell me about item 0", "Item 0 is a kind of thing, worded one way.")
+        with caplog.at_level("WARNING", logger="memcache"):
+            for i in range(1, 241):
+                cache.write_back(cache.lookup(f"Tell me about item {i}"), f"Item {i} is a kind of thing, worded anew.")
+        assert cache.stats().labels == 240
+    hints = [r for r in caplog.records if "ExactJudge never finds two the same" in r.getMessage()]
+    assert len(hints) == 1
