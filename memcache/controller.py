@@ -420,13 +420,14 @@ class Controller:
         """The entry a paid answer joins as another wording of its question: the nearest in-scope
         entry whose answer the judge finds the same (the label's own, then the next nearest, up
         to `JUDGED_ENTRIES` in all), else None (a new entry, unless an equal answer is stored).
+        Without a label (nothing near in scope, or a judge that failed) it judges nothing more.
 
         A model words each answer anew. An entry per wording would leave every entry with one
         key, and the hindsight labels, which ask whether the nearest entry is the one a query's
         answer was stored in, would say no paraphrase is ever right: the policy would serve none."""
-        if label is not None and label.correct:
-            return label.entry_id
-        judged = set() if label is None else {label.entry_id}
+        if label is None or label.correct:
+            return None if label is None else label.entry_id
+        judged = {label.entry_id}
         for candidate in result.candidates:
             if len(judged) >= JUDGED_ENTRIES:
                 break
