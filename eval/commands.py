@@ -497,7 +497,6 @@ def _replay_real(args: argparse.Namespace, stream: Stream, policy: Policy, embed
 
 
 def run_calibrate(args: argparse.Namespace) -> CalibratedPolicy:
-    args.format = data_format(args.data, args.format)
     where = parse_where(args.where)
     stream = load_stream(
         args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label

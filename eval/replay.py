@@ -2,8 +2,9 @@
 
 Every query goes through `MemCache.lookup`. On a miss or an audit the simulated strong model
 answers with the query's label (an "oos" query, or `b` of a non-duplicate pair, gets an answer
-of its own) and that answer goes through the normal verified `write_back`, which is also the
-only way the policy sees a label. Hits are scored against the labels but never shown to the
+of its own; with `wordings`, in words of its own each time, compared by `MeaningJudge`) and that
+answer goes through the normal verified `write_back`, which is also the only way the policy sees
+a label. Hits are scored against the labels but never shown to the
 policy: it learns only from answers the replay paid for. An audit serves the stored answer
 (scored as a hit) while it is checked, as `MemCache.completion` does with `shadow_audits`
 (the default); with `shadow_audits=False` the audited query gets the strong model's answer.
