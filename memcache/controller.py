@@ -25,7 +25,7 @@ from memcache import cheap
 from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
 from memcache.errors import MemcacheError, StoreError
 from memcache.hindsight import HindsightWindow
-from memcache.judge import ExactJudge, Judge
+from memcache.judge import ExactJudge, Judge, which_same
 from memcache.label_feed import LabelFeed
 from memcache.memory import Memory
 from memcache.policy import FEATURE_NAMES, LearningPolicy, Policy, PolicyStatus
@@ -427,23 +427,18 @@ class Controller:
         answer was stored in, would say no paraphrase is ever right: the policy would serve none."""
         if label is None or label.correct:
             return None if label is None else label.entry_id
-        judged = {label.entry_id}
-        for candidate in result.candidates:
-            if len(judged) >= JUDGED_ENTRIES:
-                break
-            if candidate.entry_id in judged:
-                continue
-            judged.add(candidate.entry_id)
-            stored = self.store.answer_of(candidate.entry_id)
-            if stored is None or stored.scope_key != result.scope.key:
-                continue
-            try:
-                if self.judge.same_answer(result.query, answer, stored.answer):
-                    return candidate.entry_id
-            except MemcacheError as exc:  # the answer is stored as an entry of its own
-                log.warning("a paid answer was not compared with the stored ones: %s", exc)
-                return None
-        return None
+        nearest = list(dict.fromkeys(c.entry_id for c in result.candidates if c.entry_id != label.entry_id))
+        others = []  # (entry id, its answer), nearest first
+        for entry_id in nearest[: JUDGED_ENTRIES - 1]:
+            stored = self.store.answer_of(entry_id)
+            if stored is not None and stored.scope_key == result.scope.key:
+                others.append((entry_id, stored.answer))
+        try:  # one call of an LLMJudge for all of them: the caller is waiting
+            chosen = which_same(self.judge, result.query, answer, [text for _, text in others])
+        except MemcacheError as exc:  # the answer is stored as an entry of its own
+            log.warning("a paid answer was not compared with the stored ones: %s", exc)
+            return None
+        return None if chosen is None else others[chosen][0]
 
     def learn(self, label: Label | None, key_id: int | None, scope_key: str, vector: np.ndarray) -> None:
         """Teach the policy a stored label, and remember the paid key for hindsight."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -15,6 +17,18 @@ from memcache.errors import ConfigError
 @runtime_checkable
 class Judge(Protocol):
     def same_answer(self, query: str, answer: str, reference: str) -> bool: ...
+
+
+def which_same(judge: Judge, query: str, answer: str, references: Sequence[str]) -> int | None:
+    """The index of one of `references` (in order of preference) that the judge finds the same
+    as `answer`, else None.
+
+    A judge with a `which_same` of its own answers in one go (`LLMJudge`: one call for all, not
+    one per reference); any other is asked of each in turn, and the first it finds is taken."""
+    own = getattr(judge, "which_same", None)
+    if callable(own):
+        return own(query, answer, references)
+    return next((i for i, reference in enumerate(references) if judge.same_answer(query, answer, reference)), None)
 
 
 def comparable(text: str) -> str:
@@ -52,6 +66,14 @@ _LLM_JUDGE_PROMPT = (
 )
 
 
+_LLM_FIRST_SAME_PROMPT = (
+    "Question: {query}\n\nAnswer A: {answer}\n\nOther answers:\n{references}\n\n"
+    "Which other answer would serve a user who asked the question as well as Answer A "
+    "(same facts, same conclusion)? Reply with its number only, or NONE."
+)
+_NUMBER = re.compile(r"\d+")
+
+
 class LLMJudge:
     """Asks a model through LiteLLM whether both answers serve the question equally."""
 
@@ -62,8 +84,23 @@ class LLMJudge:
     def same_answer(self, query: str, answer: str, reference: str) -> bool:
         if comparable(answer) == comparable(reference):
             return True
-        prompt = _LLM_JUDGE_PROMPT.format(query=query, answer=answer, reference=reference)
+        verdict = self._ask(_LLM_JUDGE_PROMPT.format(query=query, answer=answer, reference=reference))
+        return verdict.strip().upper().startswith("YES")
+
+    def which_same(self, query: str, answer: str, references: Sequence[str]) -> int | None:
+        """`memcache.judge.which_same` in one call, however many references (a paid answer is
+        compared with several stored ones while its caller waits)."""
+        equal = next((i for i, r in enumerate(references) if comparable(r) == comparable(answer)), None)
+        if equal is not None or not references:
+            return equal
+        if len(references) == 1:
+            return 0 if self.same_answer(query, answer, references[0]) else None
+        listed = "\n".join(f"[{i}] {reference}" for i, reference in enumerate(references, 1))
+        reply = self._ask(_LLM_FIRST_SAME_PROMPT.format(query=query, answer=answer, references=listed))
+        number = _NUMBER.search(reply)
+        return int(number.group()) - 1 if number and 1 <= int(number.group()) <= len(references) else None
+
+    def _ask(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]
         response = llm.completion(self.model, messages, role="judge", **{"temperature": 0, **self.kwargs})
-        verdict = (response.choices[0].message.content or "").strip().upper()
-        return verdict.startswith("YES")
+        return response.choices[0].message.content or ""

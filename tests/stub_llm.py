@@ -17,11 +17,18 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def _first_word(text: str) -> str:
+    return text.split()[0].strip(",.").lower()
+
+
 def default_answer(prompt: str) -> str:
     if "Reply with exactly YES or NO" in prompt:  # judge prompts: same first word means same answer
-        a = prompt.split("Answer A:")[1].split()[0].strip(",.").lower()
-        b = prompt.split("Answer B:")[1].split()[0].strip(",.").lower()
+        a, b = _first_word(prompt.split("Answer A:")[1]), _first_word(prompt.split("Answer B:")[1])
         return "YES" if a == b else "NO"
+    if "Reply with its number only, or NONE" in prompt:  # the judge asked of several: the first alike
+        a = _first_word(prompt.split("Answer A:")[1])
+        listed = re.findall(r"^\[(\d+)\] (.*)$", prompt, re.MULTILINE)
+        return next((number for number, text in listed if _first_word(text) == a), "NONE")
     return f"Answer to: {prompt}"
 
 

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from memcache import EmbeddingJudge, EscalationError, ExactJudge, LLMJudge, MemCache, ThresholdPolicy, cache_info
+from memcache.judge import which_same
 
 
 def test_exact_judge():
@@ -24,6 +25,32 @@ def test_llm_judge_through_litellm(stub_llm, llm_kwargs):
     assert judge.same_answer("capital?", "Paris is the capital.", "Paris, of course.")
     assert not judge.same_answer("capital?", "Berlin.", "Paris.")
     assert stub_llm.calls[-1]["model"] == "judge"
+
+
+def test_llm_judge_names_which_of_several_answers_is_the_same_in_one_call(stub_llm, llm_kwargs):
+    judge = LLMJudge("openai/judge", **llm_kwargs)
+    calls = len(stub_llm.calls)
+    assert judge.which_same("capital?", "Paris, indeed.", ["Berlin.", "Paris is the capital.", "Rome."]) == 1
+    assert judge.which_same("capital?", "Madrid.", ["Berlin.", "Paris is the capital."]) is None
+    assert len(stub_llm.calls) == calls + 2  # one call each, not one per answer
+    assert judge.which_same("capital?", "paris", ["Berlin.", "Paris"]) == 1 and len(stub_llm.calls) == calls + 2
+    assert which_same(ExactJudge(), "q", "Paris", ["Rome", "paris "]) == 1
+
+
+def test_a_miss_whose_nearest_answer_differs_makes_two_judge_calls_at_most(db_url, embedder, stub_llm, llm_kwargs):
+    """The label's comparison, then one call naming which of the next nearest says the same: the
+    caller waits for them, so not one call per stored answer."""
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.999),
+                  judge=LLMJudge("openai/judge", **llm_kwargs)) as cache:  # fmt: skip
+        cache.write_back("What is the capital of France?", "Berlin is the capital.")
+        cache.write_back("France's capital city?", "Lyon is the capital.")
+        paris = cache.write_back("Which city is the capital of France?", "Paris is the capital.")
+        result = cache.lookup("what's the capital of France?")
+        nearest = [c.entry_id for c in result.candidates]
+        assert nearest[0] != paris.id and paris.id in nearest  # the nearest says Berlin
+        calls = len(stub_llm.calls)
+        assert cache.write_back(result, "Paris, of course.").id == paris.id
+        assert [c["model"] for c in stub_llm.calls[calls:]] == ["judge", "judge"]
 
 
 def test_llm_judge_failure_is_an_escalation_error(llm_kwargs):
