@@ -56,7 +56,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PATH_COUNTERS = (
-    "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "saving_micro_usd",
+    "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "judge_calls",
+    "judge_spend_micro_usd", "saving_micro_usd",
 )  # fmt: skip
 MAX_BODY_BYTES = 8 * 1024 * 1024  # default bound on a request body (images as data URLs fit)
 MAX_BODY_NESTING = 64  # deepest nesting of lists and objects in a body (memcache.scope.MAX_NESTING)
@@ -331,7 +332,7 @@ class Metrics:
         counted = dict(figures["counters"])
         if counted:
             saving = saving_micro_usd(counted["lookups"], counted["strong_calls"], counted["spend_micro_usd"],
-                                      counted["cheap_spend_micro_usd"])  # fmt: skip
+                                      counted["cheap_spend_micro_usd"], counted.get("judge_spend_micro_usd", 0))  # fmt: skip
             if saving is not None:
                 counted["saving_micro_usd"] = saving
         estimate, shifts, hold = (

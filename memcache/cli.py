@@ -91,7 +91,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     lifetime = stats.pop("lifetime")
     counters = ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs",
                 "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd",
-                "strong_tokens", "cheap_tokens", "unpriced_calls")  # fmt: skip
+                "strong_tokens", "cheap_tokens", "judge_calls", "judge_spend_micro_usd", "judge_tokens",
+                "unpriced_calls")  # fmt: skip
     print("store (every process, since it was created)")
     for name in ("entries", "keys", "labels"):
         print(f"  {name:28s} {stats.pop(name)}")
@@ -99,7 +100,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"  {name:28s} {lifetime.get(name, 0)}")
     total = {name: lifetime.get(name, 0) for name in counters}
     saving = saving_micro_usd(total["lookups"], total["strong_calls"], total["spend_micro_usd"],
-                              total["cheap_spend_micro_usd"])  # fmt: skip
+                              total["cheap_spend_micro_usd"], total["judge_spend_micro_usd"])  # fmt: skip
     unpriced = f" ({total['unpriced_calls']} unpriced calls: count their tokens)" if total["unpriced_calls"] else ""
     print(f"  {'saving_micro_usd':28s} {'- (no priced strong call yet)' if saving is None else saving}{unpriced}")
     print("policy")

@@ -21,7 +21,7 @@ from datetime import datetime
 
 import numpy as np
 
-from memcache import cheap
+from memcache import cheap, llm
 from memcache.cheap_gate import GATE_FEATURES, CheapGate, gate_features
 from memcache.errors import MemcacheError, StoreError
 from memcache.hindsight import HindsightWindow
@@ -43,11 +43,12 @@ HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup
 COUNTERS = (
     "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
     "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "strong_tokens", "cheap_tokens",
-    "unpriced_calls",
+    "unpriced_calls", "judge_calls", "judge_spend_micro_usd", "judge_tokens",
 )  # fmt: skip
-CALL_COUNTERS = {  # path: its calls, spend and tokens
+CALL_COUNTERS = {  # model: its calls, spend and tokens
     "strong": ("strong_calls", "spend_micro_usd", "strong_tokens"),
     "cheap": ("cheap_calls", "cheap_spend_micro_usd", "cheap_tokens"),
+    "judge": ("judge_calls", "judge_spend_micro_usd", "judge_tokens"),
 }
 log = logging.getLogger("memcache")
 
@@ -96,6 +97,11 @@ class Controller:
         self.memory = memory
         self.store = memory.store
         self.judge = judge
+        counts_calls = getattr(judge, "count_calls_with", None)
+        if callable(counts_calls):  # a judge that calls a model: its calls and spend are counted here too
+            counts_calls(
+                lambda response: self.record_call("judge", llm.cost_micro_usd(response), llm.usage_tokens(response))
+            )
         self.shadow_audits = shadow_audits
         self.relabel_in_background = relabel_in_background
         self._hindsight = HindsightWindow(hindsight_window if self.learning is not None else 0)
@@ -355,15 +361,16 @@ class Controller:
         self._unflushed[name] += amount
 
     def record_call(self, path: str, spend_micro_usd: int, tokens: int = 0) -> None:
-        """Count one call memcache made of the "strong" or the "cheap" model, what LiteLLM priced
-        it at and the provider's token count (a call with tokens and no price is unpriced)."""
+        """Count one call memcache made of the "strong", the "cheap" or the "judge" model, what
+        LiteLLM priced it at and the provider's token count (a call with tokens and no price is
+        unpriced)."""
         calls, spend, used = CALL_COUNTERS[path]
         with self._lock:
             self._add(calls, 1)
             self._add(spend, spend_micro_usd)
             self._add(used, tokens)
             self._add("unpriced_calls", int(tokens > 0 and not spend_micro_usd))
-        if self.cheap_gate is not None:
+        if self.cheap_gate is not None and path != "judge":
             self.cheap_gate.observe_cost(path, spend_micro_usd)
 
     def counters(self) -> dict[str, int]:

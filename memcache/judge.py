@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -80,6 +80,12 @@ class LLMJudge:
     def __init__(self, model: str, **litellm_kwargs) -> None:
         self.model = model
         self.kwargs = litellm_kwargs
+        self._on_call: Callable[[Any], object] = lambda response: None
+
+    def count_calls_with(self, on_call: Callable[[Any], object]) -> None:
+        """Where each call's response goes to be counted and priced (the cache this judge serves:
+        its `judge_calls` and `judge_spend_micro_usd`)."""
+        self._on_call = on_call
 
     def same_answer(self, query: str, answer: str, reference: str) -> bool:
         if comparable(answer) == comparable(reference):
@@ -103,4 +109,5 @@ class LLMJudge:
     def _ask(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]
         response = llm.completion(self.model, messages, role="judge", **{"temperature": 0, **self.kwargs})
+        self._on_call(response)
         return response.choices[0].message.content or ""

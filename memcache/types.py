@@ -220,8 +220,9 @@ class Stats:
     unpriced models add nothing). `cheap_calls`, `cheap_answers` (cheap replies served) and
     `cheap_spend_micro_usd` are the cheap path's (see `MemCache(cheap_model=...)`), and the
     `cheap_*` figures its learner's (None without a cheap path). `strong_tokens` and `cheap_tokens`
-    are the providers' token counts; `unpriced_calls` the calls LiteLLM could not price (their
-    spend is 0: count their tokens instead). `lifetime` holds the same counters summed over every process
+    are the providers' token counts; `judge_calls`, `judge_spend_micro_usd` and `judge_tokens` those
+    of a judge that calls a model (`LLMJudge`); `unpriced_calls` the calls LiteLLM could not price
+    (their spend is 0: count their tokens instead). `lifetime` holds the same counters summed over every process
     that used the store, this one's included. The policy's figures are
     those of `PolicyStatus` (`target`: the rate its cut-off is certified against now). `claim_ratio` is what the
     audits found wrong over what the policy predicted when serving them (see
@@ -256,6 +257,9 @@ class Stats:
     strong_tokens: int = 0
     cheap_tokens: int = 0
     unpriced_calls: int = 0
+    judge_calls: int = 0
+    judge_spend_micro_usd: int = 0
+    judge_tokens: int = 0
     cheap_threshold: float | None = None
     cheap_estimated_false_answer_rate: float | None = None
     cheap_target: float | None = None
@@ -268,17 +272,20 @@ class Stats:
 
     @property
     def saving_micro_usd(self) -> int | None:
-        """What sending every lookup to the strong model would have cost, less what the strong
-        and cheap calls did (see `saving_micro_usd`)."""
-        return saving_micro_usd(self.lookups, self.strong_calls, self.spend_micro_usd, self.cheap_spend_micro_usd)
+        """What sending every lookup to the strong model would have cost, less what the strong,
+        cheap and judge calls did (see `saving_micro_usd`)."""
+        return saving_micro_usd(self.lookups, self.strong_calls, self.spend_micro_usd, self.cheap_spend_micro_usd,
+                                self.judge_spend_micro_usd)  # fmt: skip
 
 
-def saving_micro_usd(lookups: int, strong_calls: int, strong_spend: int, cheap_spend: int) -> int | None:
-    """Every lookup priced at the strong calls' mean price so far, less the strong and cheap spend;
-    None before a priced strong call (an unpriced model's calls add no spend)."""
+def saving_micro_usd(
+    lookups: int, strong_calls: int, strong_spend: int, cheap_spend: int, judge_spend: int = 0
+) -> int | None:
+    """Every lookup priced at the strong calls' mean price so far, less the strong, cheap and
+    judge spend; None before a priced strong call (an unpriced model's calls add no spend)."""
     if not strong_calls or not strong_spend:
         return None
-    return round(lookups * strong_spend / strong_calls) - strong_spend - cheap_spend
+    return round(lookups * strong_spend / strong_calls) - strong_spend - cheap_spend - judge_spend
 
 
 @dataclass(frozen=True)

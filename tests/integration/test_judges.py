@@ -156,3 +156,17 @@ def test_exact_judge_that_never_agrees_says_so_once(db_url, embedder, caplog):
         assert cache.stats().labels == 240
     hints = [r for r in caplog.records if "ExactJudge never finds two the same" in r.getMessage()]
     assert len(hints) == 1
+
+
+def test_the_judges_calls_and_spend_are_counted_and_leave_the_saving(db_url, embedder, llm_kwargs, cli):
+    judge = LLMJudge("openai/gpt-4o-mini", **llm_kwargs)  # a name LiteLLM prices
+    with MemCache(db_url, embedder=embedder, policy=ThresholdPolicy(0.999), strong_model="openai/gpt-4o",
+                  judge=judge) as cache:  # fmt: skip
+        for question in ("How do I reset my password?", "What is the capital of France?"):
+            cache.completion(messages=[{"role": "user", "content": question}], **llm_kwargs)
+        stats = cache.stats()
+        assert stats.judge_calls == 1 and stats.judge_tokens > 0 and 0 < stats.judge_spend_micro_usd
+        # both lookups paid the strong model, so all that is left of the saving is the judge's cost
+        assert stats.strong_calls == 2 and stats.saving_micro_usd == -stats.judge_spend_micro_usd
+    shown = cli(["stats", "--database-url", db_url, "--json"]).stdout
+    assert json.loads(shown)["lifetime"]["judge_calls"] == 1

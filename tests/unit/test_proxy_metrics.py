@@ -57,3 +57,12 @@ def test_a_stopped_workers_last_figures_still_count_and_one_process_renders_its_
     served(alone, "miss", 0.1)
     assert value(alone.render(PolicyStatus(0.02), COUNTERS), "memcache_requests_total") == "1"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_judges_calls_and_spend_are_rendered_and_taken_off_the_saving(tmp_path):
+    counters = {**COUNTERS, "lookups": 10, "strong_calls": 4, "spend_micro_usd": 400, "judge_calls": 4,
+                "judge_spend_micro_usd": 40}  # fmt: skip
+    scrape = Metrics(tmp_path).render(PolicyStatus(0.02), counters)
+    assert value(scrape, "memcache_judge_calls_total") == "4"
+    assert value(scrape, "memcache_judge_spend_micro_usd_total") == "40"
+    assert value(scrape, "memcache_saving_micro_usd") == str(10 * 100 - 400 - 40)
