@@ -437,8 +437,8 @@ class Controller:
         nearest = list(dict.fromkeys(c.entry_id for c in result.candidates if c.entry_id != label.entry_id))
         others = []  # (entry id, its answer), nearest first
         for entry_id in nearest[: JUDGED_ENTRIES - 1]:
-            stored = self.store.answer_of(entry_id)
-            if stored is not None and stored.scope_key == result.scope.key:
+            stored = self.memory.answer(entry_id, result.scope.key)  # alive, in scope; usually cached
+            if stored is not None:
                 others.append((entry_id, stored.answer))
         try:  # one call of an LLMJudge for all of them: the caller is waiting
             chosen = which_same(self.judge, result.query, answer, [text for _, text in others])
