@@ -135,10 +135,9 @@ def test_the_llm_judge_calls_litellm_as_memcache_does(stub_llm):
     import sys
 
     code = (
-        "import os; from memcache import LLMJudge; "
-        f"print(LLMJudge('openai/judge', api_base={stub_llm.base_url!r}).same_answer('q', 'Paris, of course.', 'Paris is the capital.'), "
-        "LLMJudge('openai/judge', api_base=" + repr(stub_llm.base_url) + ").same_answer('q', 'Yes, it is.', 'No.'), "
-        "os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP'))"
+        f"import os; from memcache import LLMJudge; judge = LLMJudge('openai/judge', api_base={stub_llm.base_url!r}); "
+        "print(judge.same_answer('q', 'Paris, of course.', 'Paris is the capital.'), "
+        "judge.same_answer('q', 'Yes, it is.', 'No.'), os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP'))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("LITELLM_LOCAL_MODEL_COST_MAP", "OPENAI_API_KEY")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
