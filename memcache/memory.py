@@ -283,20 +283,25 @@ class Memory:
         with self._lock:
             self._last_sync = time.monotonic()
             changes = [c for c in self.store.changes_since(self._change_cursor) if c.id not in self._changes_applied]
-            new_keys = [c.key_id for c in changes if c.kind == "key" and c.key_id not in self._keys]
+            new_keys = [c.key_id for c in changes if c.kind in ("key", "move") and c.key_id not in self._keys]
             stored = {key.key_id: key for key in self.store.keys_by_id(new_keys)}
             # entries checked elsewhere, and entries new here (checked before their key arrived?)
             checked = {c.entry_id for c in changes if c.kind == "check"}
             checked |= {key.entry_id for key in stored.values() if key.entry_id not in self._keys_of_entry}
+            moved_to: set[int] = set()
             for change in changes:
                 if change.kind == "drop":
                     self.drop_derived([change.entry_id], ())
+                elif change.kind == "move" and change.key_id in self._keys:
+                    self._move_key(change.key_id, change.entry_id)
+                    moved_to.add(change.entry_id)
                 elif change.key_id in stored:
                     key = stored[change.key_id]
                     self._add_key(
                         key.key_id, KeyRecord(key.entry_id, key.scope_key, key.normalized_hash), key.embedding
                     )
                 self._changes_applied.add(change.id)
+            self._recount(moved_to)
             for entry_id, checks, failures in self.store.entry_reliability(checked) if checked else ():
                 self._set_checks(entry_id, checks, failures)
             self._advance_cursor()
@@ -361,10 +366,40 @@ class Memory:
         if key_id not in keys_of:
             self._keys_of_entry[key.entry_id] = (*keys_of, key_id)
 
+    def _move_key(self, key_id: int, entry_id: int) -> None:
+        """Register a known key under another entry (hold the lock; `_recount` the entry after)."""
+        key = self._keys[key_id]
+        if key.entry_id == entry_id:
+            return
+        left = tuple(k for k in self._keys_of_entry.get(key.entry_id, ()) if k != key_id)
+        if left:
+            self._keys_of_entry[key.entry_id] = left
+        else:
+            self._keys_of_entry.pop(key.entry_id, None)
+        self._register(key_id, key._replace(entry_id=entry_id))
+
+    def _recount(self, entry_ids: Iterable[int]) -> None:
+        """Sum again the key vectors of entries that gained keys by a merge (hold the lock)."""
+        for entry_id in entry_ids:
+            self._answers.pop(entry_id, None)  # its expiry may have moved
+            self.centroids.drop(entry_id)
+            n_keys = len(self._keys_of_entry.get(entry_id, ()))
+            if n_keys > 1:
+                known = self._earlier_keys_sum(entry_id, -1)
+                if known is not None:
+                    self.centroids.set_sum(entry_id, *known)
+            stats = self._entry_stats.get(entry_id)
+            if stats is not None:
+                self._entry_stats[entry_id] = replace(stats, n_keys=n_keys)
+
     def entry_of(self, key_id: int) -> int | None:
         """The entry of a live key, or None."""
         key = self._keys.get(key_id)
         return None if key is None else key.entry_id
+
+    def key_count(self, entry_id: int) -> int:
+        """How many live keys an entry has here (0: unknown or gone)."""
+        return len(self._keys_of_entry.get(entry_id, ()))
 
     @property
     def entry_stats(self) -> Mapping[int, EntryStats]:
@@ -489,6 +524,25 @@ class Memory:
             queries=(query,),
         )
         return Written(entry, written.key_id if written.new_key else None)
+
+    def merge(self, keep: int, drop: int, scope_key: str) -> bool:
+        """Make `drop` part of `keep` in the store and here (`Store.merge_entries`); False where
+        the store found either gone, expired or of another scope, and nothing changed."""
+        self.load()
+        merged = self.store.merge_entries(keep, drop, scope_key)
+        if merged is None:
+            return False
+        with self._lock:
+            for key_id in merged.moved:
+                if key_id in self._keys:  # else a sync registers it under `keep` from the store
+                    self._move_key(key_id, keep)
+            self._recount([keep])
+            self._entry_stats.pop(keep, None)  # the counts added up: read again below
+        self.drop_derived([drop], merged.deleted)
+        with self._lock:
+            for entry_id, checks, failures in self.store.entry_reliability([keep]):
+                self._set_checks(entry_id, checks, failures)
+        return True
 
     def delete(self, entry_ids: Iterable[int]) -> int:
         """Delete entries and their keys from the store and from this process; returns how many existed."""

@@ -138,13 +138,13 @@ class CheapLabelRow(_LabelColumns, Base):
 
 
 class ChangeRow(Base):
-    """The change sequence other processes follow: a key was added, an entry was dropped, or
-    its answer was checked (a paid answer compared with it: its counts changed)."""
+    """The change sequence other processes follow: a key was added, a key moved to another entry
+    (two entries merged), an entry was dropped, or its answer was checked (its counts changed)."""
 
     __tablename__ = "memcache_changes"
     __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(8))  # "key", "drop" or "check"
+    kind: Mapped[str] = mapped_column(String(8))  # "key", "move", "drop" or "check"
     entry_id: Mapped[int] = mapped_column(Integer)
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -176,6 +176,58 @@ def _add_answer(
     return WriteResult(entry_id, key_id, new_entry=new_entry, new_key=new_key, checked=checked, answer=stored_answer)
 
 
+@dataclass(frozen=True)
+class Merged:
+    """What `Store.merge_entries` changed: the keys that moved to the kept entry, and those
+    deleted because it had the same query already."""
+
+    moved: tuple[int, ...]
+    deleted: tuple[int, ...]
+
+
+def _merge_entries(conn: Connection, keep: int, drop: int, scope_key: str, now: datetime) -> Merged | None:
+    """`Store.merge_entries` inside its transaction."""
+    alive = or_(EntryRow.expires_at.is_(None), EntryRow.expires_at > now)
+    both = (
+        select(EntryRow.id, EntryRow.hit_count, EntryRow.checks, EntryRow.failures, EntryRow.last_hit_at,
+               EntryRow.last_used_at, EntryRow.expires_at)
+        .where(EntryRow.id.in_([keep, drop]), EntryRow.scope_key == scope_key, alive)
+        .order_by(EntryRow.id)  # one lock order for every merge
+        .with_for_update()
+    )  # fmt: skip
+    rows = {row[0]: row for row in conn.execute(both)}
+    if len(rows) != 2:
+        return None
+    kept, gone = rows[keep], rows[drop]
+    taken = select(KeyRow.normalized_hash).where(KeyRow.entry_id == keep)
+    deleted = tuple(
+        conn.execute(
+            delete(KeyRow).where(KeyRow.entry_id == drop, KeyRow.normalized_hash.in_(taken)).returning(KeyRow.id)
+        ).scalars()
+    )
+    moved = tuple(sorted(conn.execute(select(KeyRow.id).where(KeyRow.entry_id == drop)).scalars()))
+    conn.execute(update(KeyRow).where(KeyRow.entry_id == drop).values(entry_id=keep))
+    latest = [t for t in (kept[4], gone[4]) if t is not None]
+    used = [t for t in (kept[5], gone[5]) if t is not None]
+    conn.execute(
+        update(EntryRow)
+        .where(EntryRow.id == keep)
+        .values(
+            hit_count=kept[1] + gone[1], checks=kept[2] + gone[2], failures=kept[3] + gone[3],
+            last_hit_at=max(latest, default=None), last_used_at=max(used, default=None),
+            expires_at=None if kept[6] is None or gone[6] is None else max(kept[6], gone[6]),
+        )
+    )  # fmt: skip
+    conn.execute(delete(EntryRow).where(EntryRow.id == drop))
+    changes = [{"kind": "move", "entry_id": keep, "key_id": key_id, "created_at": now} for key_id in moved]
+    changes += [
+        {"kind": "drop", "entry_id": drop, "key_id": None, "created_at": now},
+        {"kind": "check", "entry_id": keep, "key_id": None, "created_at": now},
+    ]
+    conn.execute(ChangeRow.__table__.insert(), changes)
+    return Merged(moved, deleted)
+
+
 class _RowGone(Exception):
     """A row a concurrent writer inserted was deleted before this transaction could read it:
     `Store._transact` runs the transaction again."""
@@ -447,6 +499,17 @@ class Store:
             lambda conn: _add_answer(conn, scope, query, normalized_hash, blob, answer, source_model, expires_at,
                                      payload, label, now, self.writer, same_as),
         )  # fmt: skip
+
+    def merge_entries(self, keep: int, drop: int, scope_key: str) -> Merged | None:
+        """Make `drop` part of `keep`: two alive entries of `scope_key` whose answers the judge
+        found to say the same (each paid answer that arrived before either was there made its
+        own). `drop`'s keys move to `keep`, its counters add up there, and it is deleted, all in
+        one transaction; None (nothing changed) where either is gone, expired or of another scope.
+        Other processes follow through the change sequence ("move" per key, then "drop")."""
+        if keep == drop:
+            return None
+        now = utcnow()
+        return self._transact("merging entries", lambda conn: _merge_entries(conn, keep, drop, scope_key, now))
 
     def record_usage(self, hits: dict[int, tuple[int, datetime]], counts: dict[str, int]) -> None:
         """Add buffered hit counters of entries ({entry_id: (hits, last_hit_at)}) and lifetime
