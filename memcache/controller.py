@@ -28,6 +28,7 @@ from memcache.hindsight import HindsightWindow
 from memcache.judge import ExactJudge, Judge, which_same
 from memcache.label_feed import LabelFeed
 from memcache.memory import Memory
+from memcache.merging import EntryMerger
 from memcache.policy import FEATURE_NAMES, LearningPolicy, Policy, PolicyStatus
 from memcache.store import utcnow
 from memcache.types import CacheHit, CheapPathStatus, CheapVerdict, Label, LookupResult, Scope, Stats
@@ -105,6 +106,7 @@ class Controller:
         self.shadow_audits = shadow_audits
         self.relabel_in_background = relabel_in_background
         self._hindsight = HindsightWindow(hindsight_window if self.learning is not None else 0)
+        self.merger = EntryMerger(memory, judge)
         self._lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)  # this process's, since it started
         self._unflushed = dict.fromkeys(COUNTERS, 0)  # ... not yet added to the store's lifetime totals
@@ -456,6 +458,7 @@ class Controller:
                     label.claimed_confidence, label.correct
                 )  # before the refit `observe` may run
             self.policy.observe(label.features, label.correct, key=key_id)  # a hindsight label may replace it later
+        self.merger.count_paid()
         if key_id is not None and self._hindsight.add(key_id, scope_key, vector):
             self._start_relabel()
 
@@ -482,11 +485,18 @@ class Controller:
             self._relabeler = _start_unless_running(self._relabeler, self._relabel, "memcache-hindsight")
 
     def _relabel(self) -> None:
-        """Ask the hindsight window again of today's index and hand the labels to the policy."""
+        """Ask the hindsight window again of today's index and hand the labels to the policy;
+        entries its pairs show to say the same are merged first (`memcache.merging`)."""
         index = self.memory.index
         if index is None or self.learning is None:
             return
-        examples = self._hindsight.examples(index.search, self.memory.entry_of, NEIGHBOURS, self.memory.centroids)
+
+        def ask() -> list:
+            return self._hindsight.examples(index.search, self.memory.entry_of, NEIGHBOURS, self.memory.centroids)
+
+        examples = ask()
+        if self.merger.merge_same(examples):  # labels as the merged entries give them
+            examples = ask()
         self.learning.set_hindsight(examples, dict(self.memory.entry_stats))
 
     # -- shadow audits ----------------------------------------------------------------------------

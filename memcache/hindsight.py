@@ -98,5 +98,5 @@ class HindsightWindow:
                     candidates = candidates[:k]
                     if centroids is not None:
                         candidates = centroids.annotate(candidates, vector, own_entry=entry_id)
-                    out.append(HindsightExample(key_id, entry_id, tuple(candidates)))
+                    out.append(HindsightExample(key_id, entry_id, tuple(candidates), scope_key))
         return out

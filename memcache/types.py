@@ -79,6 +79,7 @@ class HindsightExample:
     key_id: int
     entry_id: int
     candidates: tuple[Candidate, ...]
+    scope_key: str = ""
 
 
 @dataclass(frozen=True)
