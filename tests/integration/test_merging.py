@@ -6,7 +6,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, select
 
-from memcache import CalibratedPolicy, EmbeddingJudge, MemCache
+from memcache import CalibratedPolicy, EmbeddingJudge, LLMJudge, MemCache
 from memcache.schema import ChangeRow
 
 FRANCE = ("What is the capital of France?", "The capital of France is Paris.")
@@ -53,7 +53,8 @@ def test_two_entries_that_say_the_same_become_one(request, store, embedder):
         assert peer.memory.entries == 2
         for question, answer in OTHERS:  # the tenth paid answer asks the window again
             cache.write_back(question, answer)
-        assert cache.controller.merger.merged == 1
+        merger = cache.controller.merger
+        assert merger.merged == 1 and 0 < merger.calls <= 0.25 * (len(OTHERS) + 2)  # its share of paid answers
         assert cache.stats().entries == len(OTHERS) + 1 and cache.stats().keys == len(OTHERS) + 2
         assert cache.get(second.id) is None
         kept = cache.get(first.id)
@@ -104,3 +105,21 @@ def test_an_expired_entry_is_not_merged(db_url, embedder):
         second = cache.write_back(*FRANCE_AGAIN)
         assert not cache.memory.merge(second.id, first.id, cache.lookup(FRANCE[0]).scope.key)
         assert cache.get(second.id).queries == (FRANCE_AGAIN[0],)
+
+
+def test_an_llm_judge_compares_several_entries_in_one_call_and_its_calls_are_counted(db_url, embedder, llm_kwargs):
+    """Through LiteLLM over HTTP (the stub judge finds answers with the same first word the same)."""
+    answers = ["Paris is the capital.", "Paris lies on the Seine and is the capital."]
+    others = [
+        (q, f"{word} {a}") for word, (q, a) in zip("Alpha Beta Gamma Delta Epsilon Zeta Eta Theta".split(), OTHERS)
+    ]
+    with _cache(db_url, embedder, LLMJudge("openai/judge", **llm_kwargs)) as cache:
+        first = cache.write_back(FRANCE[0], answers[0])
+        second = cache.write_back(FRANCE_AGAIN[0], answers[1])
+        assert cache.stats().judge_calls == 0  # written without a lookup: nothing judged yet
+        for question, answer in others:
+            cache.write_back(question, answer)
+        merger = cache.controller.merger
+        assert merger.merged == 1 and cache.get(second.id) is None
+        assert set(cache.get(first.id).queries) == {FRANCE[0], FRANCE_AGAIN[0]}
+        assert cache.stats().judge_calls == merger.calls <= 0.25 * 10
