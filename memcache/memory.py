@@ -507,9 +507,14 @@ class Memory:
                 self._set_checks(label.entry_id, *written.checked)
             self._answers.pop(written.entry_id, None)  # its expiry may have moved
             # an existing key is registered by whoever stored it; a new one only if its entry was
-            # not deleted between the store's commit and here (the delete found no key to drop)
-            if written.new_key and (self._drops == drops or self.store.keys_by_id([written.key_id])):
-                self._add_key(written.key_id, KeyRecord(written.entry_id, scope.key, exact_form), vector)
+            # not deleted between the store's commit and here (the delete found no key to drop),
+            # under the entry the store has it in now (a merge may have moved it meanwhile)
+            entry_id = written.entry_id
+            if written.new_key and self._drops != drops:
+                now = self.store.keys_by_id([written.key_id])
+                entry_id = now[0].entry_id if now else None
+            if written.new_key and entry_id is not None:
+                self._add_key(written.key_id, KeyRecord(entry_id, scope.key, exact_form), vector)
         entry = CacheEntry(
             id=written.entry_id,
             scope_key=scope.key,
