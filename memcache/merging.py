@@ -11,8 +11,8 @@ its first answers kept the policy from certifying for hundreds of queries (docs/
 So when the labels are asked again, the entries near a paid key that are not its own are judged
 against its entry: its answer against theirs, nearest first, several in one call of a model
 judge, a few calls per pass, and a pair found different is never judged again. An entry found
-to say the same is merged in the store (`Memory.merge`), the one with more keys kept. Only keys of one scope are
-ever compared, so a merge never crosses tenants, models or conversations.
+to say the same is merged in the store (`Memory.merge`), the one with more keys kept. Only keys
+of one scope are ever compared, so a merge never crosses tenants, models or conversations.
 """
 
 from __future__ import annotations
