@@ -92,7 +92,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     counters = ("lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs",
                 "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd",
                 "strong_tokens", "cheap_tokens", "judge_calls", "judge_spend_micro_usd", "judge_tokens",
-                "unpriced_calls")  # fmt: skip
+                "unpriced_calls", "merged_entries")  # fmt: skip
     print("store (every process, since it was created)")
     for name in ("entries", "keys", "labels"):
         print(f"  {name:28s} {stats.pop(name)}")

@@ -44,7 +44,7 @@ HIT_FLUSH_AT = 256  # buffered hit counters written to the store, off the lookup
 COUNTERS = (
     "lookups", "hits", "exact_hits", "misses", "audits", "write_backs", "rejected_write_backs", "strong_calls",
     "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "strong_tokens", "cheap_tokens",
-    "unpriced_calls", "judge_calls", "judge_spend_micro_usd", "judge_tokens",
+    "unpriced_calls", "judge_calls", "judge_spend_micro_usd", "judge_tokens", "merged_entries",
 )  # fmt: skip
 CALL_COUNTERS = {  # model: its calls, spend and tokens
     "strong": ("strong_calls", "spend_micro_usd", "strong_tokens"),
@@ -495,7 +495,9 @@ class Controller:
             return self._hindsight.examples(index.search, self.memory.entry_of, NEIGHBOURS, self.memory.centroids)
 
         examples = ask()
-        if self.merger.merge_same(examples):  # labels as the merged entries give them
+        merged = self.merger.merge_same(examples)
+        if merged:  # labels as the merged entries give them
+            self.count("merged_entries", merged)
             examples = ask()
         self.learning.set_hindsight(examples, dict(self.memory.entry_stats))
 

@@ -222,7 +222,8 @@ class Stats:
     `cheap_spend_micro_usd` are the cheap path's (see `MemCache(cheap_model=...)`), and the
     `cheap_*` figures its learner's (None without a cheap path). `strong_tokens` and `cheap_tokens`
     are the providers' token counts; `judge_calls`, `judge_spend_micro_usd` and `judge_tokens` those
-    of a judge that calls a model (`LLMJudge`); `unpriced_calls` the calls LiteLLM could not price
+    of a judge that calls a model (`LLMJudge`); `merged_entries` the entries merged into another that
+    says the same (`memcache.merging`); `unpriced_calls` the calls LiteLLM could not price
     (their spend is 0: count their tokens instead). `lifetime` holds the same counters summed over every process
     that used the store, this one's included. The policy's figures are
     those of `PolicyStatus` (`target`: the rate its cut-off is certified against now). `claim_ratio` is what the
@@ -261,6 +262,7 @@ class Stats:
     judge_calls: int = 0
     judge_spend_micro_usd: int = 0
     judge_tokens: int = 0
+    merged_entries: int = 0
     cheap_threshold: float | None = None
     cheap_estimated_false_answer_rate: float | None = None
     cheap_target: float | None = None

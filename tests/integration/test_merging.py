@@ -56,7 +56,7 @@ def test_two_entries_that_say_the_same_become_one(request, store, embedder):
         merger = cache.controller.merger
         assert merger.merged == 1 and 0 < merger.calls <= 0.25 * (len(OTHERS) + 2)  # its share of paid answers
         assert cache.stats().entries == len(OTHERS) + 1 and cache.stats().keys == len(OTHERS) + 2
-        assert cache.get(second.id) is None
+        assert cache.get(second.id) is None and cache.stats().merged_entries == 1
         kept = cache.get(first.id)
         assert set(kept.queries) == {FRANCE[0], FRANCE_AGAIN[0]} and kept.answer == FRANCE[1]
         hit = cache.lookup(FRANCE_AGAIN[0])
@@ -77,7 +77,7 @@ def test_two_entries_that_say_the_same_become_one(request, store, embedder):
     engine.dispose()
     assert kinds.count("move") == 1 and kinds.count("drop") == 1
     with _cache(url, embedder, EmbeddingJudge(embedder, 0.8)) as reopened:  # nothing lost on restart
-        assert reopened.stats().entries == len(OTHERS) + 1
+        assert reopened.stats().entries == len(OTHERS) + 1 and reopened.stats().lifetime["merged_entries"] == 1
         assert reopened.lookup(FRANCE_AGAIN[0]).hit.entry_id == first.id
 
 
