@@ -542,9 +542,8 @@ class Memory:
                 if key_id in self._keys:  # else a sync registers it under `keep` from the store
                     self._move_key(key_id, keep)
             self._recount([keep])
-            self._entry_stats.pop(keep, None)  # the counts added up: read again below
         self.drop_derived([drop], merged.deleted)
-        with self._lock:
+        with self._lock:  # the checks added up in the store (more than here, unless the other had none)
             for entry_id, checks, failures in self.store.entry_reliability([keep]):
                 self._set_checks(entry_id, checks, failures)
         return True

@@ -205,8 +205,8 @@ def _merge_entries(conn: Connection, keep: int, drop: int, scope_key: str, now: 
             delete(KeyRow).where(KeyRow.entry_id == drop, KeyRow.normalized_hash.in_(taken)).returning(KeyRow.id)
         ).scalars()
     )
-    moved = tuple(sorted(conn.execute(select(KeyRow.id).where(KeyRow.entry_id == drop)).scalars()))
-    conn.execute(update(KeyRow).where(KeyRow.entry_id == drop).values(entry_id=keep))
+    moving = update(KeyRow).where(KeyRow.entry_id == drop).values(entry_id=keep).returning(KeyRow.id)
+    moved = tuple(sorted(conn.execute(moving).scalars()))
     latest = [t for t in (kept[4], gone[4]) if t is not None]
     used = [t for t in (kept[5], gone[5]) if t is not None]
     conn.execute(
