@@ -25,6 +25,7 @@ class LabeledQuery:
     text: str
     label: str
     split: str = ""
+    tenant: str = ""  # whose request it is: each tenant is a scope of its own ("" the stream's one)
 
 
 def right_answer(query: LabeledQuery) -> str:

@@ -36,7 +36,11 @@ from memcache.eval.data import OOS, LabeledPair, LabeledQuery, meaning, right_an
 from memcache.judge import ExactJudge, Judge
 from memcache.policy import Policy
 
-STREAM_TENANT = "replay"  # the one scope of an intent stream: its warm rows and every query of it
+STREAM_TENANT = "replay"  # the scope of an intent stream's rows that name no tenant of their own
+
+
+def tenant_of(query: LabeledQuery) -> str:
+    return query.tenant or STREAM_TENANT
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class QueryRecord:
     latency_ms: float
     audited: bool = False
     cheap_called: bool = False
+    tenant: str = ""
 
     @property
     def paid(self) -> bool:
@@ -213,36 +218,41 @@ def replay_intents(
     limit: int | None = None,
     cheap_model: SimulatedCheapModel | None = None,
     wordings: bool = False,
+    shuffle: bool = True,
 ) -> list[QueryRecord]:
-    """Replay intent-labeled queries in a seeded shuffle (see `shuffled`), from an empty (or warmed)
-    cache; with `limit`, only the shuffle's first `limit` queries (a short stream); with
-    `cheap_model`, through the cheap path as well; with `wordings`, each paid answer is worded
-    anew and judged by `MeaningJudge`, as a real model's answers are."""
-    stream = shuffled(queries, seed, oos_from, oos_ramp)[:limit]
+    """Replay intent-labeled queries in a seeded shuffle (see `shuffled`; with `shuffle=False`,
+    in the order given), from an empty (or warmed) cache; with `limit`, only the first `limit`
+    queries (a short stream); with `cheap_model`, through the cheap path as well; with
+    `wordings`, each paid answer is worded anew and judged by `MeaningJudge`, as a real model's
+    answers are. Each query is looked up in its tenant's scope (`LabeledQuery.tenant`)."""
+    stream = (shuffled(queries, seed, oos_from, oos_ramp) if shuffle else list(queries))[:limit]
     records = []
     gate = None
     if cheap_model is not None:
         gate = CheapGate(policy.max_false_hit_rate, cost_ratio=cheap_model.cost, seed=seed)
     with tempfile.TemporaryDirectory() as directory:
         cache = _cache(policy, embedder, directory, shadow_audits, gate, MeaningJudge() if wordings else None)
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()  # (tenant, answer) stored
         for query in warm:
             answer = right_answer(query)
-            cache.write_back(query.text, answer, model="replay", tenant=STREAM_TENANT, paid=False)
-            seen.add(answer)
+            cache.write_back(query.text, answer, model="replay", tenant=tenant_of(query), paid=False)
+            seen.add((query.tenant, answer))
         for i, query in enumerate(_progress(stream, progress, "replay")):
-            result, served, ms = _timed_lookup(cache, query.text, STREAM_TENANT)
+            result, served, ms = _timed_lookup(cache, query.text, tenant_of(query))
             right = right_answer(query)
-            reusable = right in seen
+            reusable = (query.tenant, right) in seen
             decision = result.decision
             similarity = decision.similarity if np.isfinite(decision.similarity) else None
             if served is not None:
                 correct = meaning(served.answer) == right
                 record = QueryRecord(
-                    "hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None
-                )
+                    "hit", correct, reusable, similarity, served.confidence, ms, audited=result.hit is None,
+                    tenant=query.tenant,
+                )  # fmt: skip
             else:
-                record = QueryRecord(decision.action, None, reusable, similarity, decision.confidence, ms)
+                record = QueryRecord(
+                    decision.action, None, reusable, similarity, decision.confidence, ms, tenant=query.tenant
+                )
             verdict = None
             pairs = cache.cheap_pairs(result) if served is None and cheap_model is not None else None
             if pairs:
@@ -256,7 +266,7 @@ def replay_intents(
                 # a miss, an audit or a checked cheap answer: the strong model is paid, its answer written back
                 cache.controller.record_call("strong", 0, 0)
                 cache.write_back(result, worded(right, i) if wordings else right, cheap=verdict)
-                seen.add(right)
+                seen.add((query.tenant, right))
             records.append(record)
             if on_query:
                 on_query(i, record)

@@ -15,6 +15,12 @@ near intents, many wordings), one domain's test and val rows (750), and three do
 (3,750) with its own half of CLINC150's out-of-scope rows (600, none shared with the other
 family): out-of-scope questions arriving from query 2,000 on, or their share rising from none at
 query 1,000 to the end of the stream.
+
+`--newcomer`: a new tenant on a warm cache. The family's other four domains' train rows are one
+tenant's traffic; after its first 3,000 queries a second tenant arrives with one domain's test
+and val rows (750), interleaved with the first tenant's next 750. Each tenant is a scope of its
+own, so the newcomer starts with an empty memory and a policy that has learned on the other's.
+Figures are the newcomer's (the incumbent's beside them, `incumbent_*`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import argparse
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +60,22 @@ class ShortStream:
     limit: int | None = None
     oos_from: int | None = None
     oos_ramp: bool = False
+    incumbent: tuple[str, ...] = ()  # `--newcomer`: the domains of the tenant already there
+
+
+INCUMBENT_HEAD = 3000  # the incumbent's queries before the newcomer's first
+NEWCOMER, INCUMBENT = "newcomer", "incumbent"
+
+
+def newcomer_order(
+    newcomer: Sequence[LabeledQuery], incumbent: Sequence[LabeledQuery], seed: int
+) -> list[LabeledQuery]:
+    """The incumbent's first `INCUMBENT_HEAD` queries, then the newcomer's, shuffled together with
+    as many more of the incumbent's; each query carries its tenant."""
+    first = shuffled([replace(q, tenant=INCUMBENT) for q in incumbent], seed)
+    second = shuffled([replace(q, tenant=NEWCOMER) for q in newcomer], seed)
+    tail = second + first[INCUMBENT_HEAD : INCUMBENT_HEAD + len(second)]
+    return first[:INCUMBENT_HEAD] + shuffled(tail, seed)
 
 
 def out_of_scope_half(data: str, family: str) -> list[LabeledQuery]:
@@ -65,12 +87,20 @@ def out_of_scope_half(data: str, family: str) -> list[LabeledQuery]:
     return [r for r in rows if r.split == "test"][first::2] + [r for r in rows if r.split == other]
 
 
-def streams_of(family: str, longer: bool = False, drift: bool = False) -> list[ShortStream]:
+def streams_of(family: str, longer: bool = False, drift: bool = False, newcomer: bool = False) -> list[ShortStream]:
     """The family's short streams; `longer`: its train rows instead, three domains cut to 1,500
     queries (ten streams) and all five to 4,000 (one), where the cheap path has time to learn;
     `drift`: its five domains' test and val rows with out-of-scope rows arriving at once or
-    rising slowly (see the module's docstring)."""
+    rising slowly; `newcomer`: each domain as a new tenant beside the other four (see the
+    module's docstring)."""
     domains = FAMILIES[family]
+    if newcomer:
+        return [
+            ShortStream(f"{d}/test+val after {'+'.join(o for o in domains if o != d)}/train",
+                        "a new tenant on a warm cache, 750", (d,), ("test", "val"),
+                        incumbent=tuple(o for o in domains if o != d))
+            for d in domains
+        ]  # fmt: skip
     if drift:
         name = "+".join(domains) + "/test+val+oos"
         return [
@@ -108,30 +138,44 @@ def run_family(
     longer: bool = False,
     drift: bool = False,
     wordings: bool = False,
+    newcomer: bool = False,
 ) -> dict:
     """Replay every stream of `family` with the policy and with static cut-offs; the report.
     With `cheap_accuracy`, the cheap path runs too, with the simulated cheap model's defaults
     for abstains and cost (`memcache eval --cheap`); with `wordings`, each paid answer is worded
-    anew (`memcache eval --worded`)."""
+    anew (`memcache eval --worded`); with `newcomer`, each domain arrives as a new tenant (the
+    figures are its own; a static cut-off learns nothing, so its figures are the newcomer's
+    queries replayed alone)."""
     memo = MemoEmbedder(embedder or SentenceTransformerEmbedder())
     make = policy or (lambda seed: CalibratedPolicy(bound, seed=seed))
     runs, static = [], {}
-    for stream in streams_of(family, longer, drift):
+    for stream in streams_of(family, longer, drift, newcomer):
         wanted = load_intents(data, stream.splits, {"domain": set(stream.domains)})
         if stream.oos_from is not None:
             wanted += out_of_scope_half(data, family)
-        memo.prefill([r.text for r in wanted])
+        incumbent = load_intents(data, ("train",), {"domain": set(stream.incumbent)}) if stream.incumbent else []
+        memo.prefill([r.text for r in wanted + incumbent])
         for seed in seeds:
             reader = None if cheap_accuracy is None else SimulatedCheapModel(cheap_accuracy, seed=seed)
+            order = (
+                newcomer_order(wanted, incumbent, seed)
+                if incumbent
+                else shuffled(wanted, seed, stream.oos_from, stream.oos_ramp)[: stream.limit]
+            )
             records = replay_intents(
-                wanted, policy=make(seed), embedder=memo, seed=seed, limit=stream.limit, cheap_model=reader,
-                oos_from=stream.oos_from, oos_ramp=stream.oos_ramp, wordings=wordings,
+                order, policy=make(seed), embedder=memo, seed=seed, cheap_model=reader, wordings=wordings,
+                shuffle=False,
             )  # fmt: skip
+            if incumbent:
+                others = summarize([r for r in records if r.tenant == INCUMBENT], max_false_hit_rate=bound)
+                records = [r for r in records if r.tenant == NEWCOMER]
+                order = [q for q in order if q.tenant == NEWCOMER]
             summary = summarize(records, max_false_hit_rate=bound)
+            if incumbent:
+                summary.update({f"incumbent_{k}": others[k] for k in ("false_hit_rate", "correct_hit_rate")})
             if reader is not None:
                 summary.update(cheap_path(records, reader.cost))
             runs.append({"stream": stream.name, "kind": stream.kind, "seed": seed, **summary})
-            order = shuffled(wanted, seed, stream.oos_from, stream.oos_ramp)[: stream.limit]
             curve = static_replay(order, memo.embed([q.text for q in order]), STATIC_THRESHOLDS)
             for threshold, (hits, wrong) in curve.items():
                 static.setdefault(threshold, []).append((len(order), hits, wrong))
@@ -145,6 +189,7 @@ def run_family(
         "family": family
         + (" (longer train-row streams)" if longer else "")
         + (" (drift)" if drift else "")
+        + (" (a new tenant on a warm cache)" if newcomer else "")
         + (" (worded answers)" if wordings else ""),
         "bound": bound,
         "seeds": list(seeds),
@@ -204,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument(
         "--drift", action="store_true", help="streams whose traffic changes: out-of-scope questions arriving or rising"
     )
+    kind.add_argument("--newcomer", action="store_true", help="each domain a new tenant beside the other four")
     return parser
 
 
@@ -219,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         longer=args.longer,
         drift=args.drift,
         wordings=args.worded,
+        newcomer=args.newcomer,
     )
     for row in report["rows"]:
         print(json.dumps(row))
