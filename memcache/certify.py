@@ -195,6 +195,11 @@ class CutOff:
     estimate: float
 
 
+def min_labels(z: float, bound: float) -> float:
+    """The fewest labels a cut-off may stand on: with none wrong, about z^2 / n bounds the rate."""
+    return z**2 * (1 - bound) / bound
+
+
 def choose_cut_off(
     logits: np.ndarray,
     y: np.ndarray,
@@ -225,7 +230,7 @@ def choose_cut_off(
     served = np.searchsorted(-served_desc, -tau, side="right")  # traffic at or above each cut-off
     served_error = np.cumsum(1.0 - served_desc)[np.maximum(served, 1) - 1] / np.maximum(served, 1)
     estimate = served_error * np.maximum(kappa, claim_ratio)
-    n_min = z**2 * (1 - bound) / bound
+    n_min = min_labels(z, bound)
     distinct = np.append(tau[1:] < tau[:-1], True)  # cut only between distinct scores
     feasible = np.flatnonzero(distinct & (n >= n_min) & (served > 0) & (estimate <= target))
     if not len(feasible):

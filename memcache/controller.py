@@ -245,7 +245,12 @@ class Controller:
     def decide(self, query: str, scope: Scope, vector: np.ndarray) -> LookupResult:
         """Ask the policy about the nearest in-scope entries; serve a hit if its answer still lives."""
         candidates = self.memory.candidates(scope.key, vector, NEIGHBOURS)
-        decision = self.policy.decide(candidates, self.memory.entry_stats)
+        if self.learning is not None:
+            decision = self.learning.decide(
+                candidates, self.memory.entry_stats, scope_size=self.memory.scope_size(scope.key)
+            )
+        else:
+            decision = self.policy.decide(candidates, self.memory.entry_stats)
         if (
             decision.shift_detected and self.learning is not None
         ):  # one store write per alarm: a restart resumes the hold

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -128,6 +128,7 @@ class Memory:
         self.loaded = False
         self._exact = ExactForms()
         self._keys: dict[int, KeyRecord] = {}
+        self._scope_keys: Counter[str] = Counter()  # live keys per scope
         self._keys_of_entry: dict[int, tuple[int, ...]] = {}  # tuples: most entries have one key
         self.centroids = EntryCentroids()  # key-vector sums of entries with two keys or more
         self._entry_stats: dict[int, EntryStats] = {}  # entries checked at least once (the policy's only use)
@@ -361,6 +362,8 @@ class Memory:
 
     def _register(self, key_id: int, key: KeyRecord) -> None:
         self._exact.add((key.scope_key, key.text_hash), key_id)
+        if key_id not in self._keys:
+            self._scope_keys[key.scope_key] += 1
         self._keys[key_id] = key
         keys_of = self._keys_of_entry.get(key.entry_id, ())
         if key_id not in keys_of:
@@ -396,6 +399,10 @@ class Memory:
         """The entry of a live key, or None."""
         key = self._keys.get(key_id)
         return None if key is None else key.entry_id
+
+    def scope_size(self, scope_key: str) -> int:
+        """How many live keys the scope has here: its stored questions."""
+        return self._scope_keys.get(scope_key, 0)
 
     def key_count(self, entry_id: int) -> int:
         """How many live keys an entry has here (0: unknown or gone)."""
@@ -581,6 +588,9 @@ class Memory:
                 key = self._keys.pop(key_id, None)
                 if key is not None:
                     self._exact.remove((key.scope_key, key.text_hash), key_id)
+                    self._scope_keys[key.scope_key] -= 1
+                    if not self._scope_keys[key.scope_key]:
+                        del self._scope_keys[key.scope_key]
 
 
 def _expired(row: StoredAnswer) -> bool:

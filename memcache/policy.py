@@ -78,6 +78,13 @@ class LearningPolicy(Policy, Protocol):
 
     claim_limit: int | None
     label_limit: int | None
+
+    def decide(
+        self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats], *, scope_size: int | None = None
+    ) -> Decision:
+        """As `Policy.decide`; `scope_size` is how many questions the request's scope holds."""
+        ...
+
     shift_hold_audits: int
 
     @property
@@ -406,7 +413,9 @@ class CalibratedPolicy:
             self._z, self.max_false_hit_rate, self.region_labels, self.min_audit_rate, self.max_audit_rate
         )
 
-    def decide(self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats]) -> Decision:
+    def decide(
+        self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats], *, scope_size: int | None = None
+    ) -> Decision:
         if not candidates:
             return Decision("miss", None, float("-inf"), 0.0)
         entry_id, s1, features = neighbourhood_features(candidates, entries)
@@ -417,13 +426,32 @@ class CalibratedPolicy:
                 self._on_shift()
             self._recent.append(features)
             confidence = self._confidence(features)
-            if self.threshold is None or confidence < self.threshold or not self.serves_now(confidence, features):
+            if (
+                self.threshold is None
+                or confidence < self.threshold
+                or not self.serves_now(confidence, features)
+                or (scope_size is not None and scope_size < self.min_scope_size)
+            ):
                 return Decision("miss", entry_id, s1, confidence, features, shift_detected=shifted)
             if self._hold_left:
                 return Decision("audit", entry_id, s1, confidence, features, held=True, shift_detected=shifted)
             action = "audit" if self._rng.random() < self.audit_rate else "hit"
             self._served += 1
         return Decision(action, entry_id, s1, confidence, features)
+
+    @property
+    def min_scope_size(self) -> int:
+        """The fewest stored questions a scope needs before its lookups may be served as hits:
+        as many as a cut-off needs labels (`certify.min_labels`, 133 at 2% and 95%).
+
+        Why: the certificate is pooled over every scope, and a scope much younger than those
+        its labels came from is not like them. A new tenant on a warm cache has a memory of a
+        few questions: nothing near the request but the one or two stored, a neighbourhood a
+        full memory never shows, on which the model extrapolates to any confidence (1.0 at a
+        cosine similarity of 0.1 was seen), and a domain whose right answers are mostly not
+        stored yet. In a cache of one scope this never binds: a cut-off already needs that
+        many labels, each a stored question of that scope."""
+        return math.ceil(certify.min_labels(self._z, self.max_false_hit_rate))
 
     @property
     def target(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -53,8 +54,8 @@ class SpyPolicy(CalibratedPolicy):
         self.paid_keys = set()
         self.first_keys = set(range(1, 2))  # the first key met an empty scope: paid, but no label
 
-    def decide(self, candidates, entries):
-        decision = super().decide(candidates, entries)
+    def decide(self, candidates, entries, *, scope_size=None):
+        decision = super().decide(candidates, entries, scope_size=scope_size)
         self.decisions.append(decision)
         return decision
 
@@ -71,6 +72,39 @@ class SpyPolicy(CalibratedPolicy):
         # hindsight labels come only from keys of paid answers: never from a served hit
         assert {e.key_id for e in examples} <= self.paid_keys | self.first_keys
         super().set_hindsight(examples, entries)
+
+
+class ScopeSpy(CalibratedPolicy):
+    """Records (scope size, action, would the confidence alone have served it) per decision."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def decide(self, candidates, entries, *, scope_size=None):
+        decision = super().decide(candidates, entries, scope_size=scope_size)
+        above = self.threshold is not None and decision.confidence >= self.threshold
+        self.seen.append((scope_size, decision.action, above))
+        return decision
+
+
+def test_a_new_tenant_on_a_warm_cache_is_served_no_hit_until_its_scope_holds_enough_questions(clinc_subset, memo):
+    """Two tenants of disjoint intents: the incumbent's 700 queries certify a cut-off, then a
+    newcomer arrives with an empty scope. Its would-be hits are paid for (labels) until its
+    scope holds `min_scope_size` questions; the incumbent is served all along."""
+    labels = sorted({q.label for q in clinc_subset if q.label != OOS})
+    ours = set(labels[::2])
+    incumbent = [replace(q, tenant="incumbent") for q in shuffled(clinc_subset, 0) if q.label not in ours][:700]
+    newcomer = [replace(q, tenant="newcomer") for q in shuffled(clinc_subset, 1) if q.label in ours][:200]
+    policy = ScopeSpy(BOUND, seed=0)
+    records = replay_intents(incumbent + newcomer, policy=policy, embedder=memo, seed=0, shuffle=False)
+    young = policy.min_scope_size
+    assert young == 52  # at a 5% bound
+    assert any(r.served for r in records[:700])  # the cache was warm when the newcomer came
+    assert all(action == "miss" for size, action, _ in policy.seen if size < young)
+    assert any(above for size, _, above in policy.seen if size < young)  # the rule held would-be hits back
+    first = next((i for i, r in enumerate(records[700:]) if r.served), None)
+    assert first is None or first >= young  # each of its earlier queries was paid for and stored
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

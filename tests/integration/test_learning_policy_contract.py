@@ -25,9 +25,14 @@ class ProtocolOnlyPolicy(ThresholdPolicy):
     def __init__(self, share=SHARE) -> None:
         super().__init__(0.9)
         self.share, self.pooled, self.claims, self.labels, self.holds = share, [], [], [], []
+        self.scope_sizes = []
 
     served = 0
     holding = False
+
+    def decide(self, candidates, entries, *, scope_size=None):
+        self.scope_sizes.append(scope_size)
+        return super().decide(candidates, entries)
 
     def load_audit_claims(self, claims) -> None:
         self.claims.extend(claims)
@@ -71,6 +76,7 @@ def test_a_policy_written_from_the_protocol_alone_learns_and_pools_beside_anothe
     with MemCache(url, policy=first, **options) as a, MemCache(url, policy=second, **options) as b:
         a.write_back("how do I renew my passport", "Fill in form DS-82.")
         a.lookup("how do I renew my passport please")
+        assert first.scope_sizes == [1]  # the controller says how many questions the scope holds
         a.sync()  # publishes its share: no other instance yet
         b.sync()  # reads it, publishes its own, and tests both together
         assert second.pooled == [[[(3, 10, 30, 10, 30)], [(2, 10, 30, 10, 30)]]]

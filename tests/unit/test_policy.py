@@ -50,6 +50,20 @@ def test_the_chosen_region_holds_the_bound_on_fresh_data():
     assert 1 - np.mean(served) <= 0.02
 
 
+def test_a_scope_with_fewer_questions_than_a_certificate_needs_labels_is_served_no_hit():
+    policy = CalibratedPolicy(0.02, seed=0)
+    policy.load_labels(synthetic_labels(3000))
+    near = [Candidate(1, 1, 0.95), Candidate(2, 1, 0.93)] + [
+        Candidate(3 + i, 2 + i, 0.75 - 0.001 * i) for i in range(8)
+    ]
+    assert policy.min_scope_size == 133  # z^2 (1 - b) / b at 95% and 2%: the fewest labels of a cut-off
+    assert (CalibratedPolicy(0.01).min_scope_size, CalibratedPolicy(0.05).min_scope_size) == (268, 52)
+    assert policy.decide(near, {}).action != "miss"  # a would-be hit, and served where no scope size is told
+    young = policy.decide(near, {}, scope_size=132)
+    assert young.action == "miss" and young.confidence >= policy.threshold  # paid for, and so a label
+    assert policy.decide(near, {}, scope_size=133).action != "miss"
+
+
 def test_a_bound_that_the_data_cannot_meet_serves_nothing():
     rng = np.random.default_rng(0)
     coin = [((s, 0.1, 1.0, 1.0, 0.0, s - 0.1, s), rng.random() < 0.7) for s in rng.uniform(0.8, 1.0, 2000)]
