@@ -518,3 +518,20 @@ def test_a_thousand_generated_pairs_never_share_an_answer(url, embedder):
         assert served == 0
         same = dict(pairs[0][0])  # the check can fail: the same request is served
         assert cache.lookup(same.pop("request"), **same).hit is not None
+
+
+def test_a_scopes_size_counts_its_live_questions_here_and_in_another_process(url, embedder):
+    """What the policy's young-scope rule reads: each tenant's own count, kept through deletes."""
+    with cache_at(url, embedder) as cache:
+        for n in range(3):
+            cache.write_back(f"{QA} ({n})", ANSWER_A, tenant="acme")
+        written = cache.write_back(QB, ANSWER_B, tenant="globex")
+        acme, globex = (cache.lookup(QA, tenant=t).scope.key for t in ("acme", "globex"))
+        assert (cache.memory.scope_size(acme), cache.memory.scope_size(globex)) == (3, 1)
+        with cache_at(url, embedder) as other:  # another process's memory, read from the store
+            other.lookup(QB, tenant="globex")  # memory is read on first use
+            assert (other.memory.scope_size(acme), other.memory.scope_size(globex)) == (3, 1)
+        assert cache.invalidate(written.id)
+        assert (cache.memory.scope_size(acme), cache.memory.scope_size(globex)) == (3, 0)
+        assert cache.forget(tenant="acme") == 1
+        assert cache.memory.scope_size(acme) == 0
