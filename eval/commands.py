@@ -165,14 +165,17 @@ def load_stream(
     limit: int | None = None,
     where: dict[str, set[str]] | None = None,
     oos_labels: Collection[str] = (),
+    tenant_col: str | None = None,
 ) -> Stream:
     """The stream `memcache eval` replays; rows labeled one of `oos_labels` (a data set's own name
     for "no intent", e.g. NO_NODES_DETECTED) are out of scope, as CLINC150's `oos` rows are."""
     fmt = data_format(path, fmt)
     if limit is not None and limit < 1:
         raise ConfigError("--limit takes a number of queries (pairs) >= 1")
-    if fmt in ("pairs", "groups") and (where or oos_labels):
-        raise ConfigError("--where and --oos-label take intent files; pairs files have no labels of their own")
+    if fmt in ("pairs", "groups") and (where or oos_labels or tenant_col):
+        raise ConfigError(
+            "--where, --oos-label and --tenant-col take intent files; pairs files have no labels of their own"
+        )
     if fmt == "pairs":
         pairs = load_pairs(path)[:limit]
         return Stream("pairs", pairs, [t for p in pairs for t in (p.a, p.b)])
@@ -181,9 +184,9 @@ def load_stream(
         return Stream("intents", rows, [r.text for r in rows])
     names, keep_oos = _splits(splits)
     if fmt == "csv":
-        rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names, where=where)
+        rows = load_csv(path, text_col=text_col, label_col=label_col, splits=names, where=where, tenant_col=tenant_col)
     else:
-        rows = load_intents(path, names, where)
+        rows = load_intents(path, names, where, tenant_col)
     rows = [replace(r, label=OOS) if r.label in oos_labels else r for r in rows]
     if splits and not keep_oos:
         rows = [r for r in rows if r.label != OOS]
@@ -261,6 +264,7 @@ CHEAP_LEGEND = (
     "cheap cost x cheap calls, over sending every query to the strong model"
 )
 AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
+TENANT_KEYS = ("queries", "false_hit_rate", "correct_hit_rate", "first_hit_query", "max_running_false_hit_rate")
 ACROSS_SEEDS_COLUMNS = (
     "max_false_hit_rate",
     "seeds",
@@ -291,11 +295,19 @@ def run_eval(args: argparse.Namespace) -> dict:
     cheap = simulated or bool(args.cheap_model)
     where = parse_where(args.where)
     stream = load_stream(
-        args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label
-    )
+        args.data, args.format, args.splits, args.text_col, args.label_col, args.limit, where, args.oos_label,
+        args.tenant_col,
+    )  # fmt: skip
     warm = (
         load_stream(
-            args.data, args.format, args.warm, args.text_col, args.label_col, where=where, oos_labels=args.oos_label
+            args.data,
+            args.format,
+            args.warm,
+            args.text_col,
+            args.label_col,
+            where=where,
+            oos_labels=args.oos_label,
+            tenant_col=args.tenant_col,
         ).items
         if args.warm
         else ()
@@ -371,8 +383,10 @@ def _check_eval_args(args: argparse.Namespace) -> bool:
     if args.worded and (args.format == "pairs" or args.strong_model):
         raise ConfigError("--worded rewords the simulated strong model's answers on an intent stream "
                           "(real models, --strong-model, word their own)")  # fmt: skip
-    if args.strong_model and (simulated or args.warm or args.oos_from is not None):
-        raise ConfigError("with --strong-model, leave out --cheap/--cheap-accuracy, --warm and --oos-from")
+    if args.strong_model and (simulated or args.warm or args.oos_from is not None or args.tenant_col):
+        raise ConfigError(
+            "with --strong-model, leave out --cheap/--cheap-accuracy, --warm, --oos-from and --tenant-col"
+        )
     return simulated
 
 
@@ -406,6 +420,8 @@ def _replay_run(
             wordings=args.worded,
         )
     summary = summarize(records, max_false_hit_rate=bound, claimed=policy.bound)
+    if args.tenant_col:
+        summary.update(tenant_figures(records, bound))
     if args.worded:
         summary["worded"] = True
     if args.strong_model and args.cheap_model:
@@ -428,6 +444,17 @@ def _replay_run(
         after = summarize(records[args.oos_from :], max_false_hit_rate=bound)
         run["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     return run
+
+
+def tenant_figures(records: Sequence[QueryRecord], bound: float) -> dict:
+    """Each tenant's own figures (`--tenant-col`), and how many of them ended over the bound:
+    the bound is over all served hits, and a tenant reads its own share."""
+    tenants = {}
+    for name in sorted({r.tenant for r in records}):
+        mine = summarize([r for r in records if r.tenant == name], max_false_hit_rate=bound)
+        tenants[name] = {key: mine[key] for key in TENANT_KEYS}
+    over = sum(t["false_hit_rate"] > bound for t in tenants.values())
+    return {"tenants": tenants, "tenants_over_bound": f"{over}/{len(tenants)}"}
 
 
 def _static_cut_offs(args: argparse.Namespace, stream: Stream, embedder, seeds: list[int], warm) -> tuple[list, dict]:
@@ -467,6 +494,10 @@ def _print_report(
             for run in runs
         ]
         print(_table(rows, (*run_ids, *AFTER_SHIFT_KEYS, "shifts_detected")))
+    for run in runs:
+        if "tenants" in run:
+            print(f"\nper tenant, seed {run['seed']} ({run['tenants_over_bound']} over the bound):")
+            print(_table([{"tenant": name, **row} for name, row in run["tenants"].items()], ("tenant", *TENANT_KEYS)))
     if "across_seeds" in report:
         which = ",".join(map(str, seeds))
         if audit_seeds is not None:
@@ -547,6 +578,12 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="a short stream: the first N queries of each shuffled replay (pairs files: the first N pairs)",
+    )
+    parser.add_argument(
+        "--tenant-col",
+        default=None,
+        metavar="FIELD",
+        help="the field (column) naming each row's tenant: each tenant is a scope of its own, reported on its own",
     )
     parser.add_argument(
         "--where",

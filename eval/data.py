@@ -83,10 +83,11 @@ def _kept(row: Mapping, where: Where | None) -> bool:
 
 
 def load_intents(
-    path: str | Path, splits: Iterable[str] | None = None, where: Where | None = None
+    path: str | Path, splits: Iterable[str] | None = None, where: Where | None = None, tenant_col: str | None = None
 ) -> list[LabeledQuery]:
     """JSONL rows {"text", "label", "split", ...}; keep only `splits`, and rows matching `where`
-    ({field: values}, e.g. {"domain": {"travel", "home"}}), when given."""
+    ({field: values}, e.g. {"domain": {"travel", "home"}}), when given; `tenant_col` names the
+    field that says whose request each row is (each tenant a scope of its own)."""
     wanted = set(splits) if splits else None
     rows = []
     for row in _read_jsonl(Path(path)):
@@ -94,7 +95,10 @@ def load_intents(
             hint = "; this looks like a pairs file: add --format pairs (or groups)" if {"a", "b"} <= set(row) else ""
             raise ConfigError(f"{path}: intent rows need 'text' and 'label' keys, got {sorted(row)}{hint}")
         if (wanted is None or row.get("split", "") in wanted) and _kept(row, where):
-            rows.append(LabeledQuery(row["text"], str(row["label"]), row.get("split", "")))
+            tenant = "" if tenant_col is None else str(row.get(tenant_col, ""))
+            rows.append(LabeledQuery(row["text"], str(row["label"]), row.get("split", ""), tenant))
+    if tenant_col is not None and rows and not any(r.tenant for r in rows):
+        raise ConfigError(f"{path}: no row has a {tenant_col!r} field to take its tenant from")
     return rows
 
 
@@ -151,6 +155,7 @@ def load_csv(
     split_col: str = "split",
     splits: Iterable[str] | None = None,
     where: Where | None = None,
+    tenant_col: str | None = None,
 ) -> list[LabeledQuery]:
     wanted = set(splits) if splits else None
     try:
@@ -161,8 +166,10 @@ def load_csv(
                     f"{path}: needs columns {text_col!r} and {label_col!r} (name others with --text-col and "
                     f"--label-col), has {reader.fieldnames}"
                 )
+            if tenant_col is not None and tenant_col not in reader.fieldnames:
+                raise ConfigError(f"{path}: no column {tenant_col!r} to take each row's tenant from")
             rows = [
-                LabeledQuery(r[text_col], r[label_col], r.get(split_col, "") or "")
+                LabeledQuery(r[text_col], r[label_col], r.get(split_col, "") or "", r[tenant_col] if tenant_col else "")
                 for r in reader
                 if (wanted is None or (r.get(split_col, "") or "") in wanted) and _kept(r, where)
             ]

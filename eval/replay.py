@@ -329,7 +329,8 @@ def static_replay(
 
     The engine's semantics with `ThresholdPolicy`, computed directly from one similarity matrix
     instead of one engine replay per cut-off: the nearest stored query at or above the cut-off
-    serves its answer, a miss stores the query; `warm` queries are stored first. An out-of-scope
+    serves its answer, a miss stores the query; `warm` queries are stored first; each tenant
+    (`LabeledQuery.tenant`) searches only its own. An out-of-scope
     question's answer fits only its exact repeat (`right_answer`). tests/integration/test_eval.py
     checks it against the engine.
     """
@@ -339,15 +340,18 @@ def static_replay(
     first = len(warm)
     out = {}
     for threshold in thresholds:
-        stored: list[int] = list(range(first))
+        stored: dict[str, list[int]] = {}  # each tenant's own scope
+        for j, query in enumerate(warm):
+            stored.setdefault(query.tenant, []).append(j)
         hits = wrong = 0
-        for i in range(len(queries)):
-            if stored:
-                j = stored[int(np.argmax(similarity[i, stored]))]
+        for i, query in enumerate(queries):
+            scope = stored.setdefault(query.tenant, [])
+            if scope:
+                j = scope[int(np.argmax(similarity[i, scope]))]
                 if similarity[i, j] >= threshold - 1e-9:
                     hits += 1
                     wrong += answers[j] != answers[first + i]
                     continue
-            stored.append(first + i)
+            scope.append(first + i)
         out[threshold] = (hits, wrong)
     return out

@@ -415,3 +415,29 @@ def test_cli_eval_takes_a_data_sets_own_name_for_out_of_scope_rows(tmp_path, eva
     assert json.loads(worded.read_text())["hits"] == 1 and json.loads(worded.read_text())["wrong_hits"] == 0
     out = eval_cli(["eval", str(data), "--format", "pairs", "--worded"])
     assert out.returncode != 0 and "--worded" in out.stderr
+
+
+def test_cli_eval_tenant_col_replays_each_tenant_in_its_own_scope_and_reports_each(tmp_path, eval_cli):
+    """`--tenant-col tenant`: the same question from another tenant is not served the first
+    tenant's answer (by the engine or by the static sweep), and each tenant gets its own figures."""
+    rows = [
+        ("acme", "How do I cancel my order?", "CANCEL_AT_ACME"),
+        ("globex", "How do I cancel my order?", "CANCEL_AT_GLOBEX"),
+        ("acme", "How do I cancel my order?", "CANCEL_AT_ACME"),
+    ]
+    data = tmp_path / "tenants.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": label, "tenant": who}) for who, t, label in rows))
+    report = tmp_path / "report.json"
+    out = eval_cli(["eval", str(data), "--tenant-col", "tenant", "--sweep", "--json", str(report)])
+    assert out.returncode == 0, out.stderr
+    assert "per tenant" in out.stdout
+    run = json.loads(report.read_text())["runs"][0]
+    assert run["hits"] == 1 and run["wrong_hits"] == 0  # acme's repeat; globex's question was paid for
+    assert run["tenants_over_bound"] == "0/2" and run["tenants"]["acme"]["queries"] == 2
+    assert run["tenants"]["globex"]["correct_hit_rate"] == 0.0
+    lowest = min(json.loads(report.read_text())["sweep"], key=lambda row: row["threshold"])
+    assert lowest["false_hit_rate"] == 0.0  # a static cut-off searches its tenant's scope only
+    out = eval_cli(["eval", str(data), "--tenant-col", "customer"])
+    assert out.returncode != 0 and "'customer'" in out.stderr
+    out = eval_cli(["eval", str(data), "--format", "pairs", "--tenant-col", "tenant"])
+    assert out.returncode != 0 and "--tenant-col" in out.stderr
