@@ -78,14 +78,13 @@ class LearningPolicy(Policy, Protocol):
 
     claim_limit: int | None
     label_limit: int | None
+    shift_hold_audits: int
 
     def decide(
         self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats], *, scope_size: int | None = None
     ) -> Decision:
         """As `Policy.decide`; `scope_size` is how many questions the request's scope holds."""
         ...
-
-    shift_hold_audits: int
 
     @property
     def served(self) -> int:
@@ -447,9 +446,9 @@ class CalibratedPolicy:
         Why: the certificate is pooled over every scope, and a scope much younger than those
         its labels came from is not like them. A new tenant on a warm cache has a memory of a
         few questions: nothing near the request but the one or two stored, a neighbourhood a
-        full memory never shows, on which the model extrapolates to any confidence (1.0 at a
-        cosine similarity of 0.1 was seen), and a domain whose right answers are mostly not
-        stored yet. In a cache of one scope this never binds: a cut-off already needs that
+        full memory never shows, on which the model extrapolates to any confidence
+        (docs/DECISIONS.md), and a domain whose right answers are mostly not stored yet.
+        In a cache of one scope this never binds: a cut-off already needs that
         many labels, each a stored question of that scope."""
         return math.ceil(certify.min_labels(self._z, self.max_false_hit_rate))
 
