@@ -11,7 +11,16 @@ from pathlib import Path
 from memcache.embedding import SentenceTransformerEmbedder
 from memcache.errors import ConfigError
 from memcache.eval.data import OOS, load_csv, load_intents, load_pairs, pair_groups
-from memcache.eval.metrics import WARMUP_HITS, across_seeds, best_static, cheap_path, hit_rates, summarize
+from memcache.eval.metrics import (
+    TENANT_KEYS,
+    WARMUP_HITS,
+    across_seeds,
+    best_static,
+    cheap_path,
+    hit_rates,
+    summarize,
+    tenant_figures,
+)
 from memcache.eval.replay import (
     MemoEmbedder,
     QueryRecord,
@@ -264,7 +273,6 @@ CHEAP_LEGEND = (
     "cheap cost x cheap calls, over sending every query to the strong model"
 )
 AFTER_SHIFT_KEYS = ("queries", "hit_rate", "false_hit_rate", "correct_hit_rate", "strong_calls")
-TENANT_KEYS = ("queries", "false_hit_rate", "correct_hit_rate", "first_hit_query", "max_running_false_hit_rate")
 ACROSS_SEEDS_COLUMNS = (
     "max_false_hit_rate",
     "seeds",
@@ -444,17 +452,6 @@ def _replay_run(
         after = summarize(records[args.oos_from :], max_false_hit_rate=bound)
         run["after_oos_from"] = {key: after[key] for key in AFTER_SHIFT_KEYS}
     return run
-
-
-def tenant_figures(records: Sequence[QueryRecord], bound: float) -> dict:
-    """Each tenant's own figures (`--tenant-col`), and how many of them ended over the bound:
-    the bound is over all served hits, and a tenant reads its own share."""
-    tenants = {}
-    for name in sorted({r.tenant for r in records}):
-        mine = summarize([r for r in records if r.tenant == name], max_false_hit_rate=bound)
-        tenants[name] = {key: mine[key] for key in TENANT_KEYS}
-    over = sum(t["false_hit_rate"] > bound for t in tenants.values())
-    return {"tenants": tenants, "tenants_over_bound": f"{over}/{len(tenants)}"}
 
 
 def _static_cut_offs(args: argparse.Namespace, stream: Stream, embedder, seeds: list[int], warm) -> tuple[list, dict]:

@@ -9,6 +9,7 @@ import numpy as np
 from memcache.eval.replay import QueryRecord
 
 WARMUP_HITS = 100  # the running false-hit rate is judged after this many served hits
+TENANT_KEYS = ("queries", "false_hit_rate", "correct_hit_rate", "first_hit_query", "max_running_false_hit_rate")
 
 
 def running_false_hit_rates(records: Sequence[QueryRecord]) -> list[tuple[int, float, float]]:
@@ -107,6 +108,17 @@ def summarize(
         "max_running_false_hit_rate": max(after_warmup) if after_warmup else None,
         "first_hit_query": running[0][0] if running else None,
     }
+
+
+def tenant_figures(records: Sequence[QueryRecord], bound: float) -> dict:
+    """Each tenant's own figures (`--tenant-col`), and how many of them ended over the bound:
+    the bound is over all served hits, and a tenant reads its own share."""
+    tenants = {}
+    for name in sorted({r.tenant for r in records}):
+        mine = summarize([r for r in records if r.tenant == name], max_false_hit_rate=bound)
+        tenants[name] = {key: mine[key] for key in TENANT_KEYS}
+    over = sum(t["false_hit_rate"] > bound for t in tenants.values())
+    return {"tenants": tenants, "tenants_over_bound": f"{over}/{len(tenants)}"}
 
 
 def across_seeds(runs: Sequence[dict]) -> list[dict]:

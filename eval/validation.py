@@ -166,13 +166,13 @@ def run_family(
                 order, policy=make(seed), embedder=memo, seed=seed, cheap_model=reader, wordings=wordings,
                 shuffle=False,
             )  # fmt: skip
-            if incumbent:
+            beside = {}
+            if incumbent:  # the newcomer's figures, the incumbent's beside them
                 others = summarize([r for r in records if r.tenant == INCUMBENT], max_false_hit_rate=bound)
+                beside = {f"incumbent_{k}": others[k] for k in ("false_hit_rate", "correct_hit_rate")}
                 records = [r for r in records if r.tenant == NEWCOMER]
                 order = [q for q in order if q.tenant == NEWCOMER]
-            summary = summarize(records, max_false_hit_rate=bound)
-            if incumbent:
-                summary.update({f"incumbent_{k}": others[k] for k in ("false_hit_rate", "correct_hit_rate")})
+            summary = {**summarize(records, max_false_hit_rate=bound), **beside}
             if reader is not None:
                 summary.update(cheap_path(records, reader.cost))
             runs.append({"stream": stream.name, "kind": stream.kind, "seed": seed, **summary})
