@@ -55,9 +55,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ConfigError.missing_extra("server", "fastapi") from exc
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-PATH_COUNTERS = (
+EXPORTED_COUNTERS = (  # calls and spend per path, the saving, and entries merged (see `Stats`)
     "strong_calls", "spend_micro_usd", "cheap_calls", "cheap_answers", "cheap_spend_micro_usd", "judge_calls",
-    "judge_spend_micro_usd", "saving_micro_usd",
+    "judge_spend_micro_usd", "saving_micro_usd", "merged_entries",
 )  # fmt: skip
 MAX_BODY_BYTES = 8 * 1024 * 1024  # default bound on a request body (images as data URLs fit)
 MAX_BODY_NESTING = 64  # deepest nesting of lists and objects in a body (memcache.scope.MAX_NESTING)
@@ -357,7 +357,7 @@ class Metrics:
             "# TYPE memcache_false_hit_rate_bound gauge",
             f"memcache_false_hit_rate_bound {status.max_false_hit_rate}",
         ]
-        for name in PATH_COUNTERS:  # calls and spend per path (see `Stats`)
+        for name in EXPORTED_COUNTERS:
             if name in counted:
                 kind = "gauge" if name == "saving_micro_usd" else "counter"
                 suffix = "" if kind == "gauge" else "_total"

@@ -61,8 +61,9 @@ def test_a_stopped_workers_last_figures_still_count_and_one_process_renders_its_
 
 def test_the_judges_calls_and_spend_are_rendered_and_taken_off_the_saving(tmp_path):
     counters = {**COUNTERS, "lookups": 10, "strong_calls": 4, "spend_micro_usd": 400, "judge_calls": 4,
-                "judge_spend_micro_usd": 40}  # fmt: skip
+                "judge_spend_micro_usd": 40, "merged_entries": 2}  # fmt: skip
     scrape = Metrics(tmp_path).render(PolicyStatus(0.02), counters)
     assert value(scrape, "memcache_judge_calls_total") == "4"
     assert value(scrape, "memcache_judge_spend_micro_usd_total") == "40"
+    assert value(scrape, "memcache_merged_entries_total") == "2"  # the judge's other work: entries found the same
     assert value(scrape, "memcache_saving_micro_usd") == str(10 * 100 - 400 - 40)
