@@ -143,6 +143,7 @@ class Controller:
             return
         highest = self.store.last_label_id()
         self.learning.load_audit_claims(self.store.iter_audit_claims(limit=self.learning.claim_limit, until=highest))
+        self.learning.load_scope_audits(self.store.audits_per_scope(until=highest))
         labels = list(self.store.iter_labels(limit=self.learning.label_limit, until=highest))
         if labels:
             self.learning.load_labels(labels)
@@ -231,9 +232,10 @@ class Controller:
             keys = {}
         due = False
         for features, correct, claimed, key_id in rows:
-            if claimed is not None:
-                self.learning.observe_audit(claimed, correct, elsewhere=True)
             key = keys.get(key_id)
+            if claimed is not None:
+                scope_key = None if key is None else key.scope_key
+                self.learning.observe_audit(claimed, correct, elsewhere=True, scope_key=scope_key)
             self.learning.observe(features, correct, key=None if key is None else key_id)
             if key is not None and key.embedding is not None:
                 due = self._hindsight.add(key_id, key.scope_key, key.embedding) or due
@@ -247,7 +249,7 @@ class Controller:
         candidates = self.memory.candidates(scope.key, vector, NEIGHBOURS)
         if self.learning is not None:
             decision = self.learning.decide(
-                candidates, self.memory.entry_stats, scope_size=self.memory.scope_size(scope.key)
+                candidates, self.memory.entry_stats, scope_size=self.memory.scope_size(scope.key), scope_key=scope.key
             )
         else:
             decision = self.policy.decide(candidates, self.memory.entry_stats)

@@ -81,9 +81,15 @@ class LearningPolicy(Policy, Protocol):
     shift_hold_audits: int
 
     def decide(
-        self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats], *, scope_size: int | None = None
+        self,
+        candidates: Sequence[Candidate],
+        entries: Mapping[int, EntryStats],
+        *,
+        scope_size: int | None = None,
+        scope_key: str | None = None,
     ) -> Decision:
-        """As `Policy.decide`; `scope_size` is how many questions the request's scope holds."""
+        """As `Policy.decide`; `scope_size` is how many questions the request's scope holds, and
+        `scope_key` which scope it is."""
         ...
 
     @property
@@ -97,6 +103,10 @@ class LearningPolicy(Policy, Protocol):
         ...
 
     def load_audit_claims(self, claims: Iterable[tuple[float, bool]]) -> None: ...
+
+    def load_scope_audits(self, audits: Mapping[str, int]) -> None:
+        """How many audits each scope's hits had, kept by the store (at start-up)."""
+        ...
 
     def load_labels(self, labels: Iterable[tuple[Sequence[float], bool]]) -> None: ...
 
@@ -113,7 +123,9 @@ class LearningPolicy(Policy, Protocol):
         """The shift test on the instances' shares summed; True on an alarm (a hold has started)."""
         ...
 
-    def observe_audit(self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False) -> None: ...
+    def observe_audit(
+        self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False, scope_key: str | None = None
+    ) -> None: ...
 
     def set_hindsight(self, examples: Sequence[HindsightExample], entries: Mapping[int, EntryStats]) -> None: ...
 
@@ -330,7 +342,8 @@ class CalibratedPolicy:
             (see `target`).
         warmup_hit_share: during the warm-up, each hit must also be sure on its own: a would-be
             hit whose estimated error (1 - confidence) exceeds this share of the bound is paid
-            for instead (a miss, and a label). None: no such floor. See `serves_now`.
+            for instead (a miss, and a label). None: no such floor. See `serves_now`. This floor
+            and the next hold over each scope's first `warmup_hits` hits as well as the pool's.
         warmup_entry_margin: during the warm-up, each hit's answer must also lead the nearest
             other answer: the request must be at least this much more similar to the best
             entry's centroid than to any other candidate entry's (the `entry_margin` feature).
@@ -392,6 +405,9 @@ class CalibratedPolicy:
         self._hold_left = 0  # would-be hits still to be escalated, unserved, after a shift
         self._served = 0  # would-be hits this policy let serve (hits and unheld audits)
         self._audits_elsewhere = 0  # other instances' audits read at a sync: they served some too
+        self._scope_served: dict[str, int] = {}  # `_served` per scope (at least what its stored audits say)
+        self._scope_audits_elsewhere: dict[str, int] = {}  # `_audits_elsewhere` per scope, where known
+        self._late_scopes: set[str] = set()  # scopes first served after the pool's warm-up, in their own
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -413,7 +429,12 @@ class CalibratedPolicy:
         )
 
     def decide(
-        self, candidates: Sequence[Candidate], entries: Mapping[int, EntryStats], *, scope_size: int | None = None
+        self,
+        candidates: Sequence[Candidate],
+        entries: Mapping[int, EntryStats],
+        *,
+        scope_size: int | None = None,
+        scope_key: str | None = None,
     ) -> Decision:
         if not candidates:
             return Decision("miss", None, float("-inf"), 0.0)
@@ -428,7 +449,7 @@ class CalibratedPolicy:
             if (
                 self.threshold is None
                 or confidence < self.threshold
-                or not self.serves_now(confidence, features)
+                or not self._serves_now(confidence, features, scope_key)
                 or (scope_size is not None and scope_size < self.min_scope_size)
             ):
                 return Decision("miss", entry_id, s1, confidence, features, shift_detected=shifted)
@@ -436,6 +457,8 @@ class CalibratedPolicy:
                 return Decision("audit", entry_id, s1, confidence, features, held=True, shift_detected=shifted)
             action = "audit" if self._rng.random() < self.audit_rate else "hit"
             self._served += 1
+            if scope_key is not None:
+                self._scope_served[scope_key] = self._scope_served.get(scope_key, 0) + 1
         return Decision(action, entry_id, s1, confidence, features)
 
     @property
@@ -469,18 +492,44 @@ class CalibratedPolicy:
         least 1 / `max_audit_rate` per audit of another instance's (`observe_audit`)."""
         return self._served + certify.served_at_least(self._audits_elsewhere, self.max_audit_rate)
 
-    def serves_now(self, confidence: float, features: Sequence[float] | None = None) -> bool:
+    def _in_own_warm_up(self, scope_key: str) -> bool:  # hold the lock; the pool's warm-up is over
+        served = self.scope_served(scope_key)
+        if served == 0:  # its first would-be hit, after the pool's warm-up
+            self._late_scopes.add(scope_key)
+        elif served >= self.warmup_hits:
+            self._late_scopes.discard(scope_key)
+        return scope_key in self._late_scopes
+
+    def scope_served(self, scope_key: str) -> int:
+        """Hits served in one scope, as `served` counts them for all: this instance's, and at least
+        1 / `max_audit_rate` per audit of another instance's (or a stored one) in that scope."""
+        elsewhere = certify.served_at_least(self._scope_audits_elsewhere.get(scope_key, 0), self.max_audit_rate)
+        return self._scope_served.get(scope_key, 0) + elsewhere
+
+    def serves_now(
+        self, confidence: float, features: Sequence[float] | None = None, *, scope_key: str | None = None
+    ) -> bool:
         """Whether a would-be hit above the cut-off is sure enough on its own to serve now: after
         the warm-up always; during it, only if its estimated error is at most `warmup_hit_share`
         of the bound and (given its `features`) its entry margin is at least `warmup_entry_margin`.
+        The warm-up covers the pool's first `warmup_hits` hits, and those of every scope
+        (`scope_key`, where given) first served after them.
 
         Why: the cut-off bounds the average error of what it serves, and the hits just above it
         are the likeliest to be wrong. Over the first few hundred hits that average is taken over
         few of them, so a handful of marginal hits can carry the running rate over the bound;
         a user watching a new deployment sees that rate, not the certificate. The margin floor
         is the same idea without the model: a young model is most overconfident between two
-        answers the request is about as close to (confusable intents), and no confidence says so."""
-        if self.served >= self.warmup_hits:
+        answers the request is about as close to (confusable intents), and no confidence says so.
+        A scope first served after the pool's warm-up (a new tenant on a warm cache) meets a
+        model grown on other scopes' traffic, and its user watches its own rate: it gets a
+        warm-up of its own (docs/DECISIONS.md). A scope served from the pool's warm-up on grew
+        up with the model; with one scope nothing changes."""
+        with self._lock:
+            return self._serves_now(confidence, features, scope_key)
+
+    def _serves_now(self, confidence: float, features: Sequence[float] | None, scope_key: str | None) -> bool:
+        if self.served >= self.warmup_hits and (scope_key is None or not self._in_own_warm_up(scope_key)):
             return True
         if self.warmup_hit_share is not None and 1.0 - confidence > self.warmup_hit_share * self.max_false_hit_rate:
             return False
@@ -590,7 +639,9 @@ class CalibratedPolicy:
             self._observed += 1
         self._refit_if_due()
 
-    def observe_audit(self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False) -> None:
+    def observe_audit(
+        self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False, scope_key: str | None = None
+    ) -> None:
         """Record one audit: the confidence the hit was served with, and whether it was right.
 
         Takes effect at the next refit (the label of the same audit, passed to `observe`,
@@ -599,11 +650,15 @@ class CalibratedPolicy:
         store's count of the hold's audits (`shorten_hold`), not here, where it would count twice;
         and it says that instance served at least 1 / `max_audit_rate` hits, which the warm-up
         counts: the bound is over every hit served from the store, and a restart resumes the
-        warm-up the same way.
+        warm-up the same way; with `scope_key`, that scope's too.
         """
         with self._lock:
             self._claims.append((float(claimed_confidence), bool(correct)))
             if elsewhere:
+                if scope_key is not None:
+                    if self.served >= self.warmup_hits and not self.scope_served(scope_key):
+                        self._late_scopes.add(scope_key)  # first served, by another instance, after the pool's warm-up
+                    self._scope_audits_elsewhere[scope_key] = self._scope_audits_elsewhere.get(scope_key, 0) + 1
                 self._audits_elsewhere += 1
             else:
                 self._hold_left = max(0, self._hold_left - 1)
@@ -618,6 +673,18 @@ class CalibratedPolicy:
         with self._lock:
             self._claims.extend(claims)
             self._served = max(self._served, certify.served_at_least(len(claims), self.max_audit_rate))
+
+    def load_scope_audits(self, audits: Mapping[str, int]) -> None:
+        """Stored audits per scope at start-up: each scope's warm-up resumes from there, as the
+        pool's does from `load_audit_claims`. Whether a scope was first served after the pool's
+        warm-up is not stored: one still short of `warmup_hits` resumes its own (the cautious
+        side; with one scope the pool's warm-up is not over either)."""
+        with self._lock:
+            for scope_key, count in audits.items():
+                served = certify.served_at_least(int(count), self.max_audit_rate)
+                self._scope_served[scope_key] = max(self._scope_served.get(scope_key, 0), served)
+                if 0 < self._scope_served[scope_key] < self.warmup_hits:
+                    self._late_scopes.add(scope_key)
 
     @property
     def claim_ratio(self) -> float:

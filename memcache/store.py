@@ -732,6 +732,20 @@ class Store:
         for _, claimed, correct in self._oldest_first(_up_to(query, LabelRow, until), limit):
             yield float(claimed), bool(correct)
 
+    def audits_per_scope(self, until: int | None = None) -> dict[str, int]:
+        """How many audits each scope's served hits had (labels with a claimed confidence, by the
+        scope of the key their answer was stored under); with `until`, only ids up to it. An
+        audit whose key is gone (deleted, expired) counts toward no scope."""
+        query = (
+            select(KeyRow.scope_key, func.count())
+            .select_from(LabelRow)
+            .join(KeyRow, KeyRow.id == LabelRow.key_id)
+            .where(LabelRow.claimed_confidence.is_not(None))
+            .group_by(KeyRow.scope_key)
+        )
+        with self._read("counting audits per scope") as conn:
+            return {scope: int(n) for scope, n in conn.execute(_up_to(query, LabelRow, until))}
+
     def add_cheap_label(self, features: Sequence[float], correct: bool, claimed: float | None) -> None:
         """Keep one cheap-path label (see `CheapLabelRow`)."""
         row = {"features": json.dumps([float(f) for f in features]), "correct": bool(correct),

@@ -54,8 +54,8 @@ class SpyPolicy(CalibratedPolicy):
         self.paid_keys = set()
         self.first_keys = set(range(1, 2))  # the first key met an empty scope: paid, but no label
 
-    def decide(self, candidates, entries, *, scope_size=None):
-        decision = super().decide(candidates, entries, scope_size=scope_size)
+    def decide(self, candidates, entries, *, scope_size=None, scope_key=None):
+        decision = super().decide(candidates, entries, scope_size=scope_size, scope_key=scope_key)
         self.decisions.append(decision)
         return decision
 
@@ -81,8 +81,8 @@ class ScopeSpy(CalibratedPolicy):
         super().__init__(*args, **kwargs)
         self.seen = []
 
-    def decide(self, candidates, entries, *, scope_size=None):
-        decision = super().decide(candidates, entries, scope_size=scope_size)
+    def decide(self, candidates, entries, *, scope_size=None, scope_key=None):
+        decision = super().decide(candidates, entries, scope_size=scope_size, scope_key=scope_key)
         above = self.threshold is not None and decision.confidence >= self.threshold
         self.seen.append((scope_size, decision.action, above))
         return decision
@@ -105,6 +105,36 @@ def test_a_new_tenant_on_a_warm_cache_is_served_no_hit_until_its_scope_holds_eno
     assert any(above for size, _, above in policy.seen if size < young)  # the rule held would-be hits back
     first = next((i for i, r in enumerate(records[700:]) if r.served), None)
     assert first is None or first >= young  # each of its earlier queries was paid for and stored
+
+
+class ServedSpy(CalibratedPolicy):
+    """Records the confidence of each would-be hit served (hits and unheld audits), per scope."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.served_by_scope = {}
+
+    def decide(self, candidates, entries, *, scope_size=None, scope_key=None):
+        decision = super().decide(candidates, entries, scope_size=scope_size, scope_key=scope_key)
+        if decision.action == "hit" or (decision.action == "audit" and not decision.held):
+            self.served_by_scope.setdefault(scope_key, []).append(decision.confidence)
+        return decision
+
+
+def test_a_new_tenants_first_hits_are_each_sure_on_their_own(clinc_subset, memo):
+    """The warm-up's per-hit floor holds over each scope's first `warmup_hits` hits, not only the
+    pool's: a newcomer arriving after the incumbent's warm-up still gets only sure hits first."""
+    labels = sorted({q.label for q in clinc_subset if q.label != OOS})
+    ours = set(labels[::2])
+    incumbent = [replace(q, tenant="incumbent") for q in shuffled(clinc_subset, 0) if q.label not in ours][:700]
+    newcomer = [replace(q, tenant="newcomer") for q in shuffled(clinc_subset, 1) if q.label in ours][:400]
+    policy = ServedSpy(BOUND, seed=0, warmup_hits=40)
+    replay_intents(incumbent + newcomer, policy=policy, embedder=memo, seed=0, shuffle=False)
+    floor = 1 - policy.warmup_hit_share * BOUND
+    first, second = policy.served_by_scope.values()  # the incumbent's scope, then the newcomer's
+    assert len(first) > 40 and min(first[40:]) < floor  # past the pool's warm-up the cut-off alone decides
+    assert len(second) > 40 and min(second[:40]) >= floor  # the newcomer's own warm-up
+    assert min(second[40:]) < floor
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

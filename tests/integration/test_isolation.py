@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from policies import AuditEveryHit
 from test_multi_instance import Peer, seen_within
 
-from memcache import ConfigError, InvalidRequestError, MemCache, ThresholdPolicy, cache_info
+from memcache import CalibratedPolicy, ConfigError, InvalidRequestError, MemCache, ThresholdPolicy, cache_info
 from memcache.index import SNAPSHOT_MAGIC
 
 QA, ANSWER_A = "What is the VPN address for the Berlin office?", "vpn-berlin.acme.example"
@@ -535,3 +536,21 @@ def test_a_scopes_size_counts_its_live_questions_here_and_in_another_process(url
         assert (cache.memory.scope_size(acme), cache.memory.scope_size(globex)) == (3, 0)
         assert cache.forget(tenant="acme") == 1
         assert cache.memory.scope_size(acme) == 0
+
+
+def test_each_scopes_audits_are_counted_so_its_warm_up_resumes_after_a_restart(url, embedder):
+    """What a scope's own warm-up resumes from: the audits its hits had, kept by the store."""
+    with cache_at(url, embedder, policy=AuditEveryHit(0.5)) as cache:
+        cache.write_back(QA, ANSWER_A, tenant="acme")
+        cache.write_back(QB, ANSWER_B, tenant="globex")
+        for n, (question, answer, tenant) in enumerate([(QA, ANSWER_A, "acme")] * 3 + [(QB, ANSWER_B, "globex")]):
+            result = cache.lookup(f"{question} ({n})", tenant=tenant)
+            assert result.decision.action == "audit"
+            cache.write_back(result, answer)  # the strong model's answer: a label with the claim it checked
+        acme, globex = (cache.lookup(QA, tenant=t).scope.key for t in ("acme", "globex"))
+        assert cache.store.audits_per_scope() == {acme: 3, globex: 1}
+    policy = CalibratedPolicy(0.02, max_audit_rate=0.2)
+    with cache_at(url, embedder, policy=policy) as reopened:
+        reopened.lookup(QA, tenant="acme")  # the policy is given what the store kept on first use
+        assert (policy.scope_served(acme), policy.scope_served(globex)) == (15, 5)  # at least audits / 0.2
+        assert policy.served == 20

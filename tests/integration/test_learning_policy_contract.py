@@ -25,17 +25,21 @@ class ProtocolOnlyPolicy(ThresholdPolicy):
     def __init__(self, share=SHARE) -> None:
         super().__init__(0.9)
         self.share, self.pooled, self.claims, self.labels, self.holds = share, [], [], [], []
-        self.scope_sizes = []
+        self.scope_sizes, self.scope_keys, self.scope_audits = [], [], []
 
     served = 0
     holding = False
 
-    def decide(self, candidates, entries, *, scope_size=None):
+    def decide(self, candidates, entries, *, scope_size=None, scope_key=None):
         self.scope_sizes.append(scope_size)
+        self.scope_keys.append(scope_key)
         return super().decide(candidates, entries)
 
     def load_audit_claims(self, claims) -> None:
         self.claims.extend(claims)
+
+    def load_scope_audits(self, audits) -> None:
+        self.scope_audits.append(dict(audits))
 
     def load_labels(self, labels) -> None:
         self.labels.extend(labels)
@@ -53,7 +57,7 @@ class ProtocolOnlyPolicy(ThresholdPolicy):
         self.pooled.append(shares)
         return False
 
-    def observe_audit(self, claimed_confidence: float, correct: bool, *, elsewhere: bool = False) -> None:
+    def observe_audit(self, claimed_confidence, correct, *, elsewhere=False, scope_key=None) -> None:
         pass
 
     def set_hindsight(self, examples, entries) -> None:
@@ -75,8 +79,10 @@ def test_a_policy_written_from_the_protocol_alone_learns_and_pools_beside_anothe
     options = dict(embedder=embedder, sync_interval=None, relabel_in_background=False)
     with MemCache(url, policy=first, **options) as a, MemCache(url, policy=second, **options) as b:
         a.write_back("how do I renew my passport", "Fill in form DS-82.")
-        a.lookup("how do I renew my passport please")
+        looked_up = a.lookup("how do I renew my passport please")
         assert first.scope_sizes == [1]  # the controller says how many questions the scope holds
+        assert first.scope_keys == [looked_up.scope.key]  # ... and which scope it is
+        assert first.scope_audits == [{}]  # at start-up: the audits each scope's hits had (none yet)
         a.sync()  # publishes its share: no other instance yet
         b.sync()  # reads it, publishes its own, and tests both together
         assert second.pooled == [[[(3, 10, 30, 10, 30)], [(2, 10, 30, 10, 30)]]]

@@ -174,12 +174,15 @@ def test_every_instance_learns_the_labels_the_others_paid_for(backend, tmp_path,
         assert (payer.policy.labels, follower.policy.labels) == (4, 4)
         assert len(follower.policy._claims) == len(payer.policy._claims) == 1  # the audit's claim too
         assert follower.policy.served == 5  # an audit elsewhere: at least 1 / 0.2 hits were served there
+        scope = follower.lookup("Can I reset my password by phone?").scope.key
+        assert follower.policy.scope_served(scope) == 5  # ... in the scope of the key its answer was stored under
         assert len(follower.controller._hindsight) == len(payer.controller._hindsight) == 4  # every paid key
         follower.sync()  # nothing new: nothing learned again
         assert follower.policy.labels == 4
         with instance() as restarted:
             restarted.sync()
             assert restarted.policy.labels == 4 and len(restarted.policy._claims) == 1
+            assert restarted.policy.scope_served(scope) == 5
     finally:
         follower.close()
         payer.close()

@@ -416,6 +416,38 @@ def test_during_the_warm_up_each_hit_must_be_sure_on_its_own():
     assert policy.decide(marginal, {}).action == "hit"  # after the warm-up the cut-off alone decides
 
 
+def test_a_scope_first_served_after_the_pools_warm_up_has_a_warm_up_of_its_own():
+    policy = CalibratedPolicy(0.05, seed=0, min_audit_rate=0.0, max_audit_rate=0.0, detect_shifts=False, warmup_hits=5)
+    policy.load_audit_claims([(0.99, True)] * 100)
+    policy.load_labels(synthetic_labels(3000))
+    sure, marginal = _hits_by_confidence(policy)
+    for scope in ("incumbent",) * 4 + ("early",):  # the pool's warm-up, served in two scopes
+        assert policy.decide(sure, {}, scope_key=scope).action == "hit"
+    assert policy.decide(marginal, {}, scope_key="incumbent").action == "hit"  # the cut-off alone decides
+    assert policy.decide(marginal, {}, scope_key="early").action == "hit"  # it grew up with the model
+    assert policy.decide(marginal, {}).action == "hit"  # a lookup of no known scope: the pool's warm-up alone
+    newcomer = policy.decide(marginal, {}, scope_key="newcomer")
+    assert newcomer.action == "miss" and newcomer.confidence >= policy.threshold  # its own first hits: sure ones
+    for _ in range(5):
+        assert policy.decide(sure, {}, scope_key="newcomer").action == "hit"
+    assert policy.decide(marginal, {}, scope_key="newcomer").action == "hit"
+    assert policy.scope_served("newcomer") == 6 and policy.served == 14
+
+
+def test_a_scopes_warm_up_resumes_from_its_stored_audits_and_counts_other_instances_audits():
+    policy = CalibratedPolicy(0.05, seed=0, detect_shifts=False, warmup_hits=10, max_audit_rate=0.2)
+    policy.load_audit_claims([(0.99, True)] * 2)  # the pool: at least 10 hits served, its warm-up over
+    policy.load_scope_audits({"grown": 2, "resumed": 1})  # at least 10 and 5 hits served there
+    assert policy.scope_served("grown") == 10 and policy.scope_served("other") == 0
+    policy.observe_audit(0.99, True, elsewhere=True, scope_key="other")  # another instance served >= 5 there
+    policy.observe_audit(0.99, True, elsewhere=True)  # ... and one of no known scope: the pool's count only
+    assert policy.scope_served("other") == 5 and policy.served == 20
+    close = [0.0] * len(FEATURE_NAMES)  # no margin: only a scope past its own warm-up, or without one, serves it
+    assert policy.serves_now(1.0, close, scope_key="grown")
+    assert not policy.serves_now(1.0, close, scope_key="resumed")  # short of it at a restart: resumed
+    assert not policy.serves_now(1.0, close, scope_key="other")  # first served elsewhere after the pool's
+
+
 def test_without_the_per_hit_floor_the_cut_off_alone_decides_from_the_first_hit():
     policy = CalibratedPolicy(
         0.05, seed=0, min_audit_rate=0.0, max_audit_rate=0.0, detect_shifts=False, warmup_hit_share=None
