@@ -449,8 +449,8 @@ class CalibratedPolicy:
             if (
                 self.threshold is None
                 or confidence < self.threshold
-                or not self._serves_now(confidence, features, scope_key)
                 or (scope_size is not None and scope_size < self.min_scope_size)
+                or not self._serves_now(confidence, features, scope_key)  # after: only grown scopes are counted
             ):
                 return Decision("miss", entry_id, s1, confidence, features, shift_detected=shifted)
             if self._hold_left:
