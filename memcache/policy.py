@@ -343,7 +343,8 @@ class CalibratedPolicy:
         warmup_hit_share: during the warm-up, each hit must also be sure on its own: a would-be
             hit whose estimated error (1 - confidence) exceeds this share of the bound is paid
             for instead (a miss, and a label). None: no such floor. See `serves_now`. This floor
-            and the next hold over each scope's first `warmup_hits` hits as well as the pool's.
+            and the next also hold over the first `warmup_hits` hits of a scope first served
+            after the pool's warm-up.
         warmup_entry_margin: during the warm-up, each hit's answer must also lead the nearest
             other answer: the request must be at least this much more similar to the best
             entry's centroid than to any other candidate entry's (the `entry_margin` feature).
