@@ -30,6 +30,7 @@ from memcache import certify
 from memcache.errors import ConfigError
 from memcache.shift import ShiftDetector
 from memcache.types import Candidate, Decision, EntryStats, HindsightExample, PolicyStatus
+from memcache.warm_up import WarmUpCount
 
 FEATURE_NAMES = (
     "similarity",
@@ -404,11 +405,7 @@ class CalibratedPolicy:
         self.shifts_detected: list[int] = []  # at which lookup (with a candidate) each shift was detected
         self._lookups = 0
         self._hold_left = 0  # would-be hits still to be escalated, unserved, after a shift
-        self._served = 0  # would-be hits this policy let serve (hits and unheld audits)
-        self._audits_elsewhere = 0  # other instances' audits read at a sync: they served some too
-        self._scope_served: dict[str, int] = {}  # `_served` per scope (at least what its stored audits say)
-        self._scope_audits_elsewhere: dict[str, int] = {}  # `_audits_elsewhere` per scope, where known
-        self._late_scopes: set[str] = set()  # scopes first served after the pool's warm-up, in their own
+        self.warm_up = WarmUpCount(warmup_hits, max_audit_rate)  # how far the warm-up got, pooled and per scope
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -457,9 +454,7 @@ class CalibratedPolicy:
             if self._hold_left:
                 return Decision("audit", entry_id, s1, confidence, features, held=True, shift_detected=shifted)
             action = "audit" if self._rng.random() < self.audit_rate else "hit"
-            self._served += 1
-            if scope_key is not None:
-                self._scope_served[scope_key] = self._scope_served.get(scope_key, 0) + 1
+            self.warm_up.count_hit(scope_key)
         return Decision(action, entry_id, s1, confidence, features)
 
     @property
@@ -491,21 +486,12 @@ class CalibratedPolicy:
     def served(self) -> int:
         """Hits served from the store so far, as far as this instance knows: its own, and at
         least 1 / `max_audit_rate` per audit of another instance's (`observe_audit`)."""
-        return self._served + certify.served_at_least(self._audits_elsewhere, self.max_audit_rate)
-
-    def _in_own_warm_up(self, scope_key: str) -> bool:  # hold the lock; the pool's warm-up is over
-        served = self.scope_served(scope_key)
-        if served == 0:  # its first would-be hit, after the pool's warm-up
-            self._late_scopes.add(scope_key)
-        elif served >= self.warmup_hits:
-            self._late_scopes.discard(scope_key)
-        return scope_key in self._late_scopes
+        return self.warm_up.served
 
     def scope_served(self, scope_key: str) -> int:
         """Hits served in one scope, as `served` counts them for all: this instance's, and at least
         1 / `max_audit_rate` per audit of another instance's (or a stored one) in that scope."""
-        elsewhere = certify.served_at_least(self._scope_audits_elsewhere.get(scope_key, 0), self.max_audit_rate)
-        return self._scope_served.get(scope_key, 0) + elsewhere
+        return self.warm_up.scope_served(scope_key)
 
     def serves_now(
         self, confidence: float, features: Sequence[float] | None = None, *, scope_key: str | None = None
@@ -530,7 +516,7 @@ class CalibratedPolicy:
             return self._serves_now(confidence, features, scope_key)
 
     def _serves_now(self, confidence: float, features: Sequence[float] | None, scope_key: str | None) -> bool:
-        if self.served >= self.warmup_hits and (scope_key is None or not self._in_own_warm_up(scope_key)):
+        if not self.warm_up.in_warm_up(scope_key):
             return True
         if self.warmup_hit_share is not None and 1.0 - confidence > self.warmup_hit_share * self.max_false_hit_rate:
             return False
@@ -656,11 +642,7 @@ class CalibratedPolicy:
         with self._lock:
             self._claims.append((float(claimed_confidence), bool(correct)))
             if elsewhere:
-                if scope_key is not None:
-                    if self.served >= self.warmup_hits and not self.scope_served(scope_key):
-                        self._late_scopes.add(scope_key)  # first served, by another instance, after the pool's warm-up
-                    self._scope_audits_elsewhere[scope_key] = self._scope_audits_elsewhere.get(scope_key, 0) + 1
-                self._audits_elsewhere += 1
+                self.warm_up.count_audit_elsewhere(scope_key)
             else:
                 self._hold_left = max(0, self._hold_left - 1)
 
@@ -673,7 +655,7 @@ class CalibratedPolicy:
         claims = [(float(c), bool(ok)) for c, ok in claims]
         with self._lock:
             self._claims.extend(claims)
-            self._served = max(self._served, certify.served_at_least(len(claims), self.max_audit_rate))
+            self.warm_up.resume(len(claims))
 
     def load_scope_audits(self, audits: Mapping[str, int]) -> None:
         """Stored audits per scope at start-up: each scope's warm-up resumes from there, as the
@@ -681,11 +663,7 @@ class CalibratedPolicy:
         warm-up is not stored: one still short of `warmup_hits` resumes its own (the cautious
         side; with one scope the pool's warm-up is not over either)."""
         with self._lock:
-            for scope_key, count in audits.items():
-                served = certify.served_at_least(int(count), self.max_audit_rate)
-                self._scope_served[scope_key] = max(self._scope_served.get(scope_key, 0), served)
-                if 0 < self._scope_served[scope_key] < self.warmup_hits:
-                    self._late_scopes.add(scope_key)
+            self.warm_up.resume_scopes(audits)
 
     @property
     def claim_ratio(self) -> float:

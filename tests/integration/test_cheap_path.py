@@ -90,7 +90,8 @@ def test_the_hits_a_learning_policy_served_count_toward_the_gates_warm_up(db_url
     with MemCache(db_url, embedder=embedder, strong_model=STRONG, cheap_model=CHEAP, cheap_options=options) as cache:
         gate, policy = cache.controller.cheap_gate, cache.controller.learning
         assert gate.target == cache.stats().cheap_target == pytest.approx(0.75 * 0.02)
-        policy._served = policy.warmup_hits  # as if the policy had served its warm-up's hits
+        for _ in range(policy.warmup_hits):  # as if the policy had served its warm-up's hits
+            policy.warm_up.count_hit(None)
         assert gate.target == cache.stats().cheap_target == pytest.approx(0.02)
 
 

@@ -433,7 +433,7 @@ def test_a_scope_first_served_after_the_pools_warm_up_has_a_warm_up_of_its_own()
     assert policy.decide(marginal, {}, scope_key="newcomer").action == "hit"
     assert policy.scope_served("newcomer") == 6 and policy.served == 14
     assert policy.decide(sure, {}, scope_size=1, scope_key="chat").action == "miss"  # a young scope (a conversation)
-    assert "chat" not in policy._late_scopes  # ... leaves nothing behind: per-scope state only for grown scopes
+    assert "chat" not in policy.warm_up.late_scopes  # ... leaves nothing behind: per-scope state only for grown scopes
 
 
 def test_a_scopes_warm_up_resumes_from_its_stored_audits_and_counts_other_instances_audits():
