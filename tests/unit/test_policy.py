@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from memcache import certify
 from memcache.certify import poisson_upper
 from memcache.errors import ConfigError
 from memcache.policy import FEATURE_NAMES, CalibratedPolicy, ThresholdPolicy, neighbourhood_features
@@ -204,6 +205,14 @@ def test_before_any_audit_the_claims_are_taken_at_the_worst_a_zero_count_allows(
 def test_poisson_upper_bound_matches_garwood():
     # chi2.ppf(0.95, 2k + 2) / 2 for k = 1, 10, 100
     assert [round(poisson_upper(k, 0.95), 2) for k in (1, 10, 100)] == [4.74, 16.96, 118.08]
+
+
+def test_the_label_checks_bound_is_the_exact_poisson_bound_within_about_one_percent():
+    for level in (0.9, 0.95, 0.99):
+        counts = np.arange(0, 301)
+        fast = certify.poisson_upper_wh(counts, certify.z_for(level))
+        exact = np.array([poisson_upper(int(k), level) for k in counts])
+        assert np.all(np.abs(fast / exact - 1) < 0.011)
 
 
 def would_be_hit(policy):
